@@ -1,0 +1,16 @@
+# Writes OUT: a C table of every events/*.schema.json, keyed by the event type it describes
+# (the file name without .schema.json). Run by CMake at build time.
+file(GLOB files ${DIR}/*.schema.json)
+list(SORT files)
+set(body "/* generated from events/*.schema.json by cmake/embed_schemas.cmake; do not edit */\n")
+string(APPEND body "#include <stddef.h>\n#include \"schema.h\"\n\nconst schema_source_t schema_sources[] = {\n")
+foreach(f ${files})
+  get_filename_component(name ${f} NAME)
+  string(REPLACE ".schema.json" "" type ${name})
+  file(READ ${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "    {\"${type}\", (const char[]){${hex}0x00}},\n")
+endforeach()
+string(APPEND body "    {NULL, NULL},\n};\n")
+file(WRITE ${OUT}.tmp "${body}")
+execute_process(COMMAND ${CMAKE_COMMAND} -E copy_if_different ${OUT}.tmp ${OUT})

@@ -1,0 +1,75 @@
+/* kafka.h: librdkafka consumer and idempotent producer on the libuv loop (prefix kafka_).
+ *
+ * Both clients route their events to queues with io events enabled
+ * (rd_kafka_queue_io_event_enable) that write to non-blocking pipes watched by uv_poll; the loop
+ * drains the queues with zero timeouts. Input is handed to the owner one message at a time: the
+ * owner calls kafka_msg_done() once the message's effect is in the journal, which commits the
+ * offset and hands over the next one. Offsets are never auto-committed. */
+#ifndef ROTOR_KAFKA_H
+#define ROTOR_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "event.h"
+
+typedef struct kafka_s kafka_t;
+
+/* One input message (borrowed views into msg->raw, valid until kafka_msg_done). */
+typedef struct {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    const void *key;
+    size_t key_len;
+    const void *value;
+    size_t len;
+    event_header_t *headers; /* owned by the message */
+    size_t nheaders;
+    rd_kafka_message_t *raw;
+} kafka_msg_t;
+
+typedef struct {
+    /* A consumed message; ownership passes to the callee until kafka_msg_done(). */
+    void (*on_message)(kafka_t *k, kafka_msg_t *msg, void *arg);
+    /* Delivery report for kafka_produce(opaque): err 0 or a negative rotor error. */
+    void (*on_delivery)(kafka_t *k, void *opaque, int err, const char *reason, void *arg);
+    /* Partitions of the commands topic assigned (assigned = 1) or revoked (0). */
+    void (*on_rebalance)(kafka_t *k, const int32_t *partitions, int n, int assigned, void *arg);
+    /* The consumer and producer are closed after kafka_stop(). */
+    void (*on_closed)(kafka_t *k, void *arg);
+    void *arg;
+} kafka_callbacks_t;
+
+/* Creates consumer and producer for cfg->kafka with bootstrap servers `brokers` (borrowed),
+ * subscribes to the commands topic (and any extra input topics later), and starts watching.
+ * cfg and cbs are borrowed and must outlive the handle. */
+int kafka_start(uv_loop_t *loop, const rotor_config_t *cfg, const char *brokers,
+                const kafka_callbacks_t *cbs, kafka_t **out, char *err, size_t errlen);
+
+/* Produces one message (key, value and headers are copied). headers: name/value pairs, may be
+ * NULL. opaque is handed back in on_delivery. Returns 0 or a negative error (no report then). */
+int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len,
+                  const void *value, size_t len, const event_header_t *headers, size_t nheaders,
+                  void *opaque);
+
+/* The owner is done with msg: commits offset+1 (asynchronously), frees msg, hands over the next
+ * message if any. */
+void kafka_msg_done(kafka_t *k, kafka_msg_t *msg);
+
+/* Partition of the commands topic that key maps to (murmur2, as the producer partitions), or -1
+ * when the partition count is not known yet. */
+int32_t kafka_partition_of(kafka_t *k, const char *key);
+
+/* Stops consuming (rd_kafka_consumer_close_queue), keeps serving until the consumer is closed,
+ * flushes the producer without blocking the loop (bounded by timeout_ms), then calls on_closed.
+ * Memory is freed by kafka_free() after on_closed. */
+void kafka_stop(kafka_t *k, uint64_t timeout_ms);
+void kafka_free(kafka_t *k);
+
+/* Number of produced messages not yet delivered. */
+int kafka_outq_len(kafka_t *k);
+
+#endif

@@ -1,0 +1,60 @@
+/* pg.h: asynchronous libpq on the libuv loop (prefix pgc_).
+ *
+ * A pgc_conn_t is a handle: one PostgreSQL connection whose socket is watched by a uv_poll
+ * (re-created when PQsocket changes during connection). Host names are resolved with
+ * uv_getaddrinfo before libpq sees them (libpq would block on DNS). Queries are requests queued
+ * FIFO on the handle; each is sent with PQsendQueryParams in non-blocking mode, flushed, and its
+ * results read with PQconsumeInput/PQgetResult. Only one query is on the wire at a time.
+ * The poll is active only while connecting or while a query is in flight, so a connection at rest
+ * can be touched by a worker thread (PQencryptPasswordConn) without racing the loop. */
+#ifndef ROTOR_PG_H
+#define ROTOR_PG_H
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+typedef struct pgc_conn_s pgc_conn_t;
+
+/* status: 0 when connected, else negative (ROTOR_EDB); pgc_error() says why. */
+typedef void (*pgc_connect_cb)(pgc_conn_t *c, int status, void *arg);
+
+/* res: the last non-NULL PGresult of the query (borrowed: cleared after the callback returns),
+ * or NULL on failure. status: 0 when res is PGRES_COMMAND_OK or PGRES_TUPLES_OK, ROTOR_EDB on a
+ * server or connection error (pgc_error() / res say why), ROTOR_ECANCELED when the handle was
+ * closed before the query ran. */
+typedef void (*pgc_result_cb)(pgc_conn_t *c, PGresult *res, int status, void *arg);
+
+/* Starts connecting with PQconnectStartParams(keywords, values, expand_dbname=1). Both arrays are
+ * borrowed for the duration of the call only (copied inside, and wiped on close as they may hold a
+ * password). Returns 0 and *out; the callback runs exactly once, later. On a negative return the
+ * callback never runs. */
+int pgc_connect(uv_loop_t *loop, const char *const *keywords, const char *const *values,
+                pgc_connect_cb cb, void *arg, pgc_conn_t **out);
+
+/* Convenience: connect from a conninfo string or URI (borrowed; copied). */
+int pgc_connect_dsn(uv_loop_t *loop, const char *dsn, pgc_connect_cb cb, void *arg,
+                    pgc_conn_t **out);
+
+/* Queues a query with text parameters (NULL entries are SQL NULL). sql and params are copied.
+ * Returns 0 (cb runs exactly once, later) or a negative error (cb never runs). */
+int pgc_query(pgc_conn_t *c, const char *sql, int nparams, const char *const *params,
+              pgc_result_cb cb, void *arg);
+
+/* Closes the handle: queued and in-flight queries complete with ROTOR_ECANCELED (their callbacks
+ * run from within pgc_close or soon after), the connection is finished, and memory is freed in
+ * the uv close callback. c must not be used after this call. */
+void pgc_close(pgc_conn_t *c);
+
+/* Last error message of the connection (borrowed, valid until the next call on c). */
+const char *pgc_error(pgc_conn_t *c);
+
+/* The libpq connection (borrowed), e.g. for PQescapeIdentifier. Never use it for I/O. */
+PGconn *pgc_raw(pgc_conn_t *c);
+
+/* 1 if connected and usable. */
+int pgc_ok(pgc_conn_t *c);
+
+/* Number of queries queued or in flight. */
+int pgc_pending(pgc_conn_t *c);
+
+#endif

@@ -1,0 +1,26 @@
+/* secret.h: a buffer for secret bytes (passwords). It is wiped before it is freed and has no printing
+ * helper on purpose: log.c cannot format it. */
+#ifndef ROTOR_SECRET_H
+#define ROTOR_SECRET_H
+
+#include <stddef.h>
+
+typedef struct {
+    char *buf;  /* NUL-terminated; len bytes of secret */
+    size_t len;
+} rotor_secret_t;
+
+/* Allocates a zeroed secret of len bytes (plus the terminator). The caller owns it and frees it
+ * with secret_free(). Returns NULL only if len is absurd. */
+rotor_secret_t *secret_new(size_t len);
+
+/* Copies len bytes of src into a new secret. The caller owns the result. */
+rotor_secret_t *secret_from(const char *src, size_t len);
+
+/* Wipes and frees s (NULL is fine). */
+void secret_free(rotor_secret_t *s);
+
+/* Wipes n bytes at p in a way the compiler cannot elide. */
+void secret_wipe(void *p, size_t n);
+
+#endif

@@ -1,0 +1,206 @@
+/* util.c: durations, time stamps, UUIDs and allocation helpers. */
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "rotor.h"
+
+static const struct {
+    const char *suffix;
+    uint64_t ms;
+} duration_units[] = {
+    {"ms", 1}, {"d", 86400000ULL}, {"h", 3600000ULL}, {"m", 60000ULL}, {"s", 1000ULL},
+};
+
+int util_parse_duration(const char *text, uint64_t *ms)
+{
+    if (!text || !*text)
+        return ROTOR_EINVALID;
+    if (strcmp(text, "0") == 0) {
+        *ms = 0;
+        return 0;
+    }
+    uint64_t total = 0;
+    const char *p = text;
+    while (*p) {
+        if (!isdigit((unsigned char)*p))
+            return ROTOR_EINVALID;
+        uint64_t n = 0;
+        while (isdigit((unsigned char)*p)) {
+            if (n > UINT64_MAX / 10 - 10)
+                return ROTOR_EINVALID;
+            n = n * 10 + (uint64_t)(*p++ - '0');
+        }
+        size_t i;
+        for (i = 0; i < sizeof duration_units / sizeof duration_units[0]; i++) {
+            size_t l = strlen(duration_units[i].suffix);
+            if (strncmp(p, duration_units[i].suffix, l) == 0) {
+                /* "m" must not swallow the "m" of "ms". */
+                if (l == 1 && p[0] == 'm' && p[1] == 's')
+                    continue;
+                if (n > UINT64_MAX / duration_units[i].ms)
+                    return ROTOR_EINVALID;
+                total += n * duration_units[i].ms;
+                p += l;
+                break;
+            }
+        }
+        if (i == sizeof duration_units / sizeof duration_units[0])
+            return ROTOR_EINVALID;
+    }
+    *ms = total;
+    return 0;
+}
+
+void util_format_duration(uint64_t ms, char *buf, size_t len)
+{
+    static const struct {
+        const char *suffix;
+        uint64_t ms;
+    } order[] = {{"d", 86400000ULL}, {"h", 3600000ULL}, {"m", 60000ULL}, {"s", 1000ULL}, {"ms", 1}};
+    if (ms == 0) {
+        snprintf(buf, len, "0s");
+        return;
+    }
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < 5 && used < len; i++) {
+        if (ms >= order[i].ms) {
+            int n = snprintf(buf + used, len - used, "%llu%s",
+                             (unsigned long long)(ms / order[i].ms), order[i].suffix);
+            if (n < 0)
+                return;
+            used += (size_t)n;
+            ms %= order[i].ms;
+        }
+    }
+}
+
+int64_t util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void util_format_time(int64_t epoch_ms, char *buf, size_t len)
+{
+    time_t secs = (time_t)(epoch_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(epoch_ms % 1000));
+}
+
+int util_parse_time(const char *text, int64_t *epoch_ms)
+{
+    struct tm tm = {0};
+    int consumed = 0;
+    if (!text || sscanf(text, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                        &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6)
+        return ROTOR_EINVALID;
+    const char *p = text + consumed;
+    int64_t frac_ms = 0;
+    if (*p == '.') {
+        int digits = 0;
+        for (p++; isdigit((unsigned char)*p); p++, digits++) {
+            if (digits < 3)
+                frac_ms = frac_ms * 10 + (*p - '0');
+        }
+        if (digits == 0)
+            return ROTOR_EINVALID;
+        for (; digits < 3; digits++)
+            frac_ms *= 10;
+    }
+    int64_t offset_s = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om;
+        if (sscanf(p + 1, "%2d:%2d", &oh, &om) != 2)
+            return ROTOR_EINVALID;
+        offset_s = (oh * 3600 + om * 60) * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return ROTOR_EINVALID;
+    }
+    if (*p)
+        return ROTOR_EINVALID;
+    if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
+        tm.tm_min > 59 || tm.tm_sec > 60)
+        return ROTOR_EINVALID;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t t = timegm(&tm);
+    *epoch_ms = ((int64_t)t - offset_s) * 1000 + frac_ms;
+    return 0;
+}
+
+int util_uuid4(char *out)
+{
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
+        return -errno;
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+    return 0;
+}
+
+bool util_is_uuid(const char *text)
+{
+    if (!text || strlen(text) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (text[i] != '-')
+                return false;
+        } else if (!isxdigit((unsigned char)text[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void *util_malloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        abort();
+    return p;
+}
+
+void *util_calloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        abort();
+    return p;
+}
+
+char *util_strdup(const char *s)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        abort();
+    return d;
+}
+
+void util_strlcpy(char *dst, const char *src, size_t len)
+{
+    if (!len)
+        return;
+    size_t n = strnlen(src, len - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}

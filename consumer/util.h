@@ -1,0 +1,42 @@
+/* util.h: small pure helpers: durations, time stamps, UUIDs, string copies. */
+#ifndef ROTOR_UTIL_H
+#define ROTOR_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Parses "250ms", "30s", "5m", "2h", "90d" (and combinations such as "1h30m") into
+ * milliseconds. A bare "0" is zero. Returns 0 or ROTOR_EINVALID. */
+int util_parse_duration(const char *text, uint64_t *ms);
+
+/* Formats ms as the shortest exact duration ("90d", "1h30m", "250ms"). buf >= 32 bytes. */
+void util_format_duration(uint64_t ms, char *buf, size_t len);
+
+/* Wall clock in milliseconds since the epoch. */
+int64_t util_now_ms(void);
+
+/* RFC 3339 UTC time stamp with milliseconds ("2026-11-28T20:07:51.123Z"). buf >= 32 bytes. */
+void util_format_time(int64_t epoch_ms, char *buf, size_t len);
+
+/* Parses an RFC 3339 time stamp (any offset, optional fraction). Returns 0 or ROTOR_EINVALID. */
+int util_parse_time(const char *text, int64_t *epoch_ms);
+
+/* A random (version 4) UUID from getrandom(). out >= 37 bytes. Returns 0 or a negative errno. */
+int util_uuid4(char *out);
+
+/* True when text is a UUID in canonical 8-4-4-4-12 lower- or upper-case hex form. */
+bool util_is_uuid(const char *text);
+
+/* Returns a malloc'ed copy of s (NULL for NULL); aborts on out-of-memory, which rotor treats as
+ * fatal everywhere. The caller owns the copy. */
+char *util_strdup(const char *s);
+
+/* malloc/calloc that abort on out-of-memory. The caller owns the memory. */
+void *util_malloc(size_t n);
+void *util_calloc(size_t n, size_t size);
+
+/* Copies at most len-1 bytes of src into dst and terminates it. */
+void util_strlcpy(char *dst, const char *src, size_t len);
+
+#endif
