@@ -1,0 +1,70 @@
+/* store.h: the secret store interface (prefix store_). One store_t per managed secret; a driver
+ * behind a small table of operations: `file` (store_file.c, the embedded default laid out like a
+ * Key Vault CSI mount) and, later, `azure-keyvault`.
+ *
+ * Every operation is a request: it returns 0 and calls its callback exactly once, later, on the
+ * loop thread; or returns a negative error and never calls it. Values travel as rotor_secret_t. */
+#ifndef ROTOR_STORE_H
+#define ROTOR_STORE_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "secret.h"
+
+typedef struct store_s store_t;
+
+/* Tags written with a version, and read back to find the version of a rotation. */
+typedef struct {
+    const char *rotation_id;
+    const char *slot;
+    const char *role;
+} store_tags_t;
+
+/* version: the version id (borrowed, valid during the callback), NULL when none was found.
+ * reason: borrowed, set when status < 0. */
+typedef void (*store_version_cb)(void *arg, int status, const char *version, const char *reason);
+/* value: owned by the callee (secret_free it), NULL when status < 0. version: borrowed. */
+typedef void (*store_value_cb)(void *arg, int status, rotor_secret_t *value, const char *version,
+                               const char *reason);
+typedef void (*store_done_cb)(void *arg, int status, const char *reason);
+
+typedef struct {
+    /* The enabled version of `name` tagged with rotation_id, if any (NULL version if none). */
+    int (*find)(store_t *s, const char *name, const char *rotation_id, store_version_cb cb,
+                void *arg);
+    /* Writes value (borrowed for the call) as a new version of `name`, tagged, expiring at
+     * exp_ms (epoch ms), and makes it the current one. */
+    int (*put)(store_t *s, const char *name, const rotor_secret_t *value, const store_tags_t *tags,
+               int64_t exp_ms, store_version_cb cb, void *arg);
+    /* Reads `version` of name, or the current version when version is NULL. ROTOR_ENOTFOUND if
+     * there is none. */
+    int (*get)(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg);
+    /* The id of the current (latest enabled) version of name; NULL if none is tracked. */
+    int (*current)(store_t *s, const char *name, store_version_cb cb, void *arg);
+    /* Disables a version: it can no longer be read; if it was current, name has no current
+     * value afterwards. Disabling a disabled or unknown version is not an error. */
+    int (*disable)(store_t *s, const char *name, const char *version, store_done_cb cb, void *arg);
+    /* Writes the `current` entry (role and password of the active slot, JSON) atomically.
+     * value is borrowed for the call. */
+    int (*write_current)(store_t *s, const char *name, const rotor_secret_t *value,
+                         store_done_cb cb, void *arg);
+    /* Frees the store; no request may be pending. */
+    void (*close)(store_t *s);
+} store_ops_t;
+
+struct store_s {
+    const store_ops_t *ops;
+    uv_loop_t *loop;
+    const cfg_secret_t *cfg; /* borrowed; outlives the store */
+};
+
+/* Opens the store configured for sec. Returns 0 and *out or a negative error with err set. */
+int store_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err, size_t errlen);
+
+/* Driver constructors (store_open dispatches on cfg->store.kind). */
+int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err,
+                    size_t errlen);
+
+#endif
