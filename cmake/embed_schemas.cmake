@@ -2,7 +2,7 @@
 # (the file name without .schema.json). Run by CMake at build time.
 file(GLOB files ${DIR}/*.schema.json)
 list(SORT files)
-set(body "/* generated from events/*.schema.json by cmake/embed_schemas.cmake; do not edit */\n")
+set(body "/* generated from the events/ schemas by cmake/embed_schemas.cmake; do not edit */\n")
 string(APPEND body "#include <stddef.h>\n#include \"schema.h\"\n\nconst schema_source_t schema_sources[] = {\n")
 foreach(f ${files})
   get_filename_component(name ${f} NAME)

@@ -90,8 +90,8 @@ typedef struct {
         char *topic_commands;
         char *topic_events;
         char *topic_deadletter;
-        char *bootstrap_file; /* embedded: where `rotor run` writes the address; CLI reads it */
-        int partitions;       /* embedded: partitions per topic it creates */
+        char *bootstrap_file;     /* embedded: where `rotor run` writes the address; CLI reads it */
+        int partitions;           /* embedded: partitions per topic it creates */
         size_t max_message_bytes; /* input over this size is dead-lettered */
         cfg_kv_t *properties;     /* passed to librdkafka as they are */
         size_t nproperties;
@@ -111,7 +111,7 @@ typedef struct {
     } log;
 
     struct {
-        uint64_t shutdown_timeout_ms; /* bound on graceful shutdown */
+        uint64_t shutdown_timeout_ms;  /* bound on graceful shutdown */
         uint64_t schedule_interval_ms; /* how often schedules are checked */
     } daemon;
 
@@ -141,11 +141,11 @@ int config_dsn(const char *dsn_env, const char *dsn_file, const char *what_key, 
 
 /* The configuration reference as a table, for docs/ and its test: one entry per key. */
 typedef struct {
-    const char *key;   /* dotted path; "secrets[].database.roles.blue" for list items */
-    const char *type;  /* "string", "duration", "integer", "enum(a|b)", "list", "map", ... */
-    const char *dflt;  /* default, or NULL when required */
-    bool reloadable;   /* false for all keys today: rotor reads the file once */
-    const char *doc;   /* one line */
+    const char *key;  /* dotted path; "secrets[].database.roles.blue" for list items */
+    const char *type; /* "string", "duration", "integer", "enum(a|b)", "list", "map", ... */
+    const char *dflt; /* default, or NULL when required */
+    bool reloadable;  /* false for all keys today: rotor reads the file once */
+    const char *doc;  /* one line */
 } config_key_t;
 
 extern const config_key_t config_keys[];

@@ -51,9 +51,8 @@ int kafka_start(uv_loop_t *loop, const rotor_config_t *cfg, const char *brokers,
 
 /* Produces one message (key, value and headers are copied). headers: name/value pairs, may be
  * NULL. opaque is handed back in on_delivery. Returns 0 or a negative error (no report then). */
-int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len,
-                  const void *value, size_t len, const event_header_t *headers, size_t nheaders,
-                  void *opaque);
+int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len, const void *value,
+                  size_t len, const event_header_t *headers, size_t nheaders, void *opaque);
 
 /* The owner is done with msg: commits offset+1 (asynchronously), frees msg, hands over the next
  * message if any. */

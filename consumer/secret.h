@@ -1,12 +1,12 @@
-/* secret.h: a buffer for secret bytes (passwords). It is wiped before it is freed and has no printing
- * helper on purpose: log.c cannot format it. */
+/* secret.h: a buffer for secret bytes (passwords). It is wiped before it is freed and has no
+ * printing helper on purpose: log.c cannot format it. */
 #ifndef ROTOR_SECRET_H
 #define ROTOR_SECRET_H
 
 #include <stddef.h>
 
 typedef struct {
-    char *buf;  /* NUL-terminated; len bytes of secret */
+    char *buf; /* NUL-terminated; len bytes of secret */
     size_t len;
 } rotor_secret_t;
 

@@ -98,14 +98,48 @@ void util_format_time(int64_t epoch_ms, char *buf, size_t len)
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(epoch_ms % 1000));
 }
 
+/* Exactly n digits at p, or -1: RFC 3339 fields have fixed widths, and sscanf("%2d") would also
+ * take signs, spaces and short fields. */
+static int fixed_digits(const char *p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)p[i]))
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+static int days_in_month(int year, int month)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return month == 2 && leap ? 29 : days[month - 1];
+}
+
 int util_parse_time(const char *text, int64_t *epoch_ms)
 {
-    struct tm tm = {0};
-    int consumed = 0;
-    if (!text || sscanf(text, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                        &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6)
+    /* "YYYY-MM-DDTHH:MM:SS": checked position by position, so nothing reads past the end. */
+    static const char layout[] = "dddd-dd-ddTdd:dd:dd";
+    if (!text)
         return ROTOR_EINVALID;
-    const char *p = text + consumed;
+    for (size_t i = 0; i < sizeof layout - 1; i++) {
+        bool ok = layout[i] == 'd'   ? isdigit((unsigned char)text[i]) != 0
+                  : layout[i] == 'T' ? (text[i] == 'T' || text[i] == 't')
+                                     : text[i] == layout[i];
+        if (!ok)
+            return ROTOR_EINVALID;
+    }
+    struct tm tm = {
+        .tm_year = fixed_digits(text, 4),
+        .tm_mon = fixed_digits(text + 5, 2),
+        .tm_mday = fixed_digits(text + 8, 2),
+        .tm_hour = fixed_digits(text + 11, 2),
+        .tm_min = fixed_digits(text + 14, 2),
+        .tm_sec = fixed_digits(text + 17, 2),
+    };
+    const char *p = text + sizeof layout - 1;
     int64_t frac_ms = 0;
     if (*p == '.') {
         int digits = 0;
@@ -122,8 +156,9 @@ int util_parse_time(const char *text, int64_t *epoch_ms)
     if (*p == 'Z' || *p == 'z') {
         p++;
     } else if (*p == '+' || *p == '-') {
-        int oh, om;
-        if (sscanf(p + 1, "%2d:%2d", &oh, &om) != 2)
+        int oh = fixed_digits(p + 1, 2);
+        int om = oh < 0 || p[3] != ':' ? -1 : fixed_digits(p + 4, 2);
+        if (om < 0 || oh > 23 || om > 59)
             return ROTOR_EINVALID;
         offset_s = (oh * 3600 + om * 60) * (*p == '-' ? -1 : 1);
         p += 6;
@@ -132,8 +167,9 @@ int util_parse_time(const char *text, int64_t *epoch_ms)
     }
     if (*p)
         return ROTOR_EINVALID;
-    if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
-        tm.tm_min > 59 || tm.tm_sec > 60)
+    if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
+        tm.tm_mday > days_in_month(tm.tm_year, tm.tm_mon) || tm.tm_hour > 23 || tm.tm_min > 59 ||
+        tm.tm_sec > 60)
         return ROTOR_EINVALID;
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
@@ -150,8 +186,8 @@ int util_uuid4(char *out)
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-             b[15]);
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
     return 0;
 }
 

@@ -1,0 +1,1504 @@
+/* config.c: rotor.yaml into an immutable rotor_config_t, driven by the config_keys table. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "secret.h"
+#include "util.h"
+
+/* Defaults are written as YAML text and parsed by the same loader as the file, so a default can
+ * never be something the file itself could not say. Two defaults are not values: "(unset)" marks
+ * an optional key with no value, and "(stages.x)" a key that inherits stages.x. */
+#define UNSET "(unset)"
+
+const config_key_t config_keys[] = {
+    {"kafka.brokers", "string", "embedded", false,
+     "`embedded` (the built-in mock broker) or a bootstrap list host:port,..."},
+    {"kafka.group", "string", "rotor", false, "consumer group shared by all rotor processes"},
+    {"kafka.topics.commands", "string", "rotor.commands", false,
+     "input topic: requests, approvals, retries, aborts, stage completions"},
+    {"kafka.topics.events", "string", "rotor.events", false,
+     "output topic: every stage's started/completed/failed"},
+    {"kafka.topics.deadletter", "string", "rotor.deadletter", false,
+     "input that cannot be used goes here, with the reason"},
+    {"kafka.bootstrap_file", "string", "./var/rotor.bootstrap", false,
+     "embedded broker: where `rotor run` writes its address for the CLI"},
+    {"kafka.partitions", "integer(1..64)", "3", false,
+     "embedded broker: partitions per topic it creates"},
+    {"kafka.max_message_bytes", "integer(1000..1000000000)", "1048576", false,
+     "input larger than this is dead-lettered"},
+    {"kafka.properties", "map", "{}", false,
+     "extra librdkafka properties (string, number or bool values, passed as strings)"},
+    {"journal.dsn_env", "env-name", "ROTOR_JOURNAL_DSN", false,
+     "environment variable holding the journal DSN (used when dsn_file is not set)"},
+    {"journal.dsn_file", "path", UNSET, false,
+     "file whose first line is the journal DSN (instead of dsn_env)"},
+    {"http.listen", "string", "127.0.0.1:9464", false,
+     "host:port of /healthz, /readyz and /metrics; \"\" disables"},
+    {"log.level", "enum(debug|info|warn|error)", "info", false, "minimum level of log lines"},
+    {"daemon.shutdown_timeout", "duration", "30s", false, "bound on a graceful shutdown"},
+    {"daemon.schedule_interval", "duration", "30s", false, "how often schedules are checked"},
+    {"stages.timeout", "duration", "5m", false, "every stage: time allowed for one attempt"},
+    {"stages.max_attempts", "integer(1..100)", "5", false,
+     "every stage: attempts before the rotation fails"},
+    {"stages.backoff.initial", "duration", "1s", false,
+     "every stage: first wait between attempts (doubles, with jitter)"},
+    {"stages.backoff.max", "duration", "5m", false, "every stage: longest wait between attempts"},
+    {"stages.<stage>.timeout", "duration", "(stages.timeout)", false,
+     "one stage (prepare, generate, set-db, deploy, verify, swap, approve, retire, rollback)"},
+    {"stages.<stage>.max_attempts", "integer(1..100)", "(stages.max_attempts)", false,
+     "one stage: attempts"},
+    {"stages.<stage>.backoff.initial", "duration", "(stages.backoff.initial)", false,
+     "one stage: first wait between attempts"},
+    {"stages.<stage>.backoff.max", "duration", "(stages.backoff.max)", false,
+     "one stage: longest wait between attempts"},
+    {"stages.approve.timeout", "duration", "7d", false,
+     "approve waits for a human, so it has its own default"},
+    {"secrets", "list", NULL, false, "the managed secrets (a non-empty list)"},
+    {"secrets[].name", "name", NULL, false,
+     "unique name: Kafka key and journal key; [A-Za-z0-9][A-Za-z0-9._-]{0,126}"},
+    {"secrets[].active", "enum(blue|green)", "blue", false,
+     "slot production uses when rotor first meets this secret"},
+    {"secrets[].database.dsn_env", "env-name", UNSET, false,
+     "environment variable holding the admin DSN (exactly one of dsn_env, dsn_file)"},
+    {"secrets[].database.dsn_file", "path", UNSET, false, "file whose first line is the admin DSN"},
+    {"secrets[].database.roles.blue", "string", NULL, false, "role the blue slot logs in with"},
+    {"secrets[].database.roles.green", "string", NULL, false,
+     "role the green slot logs in with (not the blue one)"},
+    {"secrets[].database.probe", "string", "select 1", false,
+     "query verify runs as the standby role"},
+    {"secrets[].database.drain", "duration", "30s", false,
+     "retire waits this long before ending the old role's sessions"},
+    {"secrets[].store.kind", "enum(file)", "file", false,
+     "secret store driver (azure-keyvault comes later)"},
+    {"secrets[].store.dir", "string", "./var/secrets", false,
+     "file store: directory laid out like a Key Vault CSI mount"},
+    {"secrets[].store.names.blue", "store-name", NULL, false, "store secret read by the blue slot"},
+    {"secrets[].store.names.green", "store-name", NULL, false,
+     "store secret read by the green slot"},
+    {"secrets[].store.names.current", "store-name", UNSET, false,
+     "optional store secret holding the active role and password"},
+    {"secrets[].password.length", "integer(8..1024)", "32", false, "password length"},
+    {"secrets[].password.classes", "list(upper|lower|digit|symbol)", "[upper, lower, digit]", false,
+     "character classes, each used at least once"},
+    {"secrets[].password.exclude", "string", "\"\"", false, "characters never used"},
+    {"secrets[].validity", "duration", "90d", false,
+     "password lifetime: VALID UNTIL and the store's exp are now + validity"},
+    {"secrets[].deploy.kind", "enum(none)", "none", false, "deploy driver"},
+    {"secrets[].approval.mode", "enum(auto|manual)", "auto", false,
+     "auto approves after the soak time; manual waits for `rotor approve`"},
+    {"secrets[].approval.soak", "duration", "0s", false,
+     "auto: production probes must pass this long before approval"},
+    {"secrets[].approval.gate", "enum(retire|swap|both)", "retire", false,
+     "the step the approval gates"},
+    {"secrets[].schedule.every", "duration", UNSET, false, "rotate this often (not with cron)"},
+    {"secrets[].schedule.cron", "cron", UNSET, false,
+     "rotate on this 5-field cron expression, UTC (not with every)"},
+    {"secrets[].schedule.window", "window", UNSET, false,
+     "scheduled rotations start only within HH:MM-HH:MM UTC"},
+};
+const size_t config_nkeys = sizeof config_keys / sizeof config_keys[0];
+
+/* ---- a small YAML node tree with line numbers ---- */
+
+typedef enum { CN_SCALAR, CN_MAP, CN_SEQ } cn_kind_t;
+
+typedef struct cn cn_t;
+struct cn {
+    cn_kind_t kind;
+    int line;
+    bool plain; /* unquoted scalar: only then do null and ~ mean "no value" */
+    char *text; /* scalar */
+    size_t n;   /* map pairs or list items */
+    char **keys;
+    int *key_lines;
+    cn_t **kids;
+};
+
+enum { CN_MAX_DEPTH = 32, CN_MAX_NODES = 100000, PATH_LEN = 256 };
+
+typedef struct {
+    const char *file;
+    char *err;
+    size_t errlen;
+    size_t nodes; /* aliases can multiply nodes: bound the copy */
+} ctx_t;
+
+static int fail(ctx_t *c, int line, const char *path, const char *fmt, ...)
+{
+    if (!c->err || !c->errlen)
+        return ROTOR_ECONFIG;
+    int n = path ? snprintf(c->err, c->errlen, "%s:%d: %s: ", c->file, line, path)
+                 : snprintf(c->err, c->errlen, "%s:%d: ", c->file, line);
+    if (n >= 0 && (size_t)n < c->errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return ROTOR_ECONFIG;
+}
+
+static void cn_free(cn_t *n)
+{
+    if (!n)
+        return;
+    for (size_t i = 0; i < n->n; i++) {
+        if (n->keys)
+            free(n->keys[i]);
+        cn_free(n->kids[i]);
+    }
+    free(n->keys);
+    free(n->key_lines);
+    free(n->kids);
+    free(n->text);
+    free(n);
+}
+
+static int cn_build(ctx_t *c, yaml_document_t *doc, yaml_node_t *yn, int depth, cn_t **out);
+
+static int cn_build_map(ctx_t *c, yaml_document_t *doc, yaml_node_t *yn, int depth, cn_t *n)
+{
+    size_t count = (size_t)(yn->data.mapping.pairs.top - yn->data.mapping.pairs.start);
+    n->keys = util_calloc(count, sizeof *n->keys);
+    n->key_lines = util_calloc(count, sizeof *n->key_lines);
+    n->kids = util_calloc(count, sizeof *n->kids);
+    for (yaml_node_pair_t *p = yn->data.mapping.pairs.start; p < yn->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(doc, p->value);
+        if (!k || k->type != YAML_SCALAR_NODE)
+            return fail(c, k ? (int)k->start_mark.line + 1 : n->line, NULL,
+                        "expected a plain key, got a mapping or list as a key");
+        n->keys[n->n] = util_strdup((const char *)k->data.scalar.value);
+        n->key_lines[n->n] = (int)k->start_mark.line + 1;
+        n->n++;
+        int rc = cn_build(c, doc, v, depth + 1, &n->kids[n->n - 1]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int cn_build_seq(ctx_t *c, yaml_document_t *doc, yaml_node_t *yn, int depth, cn_t *n)
+{
+    size_t count = (size_t)(yn->data.sequence.items.top - yn->data.sequence.items.start);
+    n->kids = util_calloc(count, sizeof *n->kids);
+    for (yaml_node_item_t *i = yn->data.sequence.items.start; i < yn->data.sequence.items.top;
+         i++) {
+        n->n++;
+        int rc = cn_build(c, doc, yaml_document_get_node(doc, *i), depth + 1, &n->kids[n->n - 1]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* *out is set (and owned by the caller) even on failure, so one cn_free cleans up. */
+static int cn_build(ctx_t *c, yaml_document_t *doc, yaml_node_t *yn, int depth, cn_t **out)
+{
+    cn_t *n = util_calloc(1, sizeof *n);
+    *out = n;
+    n->line = yn ? (int)yn->start_mark.line + 1 : 1;
+    if (!yn)
+        return fail(c, 1, NULL, "YAML document refers to a missing node");
+    if (depth > CN_MAX_DEPTH || ++c->nodes > CN_MAX_NODES)
+        return fail(c, n->line, NULL, "expected at most %d levels and %d nodes (alias loop?)",
+                    CN_MAX_DEPTH, CN_MAX_NODES);
+    switch (yn->type) {
+    case YAML_MAPPING_NODE:
+        n->kind = CN_MAP;
+        return cn_build_map(c, doc, yn, depth, n);
+    case YAML_SEQUENCE_NODE:
+        n->kind = CN_SEQ;
+        return cn_build_seq(c, doc, yn, depth, n);
+    default:
+        n->kind = CN_SCALAR;
+        n->plain = yn->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+        n->text = util_strdup((const char *)yn->data.scalar.value);
+        return 0;
+    }
+}
+
+/* Parses one YAML document. *root is NULL for an empty document; the caller frees it. */
+static int cn_parse(ctx_t *c, const char *text, size_t len, cn_t **root)
+{
+    yaml_parser_t p;
+    yaml_document_t doc;
+    *root = NULL;
+    if (!yaml_parser_initialize(&p))
+        abort();
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&p, &doc)) {
+        int rc =
+            fail(c, (int)p.problem_mark.line + 1, NULL, "YAML syntax error: %s%s%s",
+                 p.problem ? p.problem : "?", p.context ? " " : "", p.context ? p.context : "");
+        yaml_parser_delete(&p);
+        return rc;
+    }
+    int rc = 0;
+    yaml_node_t *r = yaml_document_get_root_node(&doc);
+    if (r)
+        rc = cn_build(c, &doc, r, 0, root);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&p);
+    return rc;
+}
+
+static bool cn_is_null(const cn_t *n)
+{
+    if (!n || n->kind != CN_SCALAR || !n->plain)
+        return !n;
+    return !*n->text || strcmp(n->text, "~") == 0 || strcmp(n->text, "null") == 0 ||
+           strcmp(n->text, "Null") == 0 || strcmp(n->text, "NULL") == 0;
+}
+
+/* The value of key in map, or NULL when map is NULL, the key is absent or its value is null. */
+static const cn_t *cn_get(const cn_t *map, const char *key)
+{
+    if (!map || map->kind != CN_MAP)
+        return NULL;
+    for (size_t i = 0; i < map->n; i++) {
+        if (strcmp(map->keys[i], key) == 0)
+            return cn_is_null(map->kids[i]) ? NULL : map->kids[i];
+    }
+    return NULL;
+}
+
+/* Describes a value for "got ...": scalars quoted and escaped, and cut short. */
+static const char *got(const cn_t *v, char *buf, size_t len)
+{
+    if (!v)
+        return "nothing";
+    if (v->kind == CN_MAP)
+        return "a mapping";
+    if (v->kind == CN_SEQ)
+        return v->n ? "a list" : "[]";
+    if (cn_is_null(v))
+        return "null";
+    size_t o = 0;
+    buf[o++] = '"';
+    for (const unsigned char *s = (const unsigned char *)v->text; *s && o + 8 < len; s++) {
+        if (s - (const unsigned char *)v->text >= 60) {
+            o += (size_t)snprintf(buf + o, len - o, "...");
+            break;
+        }
+        if (*s == '"' || *s == '\\')
+            buf[o++] = '\\';
+        if (*s < 0x20)
+            o += (size_t)snprintf(buf + o, len - o, "\\x%02x", *s);
+        else
+            buf[o++] = (char)*s;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
+/* ---- paths and the key table ---- */
+
+static void path_join(char *out, const char *parent, const char *key)
+{
+    if (parent && *parent)
+        snprintf(out, PATH_LEN, "%.120s.%.120s", parent, key);
+    else
+        snprintf(out, PATH_LEN, "%.200s", key);
+}
+
+/* "secrets[3].store" -> "secrets[].store": the form the table uses. */
+static void path_generic(const char *concrete, char *out)
+{
+    size_t o = 0;
+    bool in_index = false;
+    for (const char *p = concrete; *p && o + 1 < PATH_LEN; p++) {
+        if (*p == '[')
+            in_index = true;
+        else if (*p == ']')
+            in_index = false;
+        else if (in_index)
+            continue;
+        out[o++] = *p;
+    }
+    out[o] = '\0';
+}
+
+static bool is_stage_name(const char *s, size_t len)
+{
+    for (int i = 0; i < STAGE__COUNT; i++) {
+        const char *name = rotor_stage_name((rotor_stage_t)i);
+        if (strlen(name) == len && strncmp(name, s, len) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* "stages.verify.timeout" -> "stages.<stage>.timeout"; false when gen is no stage override. */
+static bool path_stage_generic(const char *gen, char *out)
+{
+    if (strncmp(gen, "stages.", 7) != 0)
+        return false;
+    const char *name = gen + 7;
+    size_t len = strcspn(name, ".");
+    if (!is_stage_name(name, len))
+        return false;
+    snprintf(out, PATH_LEN, "stages.<stage>%s", name + len);
+    return true;
+}
+
+static const config_key_t *key_find_exact(const char *gen)
+{
+    for (size_t i = 0; i < config_nkeys; i++) {
+        if (strcmp(config_keys[i].key, gen) == 0)
+            return &config_keys[i];
+    }
+    return NULL;
+}
+
+static const config_key_t *key_find(const char *gen)
+{
+    if (strchr(gen, '<'))
+        return NULL; /* "<stage>" is the table's placeholder, not a key anyone may write */
+    const config_key_t *k = key_find_exact(gen);
+    char alt[PATH_LEN];
+    if (!k && path_stage_generic(gen, alt))
+        k = key_find_exact(alt);
+    return k;
+}
+
+static bool key_is_prefix_exact(const char *gen)
+{
+    size_t len = strlen(gen);
+    for (size_t i = 0; i < config_nkeys; i++) {
+        const char *k = config_keys[i].key;
+        if (strncmp(k, gen, len) == 0 && (k[len] == '.' || k[len] == '['))
+            return true;
+    }
+    return false;
+}
+
+/* True when gen is a section above some key ("kafka.topics", "stages.verify"). */
+static bool key_is_section(const char *gen)
+{
+    if (strchr(gen, '<'))
+        return false;
+    char alt[PATH_LEN];
+    return key_is_prefix_exact(gen) || (path_stage_generic(gen, alt) && key_is_prefix_exact(alt));
+}
+
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return 64;
+    size_t row[64];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* Considers one known child name of the parent section as a suggestion for name. */
+static void suggest_consider(const char *cand, size_t clen, const char *name, char *best,
+                             size_t *best_d)
+{
+    char buf[64];
+    if (clen >= sizeof buf)
+        return;
+    memcpy(buf, cand, clen);
+    buf[clen] = '\0';
+    size_t d = edit_distance(buf, name);
+    if (d < *best_d) {
+        *best_d = d;
+        memcpy(best, buf, clen + 1);
+    }
+}
+
+/* The known child of section parent_gen closest to name, if close enough to be a typo. */
+static bool suggest(const char *parent_gen, const char *name, char *best)
+{
+    /* Close enough to be a typo: a third of the name plus one edit, at most three. */
+    size_t best_d = strlen(name) / 3 + 2 < 4 ? strlen(name) / 3 + 2 : 4;
+    size_t plen = strlen(parent_gen);
+    bool at_stages = strcmp(parent_gen, "stages") == 0;
+    char alt[PATH_LEN];
+    const char *p = parent_gen;
+    if (path_stage_generic(parent_gen, alt))
+        p = alt, plen = strlen(alt);
+    for (size_t i = 0; i < config_nkeys; i++) {
+        const char *k = config_keys[i].key;
+        if (plen && (strncmp(k, p, plen) != 0 || k[plen] != '.'))
+            continue;
+        const char *c = plen ? k + plen + 1 : k;
+        size_t clen = strcspn(c, ".[");
+        if (at_stages && clen == 7 && strncmp(c, "<stage>", 7) == 0) {
+            for (int s = 0; s < STAGE__COUNT; s++) {
+                const char *sn = rotor_stage_name((rotor_stage_t)s);
+                suggest_consider(sn, strlen(sn), name, best, &best_d);
+            }
+            continue;
+        }
+        suggest_consider(c, clen, name, best, &best_d);
+    }
+    return best[0] != '\0';
+}
+
+/* ---- unknown and duplicate keys, before any value is read ---- */
+
+static int check_dups(ctx_t *c, const cn_t *map, const char *path)
+{
+    for (size_t i = 0; i < map->n; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(map->keys[i], map->keys[j]) == 0) {
+                char child[PATH_LEN];
+                path_join(child, path, map->keys[i]);
+                return fail(c, map->key_lines[i], child, "duplicate key (first on line %d)",
+                            map->key_lines[j]);
+            }
+        }
+    }
+    return 0;
+}
+
+static int check_keys(ctx_t *c, const cn_t *n, const char *path);
+
+static int check_unknown(ctx_t *c, const cn_t *map, size_t i, const char *path, const char *child)
+{
+    char pgen[PATH_LEN], best[64] = "";
+    path_generic(path, pgen);
+    if (strcmp(map->keys[i], "dsn") == 0 &&
+        (strcmp(pgen, "journal") == 0 || strcmp(pgen, "secrets[].database") == 0))
+        return fail(c, map->key_lines[i], child, "DSNs are never inline: use dsn_env or dsn_file");
+    if (suggest(pgen, map->keys[i], best)) {
+        char sug[PATH_LEN];
+        path_join(sug, path, best);
+        return fail(c, map->key_lines[i], NULL, "unknown key %s (did you mean %s?)", child, sug);
+    }
+    return fail(c, map->key_lines[i], NULL, "unknown key %s", child);
+}
+
+static int check_map(ctx_t *c, const cn_t *map, const char *path)
+{
+    int rc = check_dups(c, map, path);
+    for (size_t i = 0; !rc && i < map->n; i++) {
+        char child[PATH_LEN], gen[PATH_LEN];
+        path_join(child, path, map->keys[i]);
+        path_generic(child, gen);
+        const config_key_t *k = key_find(gen);
+        const cn_t *v = map->kids[i];
+        if (k && strcmp(k->type, "list") == 0 && v->kind == CN_SEQ) {
+            for (size_t j = 0; !rc && j < v->n; j++) {
+                char item[PATH_LEN];
+                snprintf(item, sizeof item, "%.200s[%zu]", child, j);
+                rc = check_keys(c, v->kids[j], item);
+            }
+        } else if (k && strcmp(k->type, "map") == 0 && v->kind == CN_MAP) {
+            rc = check_dups(c, v, child);
+        } else if (!k && key_is_section(gen)) {
+            rc = check_keys(c, v, child);
+        } else if (!k) {
+            rc = check_unknown(c, map, i, path, child);
+        }
+    }
+    return rc;
+}
+
+/* Walks the tree; type errors are left to the readers below, which know what they expect. */
+static int check_keys(ctx_t *c, const cn_t *n, const char *path)
+{
+    return n && n->kind == CN_MAP ? check_map(c, n, path) : 0;
+}
+
+/* ---- typed readers: each takes the key's type and default from the table ---- */
+
+/* A mapping in the file (map may be NULL when absent), with the line to blame when a key inside
+ * it is missing: its own, or its nearest ancestor's. */
+typedef struct {
+    const cn_t *map;
+    int line;
+    char path[PATH_LEN];
+} sec_t;
+
+static int sec_root(ctx_t *c, const cn_t *root, sec_t *out)
+{
+    out->map = root;
+    out->line = root ? root->line : 1;
+    out->path[0] = '\0';
+    if (root && root->kind != CN_MAP) {
+        char buf[96];
+        return fail(c, root->line, NULL, "expected a mapping at the top level, got %s",
+                    got(root, buf, sizeof buf));
+    }
+    return 0;
+}
+
+static int sec_child(ctx_t *c, const sec_t *parent, const char *name, sec_t *out)
+{
+    const cn_t *v = cn_get(parent->map, name);
+    path_join(out->path, parent->path, name);
+    out->map = v;
+    out->line = v ? v->line : parent->line;
+    if (v && v->kind != CN_MAP) {
+        char buf[96];
+        return fail(c, v->line, out->path, "expected a mapping, got %s", got(v, buf, sizeof buf));
+    }
+    return 0;
+}
+
+/* Finds parent.name: the file's value, else the table's default parsed into *tmp (the caller
+ * frees it). *v is NULL for an unset optional key or one that inherits. */
+static int lookup(ctx_t *c, const sec_t *s, const char *name, const config_key_t **k,
+                  const cn_t **v, cn_t **tmp, char *path)
+{
+    char gen[PATH_LEN];
+    path_join(path, s->path, name);
+    path_generic(path, gen);
+    *k = key_find(gen);
+    *tmp = NULL;
+    if (!*k)
+        abort(); /* a reader asked for a key the table lacks: a bug, not a user error */
+    *v = cn_get(s->map, name);
+    if (*v)
+        return 0;
+    if (!(*k)->dflt)
+        return fail(c, s->line, path, "missing required key");
+    if ((*k)->dflt[0] == '(')
+        return 0;
+    ctx_t dc = {.file = "(default)", .err = c->err, .errlen = c->errlen};
+    cn_t *root = NULL;
+    size_t len = strlen((*k)->dflt) + 4;
+    char *text = util_malloc(len);
+    snprintf(text, len, "v: %s", (*k)->dflt);
+    if (cn_parse(&dc, text, strlen(text), &root) || !root || root->kind != CN_MAP)
+        abort(); /* the table's default is not YAML: a bug */
+    free(text);
+    *tmp = root;
+    *v = root->kids[0];
+    return 0;
+}
+
+static int want_scalar(ctx_t *c, const cn_t *v, const char *path, const char *what)
+{
+    char buf[96];
+    if (v->kind != CN_SCALAR)
+        return fail(c, v->line, path, "expected %s, got %s", what, got(v, buf, sizeof buf));
+    return 0;
+}
+
+/* Reads a string; *out stays NULL when the key is unset. */
+static int get_str(ctx_t *c, const sec_t *s, const char *name, bool allow_empty, char **out)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    if (!rc && v) {
+        rc = want_scalar(c, v, path, allow_empty ? "a string" : "a non-empty string");
+        if (!rc && !allow_empty && !*v->text)
+            rc = fail(c, v->line, path, "expected a non-empty string, got \"\"");
+        if (!rc)
+            *out = util_strdup(v->text);
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+/* Reads an integer in the range the table's type gives; *out is untouched when it inherits. */
+static int get_int(ctx_t *c, const sec_t *s, const char *name, long *out)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    long lo = 0, hi = 0;
+    if (sscanf(k->type, "integer(%ld..%ld)", &lo, &hi) != 2)
+        abort();
+    if (!rc && v) {
+        char *end = NULL;
+        errno = 0;
+        long n = v->kind == CN_SCALAR ? strtol(v->text, &end, 10) : 0;
+        if (v->kind != CN_SCALAR || !*v->text || *end || errno || n < lo || n > hi)
+            rc = fail(c, v->line, path, "expected an integer from %ld to %ld, got %s", lo, hi,
+                      got(v, buf, sizeof buf));
+        else
+            *out = n;
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+/* Reads a duration; *out is untouched when the key is unset or inherits. */
+static int get_dur(ctx_t *c, const sec_t *s, const char *name, bool positive, uint64_t *out)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    uint64_t ms = 0;
+    if (!rc && v) {
+        if (v->kind != CN_SCALAR || util_parse_duration(v->text, &ms) || (positive && !ms))
+            rc = fail(c, v->line, path,
+                      "expected a %sduration such as 30s, 5m, 1h30m or 90d, got %s",
+                      positive ? "non-zero " : "", got(v, buf, sizeof buf));
+        else
+            *out = ms;
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+/* Index of text among the '|'-separated options in spec ("a|b|c)"), or -1. */
+static int option_index(const char *spec, const char *text)
+{
+    int i = 0;
+    size_t len = strlen(text);
+    for (const char *p = spec; *p && *p != ')'; i++) {
+        size_t olen = strcspn(p, "|)");
+        if (olen == len && strncmp(p, text, len) == 0)
+            return i;
+        p += olen;
+        if (*p == '|')
+            p++;
+    }
+    return -1;
+}
+
+/* "a|b|c)" -> "a, b, c" for messages. */
+static void options_text(const char *spec, char *buf, size_t len)
+{
+    size_t o = 0;
+    for (const char *p = spec; *p && *p != ')' && o + 3 < len; p++) {
+        if (*p == '|') {
+            buf[o++] = ',';
+            buf[o++] = ' ';
+        } else {
+            buf[o++] = *p;
+        }
+    }
+    buf[o] = '\0';
+}
+
+static int get_enum(ctx_t *c, const sec_t *s, const char *name, int *out)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96], opts[128];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    if (strncmp(k->type, "enum(", 5) != 0)
+        abort();
+    const char *spec = k->type + 5;
+    if (!rc && v) {
+        int i = v->kind == CN_SCALAR ? option_index(spec, v->text) : -1;
+        options_text(spec, opts, sizeof opts);
+        if (i < 0)
+            rc =
+                fail(c, v->line, path, "expected one of %s, got %s", opts, got(v, buf, sizeof buf));
+        else
+            *out = i;
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+/* A non-empty list of distinct options from a "list(a|b)" type, as a bit set (option i = bit i). */
+static int get_flags(ctx_t *c, const sec_t *s, const char *name, unsigned *out)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96], opts[128];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    if (strncmp(k->type, "list(", 5) != 0)
+        abort();
+    const char *spec = k->type + 5;
+    options_text(spec, opts, sizeof opts);
+    unsigned bits = 0;
+    if (!rc && v && (v->kind != CN_SEQ || v->n == 0))
+        rc = fail(c, v->line, path, "expected a non-empty list of %s, got %s", opts,
+                  got(v, buf, sizeof buf));
+    for (size_t i = 0; !rc && v && i < v->n; i++) {
+        const cn_t *item = v->kids[i];
+        int idx = item->kind == CN_SCALAR ? option_index(spec, item->text) : -1;
+        char ipath[PATH_LEN];
+        snprintf(ipath, sizeof ipath, "%.200s[%zu]", path, i);
+        if (idx < 0)
+            rc = fail(c, item->line, ipath, "expected one of %s, got %s", opts,
+                      got(item, buf, sizeof buf));
+        else if (bits & (1u << idx))
+            rc = fail(c, item->line, ipath, "expected each class once, got %s twice",
+                      got(item, buf, sizeof buf));
+        bits |= 1u << (idx < 0 ? 0 : idx);
+    }
+    if (!rc && v)
+        *out = bits;
+    cn_free(tmp);
+    return rc;
+}
+
+/* The node of an optional key if present, for checks across keys (exactly one of...). */
+static const cn_t *peek(const sec_t *s, const char *name)
+{
+    return cn_get(s->map, name);
+}
+
+/* ---- value rules beyond the type ---- */
+
+static bool is_env_name(const char *s)
+{
+    if (!s || !(isalpha((unsigned char)*s) || *s == '_'))
+        return false;
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && *s != '_')
+            return false;
+    }
+    return true;
+}
+
+static bool chars_in(const char *s, const char *extra, size_t min, size_t max)
+{
+    size_t len = strlen(s);
+    if (len < min || len > max)
+        return false;
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && !strchr(extra, *s))
+            return false;
+    }
+    return true;
+}
+
+/* Kafka's own rule for topic names. */
+static bool is_topic_name(const char *s)
+{
+    return chars_in(s, "._-", 1, 249) && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+static bool is_secret_name(const char *s)
+{
+    return isalnum((unsigned char)s[0]) && chars_in(s, "._-", 1, 127);
+}
+
+/* Key Vault's rule for secret names. */
+static bool is_store_name(const char *s)
+{
+    return chars_in(s, "-", 1, 127);
+}
+
+static bool is_listen(const char *s)
+{
+    if (!*s)
+        return true;
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s)
+        return false;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    return colon[1] && !*end && port > 0 && port < 65536;
+}
+
+/* Reads a DSN pair: exactly one of dsn_env and dsn_file. The env name is never echoed: someone
+ * who mistakes it for the DSN field would see their password in the message. */
+static int get_dsn_pair(ctx_t *c, const sec_t *s, char **env, char **file, bool env_defaults)
+{
+    const cn_t *e = peek(s, "dsn_env"), *f = peek(s, "dsn_file");
+    char path[PATH_LEN];
+    path_join(path, s->path, "dsn_env");
+    if (e && f)
+        return fail(c, f->line, s->path, "expected one of dsn_env or dsn_file, got both");
+    if (!e && !f && !env_defaults)
+        return fail(c, s->line, path, "missing required key (or set dsn_file)");
+    int rc = f ? get_str(c, s, "dsn_file", false, file) : get_str(c, s, "dsn_env", false, env);
+    if (!rc && *env && !is_env_name(*env))
+        rc = fail(c, e->line, path,
+                  "expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), got something "
+                  "else (not shown: it may be a DSN)");
+    return rc;
+}
+
+/* ---- sections ---- */
+
+static int load_properties(ctx_t *c, const sec_t *kafka, rotor_config_t *cfg)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN];
+    int rc = lookup(c, kafka, "properties", &k, &v, &tmp, path);
+    char buf[96];
+    if (!rc && v->kind != CN_MAP)
+        rc = fail(c, v->line, path, "expected a mapping of librdkafka properties, got %s",
+                  got(v, buf, sizeof buf));
+    if (!rc && v->kind == CN_MAP) {
+        cfg->kafka.properties = util_calloc(v->n, sizeof *cfg->kafka.properties);
+        for (size_t i = 0; !rc && i < v->n; i++) {
+            char child[PATH_LEN];
+            path_join(child, path, v->keys[i]);
+            /* Values are never echoed: sasl.password and friends live here. */
+            if (v->kids[i]->kind != CN_SCALAR || cn_is_null(v->kids[i])) {
+                rc =
+                    fail(c, v->kids[i]->line, child, "expected a string, number or boolean, got %s",
+                         v->kids[i]->kind == CN_SCALAR ? "null" : "a mapping or list");
+                break;
+            }
+            cfg->kafka.properties[i].key = util_strdup(v->keys[i]);
+            cfg->kafka.properties[i].value = util_strdup(v->kids[i]->text);
+            cfg->kafka.nproperties++;
+        }
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+static int check_topic(ctx_t *c, const sec_t *topics, const char *name, const char *value)
+{
+    const cn_t *v = peek(topics, name);
+    char path[PATH_LEN];
+    path_join(path, topics->path, name);
+    if (is_topic_name(value))
+        return 0;
+    char buf[96];
+    return fail(c, v ? v->line : topics->line, path,
+                "expected a Kafka topic name (1-249 of [A-Za-z0-9._-]), got %s",
+                got(v, buf, sizeof buf));
+}
+
+static int load_kafka(ctx_t *c, const sec_t *root, rotor_config_t *cfg)
+{
+    sec_t kafka, topics;
+    long partitions = 0, max_bytes = 0;
+    int rc = sec_child(c, root, "kafka", &kafka);
+    if (!rc)
+        rc = get_str(c, &kafka, "brokers", false, &cfg->kafka.brokers);
+    if (!rc)
+        rc = get_str(c, &kafka, "group", false, &cfg->kafka.group);
+    if (!rc)
+        rc = sec_child(c, &kafka, "topics", &topics);
+    if (!rc)
+        rc = get_str(c, &topics, "commands", false, &cfg->kafka.topic_commands);
+    if (!rc)
+        rc = check_topic(c, &topics, "commands", cfg->kafka.topic_commands);
+    if (!rc)
+        rc = get_str(c, &topics, "events", false, &cfg->kafka.topic_events);
+    if (!rc)
+        rc = check_topic(c, &topics, "events", cfg->kafka.topic_events);
+    if (!rc)
+        rc = get_str(c, &topics, "deadletter", false, &cfg->kafka.topic_deadletter);
+    if (!rc)
+        rc = check_topic(c, &topics, "deadletter", cfg->kafka.topic_deadletter);
+    if (!rc)
+        rc = get_str(c, &kafka, "bootstrap_file", false, &cfg->kafka.bootstrap_file);
+    if (!rc)
+        rc = get_int(c, &kafka, "partitions", &partitions);
+    if (!rc)
+        rc = get_int(c, &kafka, "max_message_bytes", &max_bytes);
+    if (!rc)
+        rc = load_properties(c, &kafka, cfg);
+    cfg->kafka.partitions = (int)partitions;
+    cfg->kafka.max_message_bytes = (size_t)max_bytes;
+    return rc;
+}
+
+static int load_misc(ctx_t *c, const sec_t *root, rotor_config_t *cfg)
+{
+    sec_t journal, http, log, daemon;
+    int level = 0;
+    int rc = sec_child(c, root, "journal", &journal);
+    if (!rc)
+        rc = get_dsn_pair(c, &journal, &cfg->journal.dsn_env, &cfg->journal.dsn_file, true);
+    if (!rc)
+        rc = sec_child(c, root, "http", &http);
+    if (!rc)
+        rc = get_str(c, &http, "listen", true, &cfg->http.listen);
+    if (!rc && !is_listen(cfg->http.listen)) {
+        const cn_t *v = peek(&http, "listen");
+        char buf[96];
+        rc = fail(c, v->line, "http.listen", "expected host:port or \"\" (disabled), got %s",
+                  got(v, buf, sizeof buf));
+    }
+    if (!rc)
+        rc = sec_child(c, root, "log", &log);
+    if (!rc)
+        rc = get_enum(c, &log, "level", &level);
+    if (!rc) {
+        static const char *const levels[] = {"debug", "info", "warn", "error"};
+        cfg->log.level = util_strdup(levels[level]);
+    }
+    if (!rc)
+        rc = sec_child(c, root, "daemon", &daemon);
+    if (!rc)
+        rc = get_dur(c, &daemon, "shutdown_timeout", true, &cfg->daemon.shutdown_timeout_ms);
+    if (!rc)
+        rc = get_dur(c, &daemon, "schedule_interval", true, &cfg->daemon.schedule_interval_ms);
+    return rc;
+}
+
+static int load_policy(ctx_t *c, const sec_t *s, cfg_stage_policy_t *p)
+{
+    sec_t backoff;
+    long attempts = p->max_attempts;
+    int rc = get_dur(c, s, "timeout", true, &p->timeout_ms);
+    if (!rc)
+        rc = get_int(c, s, "max_attempts", &attempts);
+    if (!rc)
+        rc = sec_child(c, s, "backoff", &backoff);
+    if (!rc)
+        rc = get_dur(c, &backoff, "initial", false, &p->backoff_initial_ms);
+    if (!rc)
+        rc = get_dur(c, &backoff, "max", false, &p->backoff_max_ms);
+    p->max_attempts = (int)attempts;
+    if (!rc && p->backoff_max_ms < p->backoff_initial_ms)
+        rc = fail(c, backoff.line, backoff.path,
+                  "expected max to be at least initial, got max shorter than initial");
+    return rc;
+}
+
+/* Top-level `stages`: defaults for every stage, then per-stage overrides that inherit them. */
+static int load_stages(ctx_t *c, const sec_t *root, cfg_stage_policy_t out[STAGE__COUNT])
+{
+    sec_t stages;
+    cfg_stage_policy_t all = {0};
+    int rc = sec_child(c, root, "stages", &stages);
+    if (!rc)
+        rc = load_policy(c, &stages, &all);
+    for (int i = 0; !rc && i < STAGE__COUNT; i++) {
+        sec_t one;
+        out[i] = all;
+        rc = sec_child(c, &stages, rotor_stage_name((rotor_stage_t)i), &one);
+        if (!rc)
+            rc = load_policy(c, &one, &out[i]);
+    }
+    return rc;
+}
+
+static int load_roles(ctx_t *c, const sec_t *db, cfg_secret_t *s)
+{
+    sec_t roles;
+    int rc = sec_child(c, db, "roles", &roles);
+    if (!rc)
+        rc = get_str(c, &roles, "blue", false, &s->database.roles[SLOT_BLUE]);
+    if (!rc)
+        rc = get_str(c, &roles, "green", false, &s->database.roles[SLOT_GREEN]);
+    for (int i = 0; !rc && i < 2; i++) {
+        const char *slot = rotor_slot_name((rotor_slot_t)i);
+        if (strlen(s->database.roles[i]) > 63) {
+            char path[PATH_LEN];
+            path_join(path, roles.path, slot);
+            rc = fail(c, peek(&roles, slot)->line, path,
+                      "expected a PostgreSQL role name of at most 63 bytes, got %zu bytes",
+                      strlen(s->database.roles[i]));
+        }
+    }
+    if (!rc && strcmp(s->database.roles[0], s->database.roles[1]) == 0) {
+        char path[PATH_LEN];
+        path_join(path, roles.path, "green");
+        rc = fail(c, peek(&roles, "green")->line, path,
+                  "expected a role other than blue's, got the same role \"%s\"",
+                  s->database.roles[1]);
+    }
+    return rc;
+}
+
+static int load_database(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    sec_t db;
+    int rc = sec_child(c, item, "database", &db);
+    if (!rc)
+        rc = get_dsn_pair(c, &db, &s->database.dsn_env, &s->database.dsn_file, false);
+    if (!rc)
+        rc = load_roles(c, &db, s);
+    if (!rc)
+        rc = get_str(c, &db, "probe", false, &s->database.probe);
+    if (!rc)
+        rc = get_dur(c, &db, "drain", false, &s->database.drain_ms);
+    return rc;
+}
+
+static int check_store_name(ctx_t *c, const sec_t *names, const char *key, const char *value)
+{
+    char path[PATH_LEN], buf[96];
+    path_join(path, names->path, key);
+    if (!value || is_store_name(value))
+        return 0;
+    return fail(c, peek(names, key)->line, path,
+                "expected 1-127 characters of [0-9A-Za-z-] (Key Vault's rule), got %s",
+                got(peek(names, key), buf, sizeof buf));
+}
+
+static int check_store_names_distinct(ctx_t *c, const sec_t *names, const cfg_secret_t *s)
+{
+    static const char *const keys[] = {"blue", "green", "current"};
+    const char *vals[] = {s->store.names[0], s->store.names[1], s->store.current};
+    for (int i = 1; i < 3; i++) {
+        for (int j = 0; j < i; j++) {
+            if (vals[i] && vals[j] && strcmp(vals[i], vals[j]) == 0) {
+                char path[PATH_LEN];
+                path_join(path, names->path, keys[i]);
+                return fail(c, peek(names, keys[i])->line, path,
+                            "expected a name distinct from %s's, got the same \"%s\"", keys[j],
+                            vals[i]);
+            }
+        }
+    }
+    return 0;
+}
+
+static int load_store(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    sec_t store, names;
+    int kind = 0;
+    int rc = sec_child(c, item, "store", &store);
+    const cn_t *k = peek(&store, "kind");
+    if (!rc && k && k->kind == CN_SCALAR && strcmp(k->text, "azure-keyvault") == 0) {
+        char path[PATH_LEN];
+        path_join(path, store.path, "kind");
+        return fail(
+            c, k->line, path,
+            "expected file, got \"azure-keyvault\" (not supported yet: use the file store)");
+    }
+    if (!rc)
+        rc = get_enum(c, &store, "kind", &kind);
+    if (!rc)
+        s->store.kind = util_strdup("file");
+    if (!rc)
+        rc = get_str(c, &store, "dir", false, &s->store.dir);
+    if (!rc)
+        rc = sec_child(c, &store, "names", &names);
+    if (!rc)
+        rc = get_str(c, &names, "blue", false, &s->store.names[SLOT_BLUE]);
+    if (!rc)
+        rc = check_store_name(c, &names, "blue", s->store.names[SLOT_BLUE]);
+    if (!rc)
+        rc = get_str(c, &names, "green", false, &s->store.names[SLOT_GREEN]);
+    if (!rc)
+        rc = check_store_name(c, &names, "green", s->store.names[SLOT_GREEN]);
+    if (!rc)
+        rc = get_str(c, &names, "current", false, &s->store.current);
+    if (!rc)
+        rc = check_store_name(c, &names, "current", s->store.current);
+    if (!rc)
+        rc = check_store_names_distinct(c, &names, s);
+    return rc;
+}
+
+/* The generator's alphabet per class (PW_* bit order). password.c must draw from the same sets. */
+static const char *const pw_class_chars[] = {
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "abcdefghijklmnopqrstuvwxyz",
+    "0123456789",
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+};
+static const char *const pw_class_names[] = {"upper", "lower", "digit", "symbol"};
+
+/* The policy check the generator makes, here so a bad policy stops start-up, not a rotation. */
+static int check_password(ctx_t *c, const sec_t *pw, const cfg_secret_t *s)
+{
+    char path[PATH_LEN];
+    int nclasses = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!(s->password.classes & (1u << i)))
+            continue;
+        nclasses++;
+        const char *p = pw_class_chars[i];
+        while (*p && strchr(s->password.exclude, *p))
+            p++;
+        if (!*p) {
+            const cn_t *v = peek(pw, "exclude");
+            char buf[96];
+            path_join(path, pw->path, "exclude");
+            return fail(c, v ? v->line : pw->line, path,
+                        "expected to leave at least one %s character, got %s", pw_class_names[i],
+                        got(v, buf, sizeof buf));
+        }
+    }
+    if (s->password.length < nclasses) {
+        path_join(path, pw->path, "length");
+        return fail(c, pw->line, path, "expected at least %d (one per class), got %d", nclasses,
+                    s->password.length);
+    }
+    return 0;
+}
+
+static int load_password(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    sec_t pw;
+    long length = 0;
+    int rc = sec_child(c, item, "password", &pw);
+    if (!rc)
+        rc = get_int(c, &pw, "length", &length);
+    if (!rc)
+        rc = get_flags(c, &pw, "classes", &s->password.classes);
+    if (!rc)
+        rc = get_str(c, &pw, "exclude", true, &s->password.exclude);
+    s->password.length = (int)length;
+    if (!rc)
+        rc = check_password(c, &pw, s);
+    return rc;
+}
+
+static int load_approval(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    sec_t ap;
+    int mode = 0, gate = 0;
+    int rc = sec_child(c, item, "approval", &ap);
+    if (!rc)
+        rc = get_enum(c, &ap, "mode", &mode);
+    if (!rc)
+        rc = get_dur(c, &ap, "soak", false, &s->approval.soak_ms);
+    if (!rc)
+        rc = get_enum(c, &ap, "gate", &gate);
+    static const cfg_gate_t gates[] = {GATE_RETIRE, GATE_SWAP, GATE_BOTH};
+    s->approval.mode = mode ? APPROVAL_MANUAL : APPROVAL_AUTO;
+    s->approval.gate = gates[gate];
+    return rc;
+}
+
+/* "HH:MM" -> minutes after midnight, or -1. */
+static int parse_hhmm(const char *p, size_t len)
+{
+    if (len != 5 || !isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]) || p[2] != ':' ||
+        !isdigit((unsigned char)p[3]) || !isdigit((unsigned char)p[4]))
+        return -1;
+    int h = (p[0] - '0') * 10 + (p[1] - '0'), m = (p[3] - '0') * 10 + (p[4] - '0');
+    return h < 24 && m < 60 ? h * 60 + m : -1;
+}
+
+static int load_window(ctx_t *c, const sec_t *sched, cfg_secret_t *s)
+{
+    char *w = NULL;
+    int rc = get_str(c, sched, "window", false, &w);
+    if (rc || !w)
+        return rc;
+    const char *dash = strchr(w, '-');
+    int start = dash ? parse_hhmm(w, (size_t)(dash - w)) : -1;
+    int end = dash ? parse_hhmm(dash + 1, strlen(dash + 1)) : -1;
+    if (start < 0 || end < 0 || start == end) {
+        char path[PATH_LEN], buf[96];
+        path_join(path, sched->path, "window");
+        rc = fail(c, peek(sched, "window")->line, path,
+                  "expected a UTC window HH:MM-HH:MM with start != end, got %s",
+                  got(peek(sched, "window"), buf, sizeof buf));
+    }
+    s->schedule.window_start = start;
+    s->schedule.window_end = end;
+    free(w);
+    return rc;
+}
+
+static int count_fields(const char *s)
+{
+    int n = 0;
+    for (; *s; s++) {
+        if (!isspace((unsigned char)*s) && (s[1] == '\0' || isspace((unsigned char)s[1])))
+            n++;
+    }
+    return n;
+}
+
+static int load_schedule(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    sec_t sched;
+    char path[PATH_LEN], buf[96];
+    s->schedule.window_start = s->schedule.window_end = -1;
+    int rc = sec_child(c, item, "schedule", &sched);
+    if (!rc && peek(&sched, "every") && peek(&sched, "cron"))
+        return fail(c, peek(&sched, "cron")->line, sched.path,
+                    "expected either every or cron, got both");
+    if (!rc)
+        rc = get_dur(c, &sched, "every", true, &s->schedule.every_ms);
+    if (!rc)
+        rc = get_str(c, &sched, "cron", false, &s->schedule.cron);
+    if (!rc && s->schedule.cron && count_fields(s->schedule.cron) != 5) {
+        path_join(path, sched.path, "cron");
+        rc = fail(c, peek(&sched, "cron")->line, path,
+                  "expected 5 fields (minute hour day month weekday), got %s",
+                  got(peek(&sched, "cron"), buf, sizeof buf));
+    }
+    if (!rc)
+        rc = load_window(c, &sched, s);
+    return rc;
+}
+
+static int load_secret(ctx_t *c, const sec_t *item, const cfg_stage_policy_t *stages,
+                       cfg_secret_t *s)
+{
+    int active = 0;
+    char path[PATH_LEN], buf[96];
+    int rc = get_str(c, item, "name", false, &s->name);
+    if (!rc && !is_secret_name(s->name)) {
+        path_join(path, item->path, "name");
+        rc = fail(c, peek(item, "name")->line, path,
+                  "expected a name matching ^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$, got %s",
+                  got(peek(item, "name"), buf, sizeof buf));
+    }
+    if (!rc)
+        rc = get_enum(c, item, "active", &active);
+    s->active = active ? SLOT_GREEN : SLOT_BLUE;
+    if (!rc)
+        rc = load_database(c, item, s);
+    if (!rc)
+        rc = load_store(c, item, s);
+    if (!rc)
+        rc = load_password(c, item, s);
+    if (!rc)
+        rc = get_dur(c, item, "validity", true, &s->validity_ms);
+    if (!rc) {
+        sec_t deploy;
+        int kind = 0;
+        rc = sec_child(c, item, "deploy", &deploy);
+        if (!rc)
+            rc = get_enum(c, &deploy, "kind", &kind);
+        s->deploy.kind = rc ? NULL : util_strdup("none");
+    }
+    if (!rc)
+        rc = load_approval(c, item, s);
+    if (!rc)
+        rc = load_schedule(c, item, s);
+    memcpy(s->stages, stages, sizeof s->stages);
+    return rc;
+}
+
+static int load_secrets(ctx_t *c, const sec_t *root, const cfg_stage_policy_t *stages,
+                        rotor_config_t *cfg)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96];
+    int rc = lookup(c, root, "secrets", &k, &v, &tmp, path);
+    if (!rc && (v->kind != CN_SEQ || v->n == 0))
+        rc = fail(c, v->line, path, "expected a non-empty list of secrets, got %s",
+                  got(v, buf, sizeof buf));
+    if (!rc)
+        cfg->secrets = util_calloc(v->n, sizeof *cfg->secrets);
+    for (size_t i = 0; !rc && i < v->n; i++) {
+        sec_t item = {.map = v->kids[i], .line = v->kids[i]->line};
+        snprintf(item.path, sizeof item.path, "secrets[%zu]", i);
+        if (v->kids[i]->kind != CN_MAP) {
+            rc = fail(c, v->kids[i]->line, item.path, "expected a mapping, got %s",
+                      got(v->kids[i], buf, sizeof buf));
+            break;
+        }
+        cfg->nsecrets++;
+        rc = load_secret(c, &item, stages, &cfg->secrets[i]);
+        for (size_t j = 0; !rc && j < i; j++) {
+            if (strcmp(cfg->secrets[i].name, cfg->secrets[j].name) == 0) {
+                path_join(path, item.path, "name");
+                rc = fail(c, peek(&item, "name")->line, path,
+                          "expected a name unique across secrets, got \"%s\" again (first in "
+                          "secrets[%zu])",
+                          cfg->secrets[i].name, j);
+            }
+        }
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+/* ---- public ---- */
+
+int config_parse(const char *text, size_t len, const char *name, rotor_config_t **out, char *err,
+                 size_t errlen)
+{
+    ctx_t c = {.file = name ? name : "(config)", .err = err, .errlen = errlen};
+    cn_t *root = NULL;
+    sec_t rs;
+    cfg_stage_policy_t stages[STAGE__COUNT];
+    *out = NULL;
+    if (err && errlen)
+        err[0] = '\0';
+    rotor_config_t *cfg = util_calloc(1, sizeof *cfg);
+    cfg->path = util_strdup(c.file);
+    int rc = cn_parse(&c, text, len, &root);
+    if (!rc)
+        rc = sec_root(&c, root, &rs);
+    if (!rc)
+        rc = check_keys(&c, root, "");
+    if (!rc)
+        rc = load_kafka(&c, &rs, cfg);
+    if (!rc)
+        rc = load_misc(&c, &rs, cfg);
+    if (!rc)
+        rc = load_stages(&c, &rs, stages);
+    if (!rc)
+        rc = load_secrets(&c, &rs, stages, cfg);
+    cn_free(root);
+    if (rc) {
+        config_free(cfg);
+        return ROTOR_ECONFIG;
+    }
+    *out = cfg;
+    return 0;
+}
+
+/* Reads a whole small file; config files are read once at start-up, before the loop runs. */
+static int read_file(const char *path, char **text, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -errno;
+    size_t cap = 4096, n = 0;
+    char *buf = util_malloc(cap);
+    for (;;) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap || cap >= 16 * 1024 * 1024)
+            break;
+        cap *= 2;
+        char *grown = realloc(buf, cap);
+        if (!grown)
+            abort();
+        buf = grown;
+    }
+    int rc = ferror(f) ? -EIO : n == cap ? -EFBIG : 0;
+    fclose(f);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+int config_load(const char *path, rotor_config_t **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *out = NULL;
+    int rc = read_file(path, &text, &len);
+    if (rc) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s: cannot read: %s", path, strerror(-rc));
+        return ROTOR_ECONFIG;
+    }
+    rc = config_parse(text, len, path, out, err, errlen);
+    free(text);
+    return rc;
+}
+
+static void secret_fields_free(cfg_secret_t *s)
+{
+    free(s->name);
+    free(s->database.dsn_env);
+    free(s->database.dsn_file);
+    free(s->database.roles[0]);
+    free(s->database.roles[1]);
+    free(s->database.probe);
+    free(s->store.kind);
+    free(s->store.dir);
+    free(s->store.names[0]);
+    free(s->store.names[1]);
+    free(s->store.current);
+    free(s->password.exclude);
+    free(s->deploy.kind);
+    free(s->schedule.cron);
+}
+
+void config_free(rotor_config_t *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->path);
+    free(cfg->kafka.brokers);
+    free(cfg->kafka.group);
+    free(cfg->kafka.topic_commands);
+    free(cfg->kafka.topic_events);
+    free(cfg->kafka.topic_deadletter);
+    free(cfg->kafka.bootstrap_file);
+    for (size_t i = 0; i < cfg->kafka.nproperties; i++) {
+        free(cfg->kafka.properties[i].key);
+        /* A property value may be a password (sasl.password). */
+        secret_wipe(cfg->kafka.properties[i].value, strlen(cfg->kafka.properties[i].value));
+        free(cfg->kafka.properties[i].value);
+    }
+    free(cfg->kafka.properties);
+    free(cfg->journal.dsn_env);
+    free(cfg->journal.dsn_file);
+    free(cfg->http.listen);
+    free(cfg->log.level);
+    for (size_t i = 0; i < cfg->nsecrets; i++)
+        secret_fields_free(&cfg->secrets[i]);
+    free(cfg->secrets);
+    free(cfg);
+}
+
+const cfg_secret_t *config_secret(const rotor_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; cfg && name && i < cfg->nsecrets; i++) {
+        if (strcmp(cfg->secrets[i].name, name) == 0)
+            return &cfg->secrets[i];
+    }
+    return NULL;
+}
+
+/* First line of path, unbuffered so that no stdio buffer keeps a copy of the DSN. */
+static int dsn_from_file(const char *path, const char *what_key, char **out, char *err,
+                         size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot read %s: %s", what_key, path, strerror(errno));
+        return ROTOR_ECONFIG;
+    }
+    setvbuf(f, NULL, _IONBF, 0);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, f);
+    int rd_errno = errno;
+    fclose(f);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    if (n <= 0) {
+        if (line)
+            secret_wipe(line, cap);
+        free(line);
+        snprintf(err, errlen, "%s: %s %s", what_key, path,
+                 n < 0 && rd_errno ? strerror(rd_errno) : "has an empty first line");
+        return ROTOR_ECONFIG;
+    }
+    *out = line;
+    return 0;
+}
+
+int config_dsn(const char *dsn_env, const char *dsn_file, const char *what_key, char **out,
+               char *err, size_t errlen)
+{
+    char dummy[1];
+    if (!err || !errlen)
+        err = dummy, errlen = sizeof dummy;
+    *out = NULL;
+    what_key = what_key ? what_key : "dsn";
+    if ((dsn_env && *dsn_env) == (dsn_file && *dsn_file)) {
+        snprintf(err, errlen, "%s: expected exactly one of dsn_env or dsn_file", what_key);
+        return ROTOR_ECONFIG;
+    }
+    if (dsn_file && *dsn_file)
+        return dsn_from_file(dsn_file, what_key, out, err, errlen);
+    const char *v = getenv(dsn_env);
+    if (!v || !*v) {
+        snprintf(err, errlen, "%s: environment variable %s is %s", what_key, dsn_env,
+                 v ? "empty" : "not set");
+        return ROTOR_ECONFIG;
+    }
+    *out = util_strdup(v);
+    return 0;
+}

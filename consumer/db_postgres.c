@@ -1,0 +1,448 @@
+/* db_postgres.c: the `postgres` database driver: role checks, SCRAM password, login, retirement. */
+#include "db.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg.h"
+#include "rotor.h"
+#include "util.h"
+
+typedef struct db_op_s db_op_t;
+
+struct db_req_s {
+    uv_loop_t *loop;
+    const db_op_t *op;
+    pgc_conn_t *conn;
+    char *role, *other, *probe;
+    rotor_secret_t *password;
+    int64_t valid_until_ms;
+    db_cb cb;
+    void *arg;
+    uv_work_t work;
+    bool work_active; /* the threadpool holds req and the connection */
+    char *verifier;   /* from PQencryptPasswordConn; PQfreemem */
+    bool done;        /* cb has run */
+    long count;
+    char reason[512];
+};
+
+/* One operation: what to do once connected, and how to read the query's result. */
+struct db_op_s {
+    const char *name;
+    bool as_role; /* logs in as the managed role: a failed connect is a failed login */
+    void (*start)(db_req_t *r);
+    void (*result)(db_req_t *r, PGresult *res);
+};
+
+static void req_free(db_req_t *r)
+{
+    free(r->role);
+    free(r->other);
+    free(r->probe);
+    secret_free(r->password);
+    if (r->verifier) {
+        secret_wipe(r->verifier, strlen(r->verifier));
+        PQfreemem(r->verifier);
+    }
+    free(r);
+}
+
+static void req_close_conn(db_req_t *r)
+{
+    pgc_conn_t *c = r->conn;
+    r->conn = NULL;
+    if (c)
+        pgc_close(c);
+}
+
+/* Reports once. While the threadpool still uses the connection it stays open; the work's
+ * completion closes it and frees the request. */
+static void req_finish(db_req_t *r, int status, const char *reason)
+{
+    if (r->done)
+        return;
+    r->done = true;
+    if (!r->work_active)
+        req_close_conn(r);
+    r->cb(r->arg, status, status == 0 ? NULL : reason, status == 0 ? r->count : 0);
+    if (!r->work_active)
+        req_free(r);
+}
+
+/* libpq messages end in a newline and may span lines: keep them on one line for the reason. */
+static void finish_pg(db_req_t *r, int status, const char *what, const char *msg)
+{
+    char buf[sizeof r->reason];
+    snprintf(buf, sizeof buf, "%s: %s", what, msg && *msg ? msg : "unknown error");
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    for (char *p = buf; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+    req_finish(r, status, buf);
+}
+
+static void on_result(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    db_req_t *r = arg;
+    if (r->done)
+        return;
+    if (status != 0) {
+        finish_pg(r, status == ROTOR_ECANCELED ? ROTOR_ECANCELED : ROTOR_EDB, r->op->name,
+                  pgc_error(c));
+        return;
+    }
+    r->op->result(r, res);
+}
+
+static void query(db_req_t *r, const char *sql, int nparams, const char *const *params)
+{
+    int rc = pgc_query(r->conn, sql, nparams, params, on_result, r);
+    if (rc != 0)
+        finish_pg(r, ROTOR_EDB, r->op->name, pgc_error(r->conn));
+}
+
+static void on_connected(pgc_conn_t *c, int status, void *arg)
+{
+    db_req_t *r = arg;
+    if (r->done)
+        return;
+    if (status != 0) {
+        char what[160];
+        if (r->op->as_role)
+            snprintf(what, sizeof what, "%s: login as %s failed", r->op->name, r->role);
+        else
+            snprintf(what, sizeof what, "%s: cannot connect", r->op->name);
+        finish_pg(r, status == ROTOR_ECANCELED ? ROTOR_ECANCELED : ROTOR_EDB, what, pgc_error(c));
+        return;
+    }
+    r->op->start(r);
+}
+
+/* ---- check roles ---- */
+
+/* Membership differences are computed by the server, both ways, over role names. */
+static const char check_roles_sql[] =
+    "WITH m AS (SELECT u.rolname AS member, g.rolname AS grp FROM pg_auth_members am "
+    "JOIN pg_roles u ON u.oid = am.member JOIN pg_roles g ON g.oid = am.roleid) "
+    "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), "
+    "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2), "
+    "coalesce((SELECT rolcanlogin FROM pg_roles WHERE rolname = $1), false), "
+    "(SELECT string_agg(grp, ', ' ORDER BY grp) FROM (SELECT grp FROM m WHERE member = $1 "
+    "EXCEPT SELECT grp FROM m WHERE member = $2) s), "
+    "(SELECT string_agg(grp, ', ' ORDER BY grp) FROM (SELECT grp FROM m WHERE member = $2 "
+    "EXCEPT SELECT grp FROM m WHERE member = $1) s)";
+
+static void check_roles_start(db_req_t *r)
+{
+    const char *params[] = {r->role, r->other};
+    query(r, check_roles_sql, 2, params);
+}
+
+static void check_roles_result(db_req_t *r, PGresult *res)
+{
+    if (PQntuples(res) != 1 || PQnfields(res) != 5) {
+        req_finish(r, ROTOR_EDB, "check-roles: unexpected result shape");
+        return;
+    }
+    const char *missing = PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3);
+    const char *extra = PQgetisnull(res, 0, 4) ? NULL : PQgetvalue(res, 0, 4);
+    char *reason = r->reason;
+    size_t len = sizeof r->reason;
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0 || strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+        const char *absent = strcmp(PQgetvalue(res, 0, 0), "t") != 0 ? r->role : r->other;
+        snprintf(reason, len, "role %s does not exist", absent);
+        req_finish(r, ROTOR_ENOTFOUND, reason);
+    } else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
+        snprintf(reason, len, "active role %s cannot log in", r->role);
+        req_finish(r, ROTOR_EFAIL, reason);
+    } else if (missing || extra) {
+        if (missing)
+            snprintf(reason, len, "role %s is not a member of: %s", r->other, missing);
+        size_t n = strlen(reason);
+        if (extra)
+            snprintf(reason + n, len - n, "%srole %s is a member of extra: %s", n ? "; " : "",
+                     r->other, extra);
+        req_finish(r, ROTOR_EFAIL, reason);
+    } else {
+        req_finish(r, 0, NULL);
+    }
+}
+
+/* ---- set password ---- */
+
+/* Runs on the threadpool: the connection is at rest (pg.c's poll is stopped), and with an explicit
+ * algorithm PQencryptPasswordConn does no I/O, only the hash. */
+static void hash_work(uv_work_t *w)
+{
+    db_req_t *r = w->data;
+    r->verifier =
+        PQencryptPasswordConn(pgc_raw(r->conn), r->password->buf, r->role, "scram-sha-256");
+    secret_free(r->password);
+    r->password = NULL;
+}
+
+static char *escaped(PGconn *pg, const char *s, bool ident)
+{
+    char *e = ident ? PQescapeIdentifier(pg, s, strlen(s)) : PQescapeLiteral(pg, s, strlen(s));
+    char *copy = e ? util_strdup(e) : NULL;
+    if (e) {
+        secret_wipe(e, strlen(e));
+        PQfreemem(e);
+    }
+    return copy;
+}
+
+static void set_password_send(db_req_t *r)
+{
+    PGconn *pg = pgc_raw(r->conn);
+    char until[40];
+    util_format_time(r->valid_until_ms, until, sizeof until);
+    char *ident = escaped(pg, r->role, true);
+    char *verifier = escaped(pg, r->verifier, false);
+    char *valid = escaped(pg, until, false);
+    if (!ident || !verifier || !valid) {
+        finish_pg(r, ROTOR_EDB, "set-password", PQerrorMessage(pg));
+    } else {
+        size_t n = strlen(ident) + strlen(verifier) + strlen(valid) + 64;
+        char *sql = util_malloc(n);
+        snprintf(sql, n, "ALTER ROLE %s WITH LOGIN PASSWORD %s VALID UNTIL %s", ident, verifier,
+                 valid);
+        query(r, sql, 0, NULL);
+        secret_wipe(sql, n);
+        free(sql);
+    }
+    free(ident);
+    if (verifier)
+        secret_wipe(verifier, strlen(verifier));
+    free(verifier);
+    free(valid);
+}
+
+static void hash_done(uv_work_t *w, int status)
+{
+    db_req_t *r = w->data;
+    r->work_active = false;
+    if (r->done) {
+        /* Canceled while hashing: the callback already ran; release what the work held. */
+        req_close_conn(r);
+        req_free(r);
+        return;
+    }
+    if (status != 0 || !r->verifier) {
+        finish_pg(r, ROTOR_EDB, "set-password: cannot hash the password",
+                  status != 0 ? uv_strerror(status) : PQerrorMessage(pgc_raw(r->conn)));
+        return;
+    }
+    set_password_send(r);
+    secret_wipe(r->verifier, strlen(r->verifier));
+    PQfreemem(r->verifier);
+    r->verifier = NULL;
+}
+
+static void set_password_start(db_req_t *r)
+{
+    r->work.data = r;
+    if (uv_queue_work(r->loop, &r->work, hash_work, hash_done) != 0) {
+        req_finish(r, ROTOR_EFAIL, "set-password: cannot queue the hash");
+        return;
+    }
+    r->work_active = true;
+}
+
+static void command_result(db_req_t *r, PGresult *res)
+{
+    (void)res;
+    req_finish(r, 0, NULL);
+}
+
+/* ---- nologin, end sessions, verify ---- */
+
+static void set_nologin_start(db_req_t *r)
+{
+    char *ident = escaped(pgc_raw(r->conn), r->role, true);
+    if (!ident) {
+        finish_pg(r, ROTOR_EDB, "set-nologin", PQerrorMessage(pgc_raw(r->conn)));
+        return;
+    }
+    char sql[512];
+    int n = snprintf(sql, sizeof sql, "ALTER ROLE %s NOLOGIN", ident);
+    free(ident);
+    if (n < 0 || (size_t)n >= sizeof sql) {
+        req_finish(r, ROTOR_EINVALID, "set-nologin: role name too long");
+        return;
+    }
+    query(r, sql, 0, NULL);
+}
+
+static void end_sessions_start(db_req_t *r)
+{
+    const char *params[] = {r->role};
+    query(r,
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+          "WHERE usename = $1 AND pid <> pg_backend_pid()",
+          1, params);
+}
+
+static void end_sessions_result(db_req_t *r, PGresult *res)
+{
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        req_finish(r, ROTOR_EDB, "end-sessions: unexpected result shape");
+        return;
+    }
+    r->count = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    req_finish(r, 0, NULL);
+}
+
+static void verify_start(db_req_t *r)
+{
+    query(r, r->probe, 0, NULL);
+}
+
+static const db_op_t op_check_roles = {"check-roles", false, check_roles_start, check_roles_result};
+static const db_op_t op_set_password = {"set-password", false, set_password_start, command_result};
+static const db_op_t op_verify = {"verify-login", true, verify_start, command_result};
+static const db_op_t op_set_nologin = {"set-nologin", false, set_nologin_start, command_result};
+static const db_op_t op_end_sessions = {"end-sessions", false, end_sessions_start,
+                                        end_sessions_result};
+
+/* ---- entry points ---- */
+
+static db_req_t *req_new(uv_loop_t *loop, const db_op_t *op, const char *role, db_cb cb, void *arg)
+{
+    db_req_t *r = util_calloc(1, sizeof *r);
+    r->loop = loop;
+    r->op = op;
+    r->role = util_strdup(role);
+    r->cb = cb;
+    r->arg = arg;
+    return r;
+}
+
+static int req_start_dsn(db_req_t *r, const char *dsn, db_req_t **out)
+{
+    int rc = pgc_connect_dsn(r->loop, dsn, on_connected, r, &r->conn);
+    if (rc != 0) {
+        r->conn = NULL;
+        req_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+static bool args_ok(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, db_req_t **out)
+{
+    return loop && dsn && role && *role && cb && out;
+}
+
+int db_check_roles(uv_loop_t *loop, const char *dsn, const char *active_role,
+                   const char *standby_role, db_cb cb, void *arg, db_req_t **out)
+{
+    if (!args_ok(loop, dsn, active_role, cb, out) || !standby_role || !*standby_role)
+        return -EINVAL;
+    db_req_t *r = req_new(loop, &op_check_roles, active_role, cb, arg);
+    r->other = util_strdup(standby_role);
+    return req_start_dsn(r, dsn, out);
+}
+
+int db_set_password(uv_loop_t *loop, const char *dsn, const char *role,
+                    const rotor_secret_t *password, int64_t valid_until_ms, db_cb cb, void *arg,
+                    db_req_t **out)
+{
+    if (!args_ok(loop, dsn, role, cb, out) || !password || !password->buf)
+        return -EINVAL;
+    db_req_t *r = req_new(loop, &op_set_password, role, cb, arg);
+    r->password = secret_from(password->buf, password->len);
+    r->valid_until_ms = valid_until_ms;
+    return req_start_dsn(r, dsn, out);
+}
+
+/* The admin DSN's location and TLS settings with the role's credentials in place of the admin's. */
+static int verify_connect(db_req_t *r, const char *dsn)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(dsn, &err);
+    if (!opts) {
+        PQfreemem(err);
+        return ROTOR_ECONFIG;
+    }
+    size_t n = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        n++;
+    const char **kw = util_calloc(n + 3, sizeof *kw);
+    const char **val = util_calloc(n + 3, sizeof *val);
+    size_t k = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || strcmp(o->keyword, "user") == 0 || strcmp(o->keyword, "password") == 0 ||
+            strcmp(o->keyword, "passfile") == 0)
+            continue;
+        kw[k] = o->keyword;
+        val[k++] = o->val;
+    }
+    kw[k] = "user";
+    val[k++] = r->role;
+    kw[k] = "password";
+    val[k++] = r->password->buf;
+    int rc = pgc_connect(r->loop, kw, val, on_connected, r, &r->conn);
+    free(kw);
+    free(val);
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && strcmp(o->keyword, "password") == 0)
+            secret_wipe(o->val, strlen(o->val));
+    PQconninfoFree(opts);
+    /* pg.c holds its own (wiped) copy now. */
+    secret_free(r->password);
+    r->password = NULL;
+    return rc;
+}
+
+int db_verify_login(uv_loop_t *loop, const char *dsn, const char *role,
+                    const rotor_secret_t *password, const char *probe, db_cb cb, void *arg,
+                    db_req_t **out)
+{
+    if (!args_ok(loop, dsn, role, cb, out) || !password || !password->buf || !probe)
+        return -EINVAL;
+    db_req_t *r = req_new(loop, &op_verify, role, cb, arg);
+    r->password = secret_from(password->buf, password->len);
+    r->probe = util_strdup(probe);
+    int rc = verify_connect(r, dsn);
+    if (rc != 0) {
+        r->conn = NULL;
+        req_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+int db_set_nologin(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,
+                   db_req_t **out)
+{
+    if (!args_ok(loop, dsn, role, cb, out))
+        return -EINVAL;
+    return req_start_dsn(req_new(loop, &op_set_nologin, role, cb, arg), dsn, out);
+}
+
+int db_end_sessions(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,
+                    db_req_t **out)
+{
+    if (!args_ok(loop, dsn, role, cb, out))
+        return -EINVAL;
+    return req_start_dsn(req_new(loop, &op_end_sessions, role, cb, arg), dsn, out);
+}
+
+void db_cancel(db_req_t *req)
+{
+    if (!req || req->done)
+        return;
+    /* A hash not yet started is dropped; one running finishes and is discarded in hash_done. */
+    if (req->work_active)
+        uv_cancel((uv_req_t *)&req->work);
+    req_finish(req, ROTOR_ECANCELED, "canceled");
+}

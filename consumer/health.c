@@ -1,0 +1,288 @@
+/* health.c: /healthz, /readyz and /metrics served by libmicrohttpd, driven by the uv loop. */
+#include "health.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "rotor.h"
+#include "util.h"
+
+/* How often the loop's lag is sampled: often enough to see a stall, rarely enough to cost nothing.
+ */
+#define HEALTH_LAG_INTERVAL_MS 500
+/* Idle connections are dropped after this many seconds; MHD enforces it through our timer. */
+#define HEALTH_CONN_TIMEOUT_S 10u
+#define HEALTH_CONN_LIMIT 64u
+#define HEALTH_LAG_HELP "Seconds by which the event loop ran a 500 ms periodic timer late."
+
+struct health_s {
+    uv_loop_t *loop;
+    struct MHD_Daemon *mhd;
+    uv_poll_t poll;        /* MHD's epoll fd */
+    uv_timer_t mhd_timer;  /* MHD's own timeouts (idle connections, pending data) */
+    uv_timer_t lag_timer;  /* samples the loop's lag */
+    uint64_t lag_expected; /* uv_now() at which lag_timer should fire next */
+    health_ready_fn ready; /* borrowed */
+    void *ready_arg;       /* borrowed */
+    int port;
+    int open_handles;
+};
+
+/* Parses "a.b.c.d:port", ":port" (all IPv4) or "[v6]:port" into ss. Returns 0 or ROTOR_ECONFIG. */
+static int health_parse_listen(const char *listen, struct sockaddr_storage *ss, bool *v6)
+{
+    char host[64];
+    const char *colon;
+    memset(ss, 0, sizeof *ss);
+    if (listen[0] == '[') {
+        const char *close = strchr(listen, ']');
+        if (!close || close[1] != ':' || (size_t)(close - listen - 1) >= sizeof host)
+            return ROTOR_ECONFIG;
+        memcpy(host, listen + 1, (size_t)(close - listen - 1));
+        host[close - listen - 1] = '\0';
+        colon = close + 1;
+        *v6 = true;
+    } else {
+        colon = strrchr(listen, ':');
+        if (!colon || (size_t)(colon - listen) >= sizeof host)
+            return ROTOR_ECONFIG;
+        memcpy(host, listen, (size_t)(colon - listen));
+        host[colon - listen] = '\0';
+        *v6 = false;
+    }
+    const char *digits = colon + 1;
+    size_t ndigits = strspn(digits, "0123456789");
+    if (ndigits == 0 || ndigits > 5 || digits[ndigits] != '\0')
+        return ROTOR_ECONFIG;
+    long port = strtol(digits, NULL, 10);
+    if (port > 65535)
+        return ROTOR_ECONFIG;
+
+    if (*v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        return inet_pton(AF_INET6, host, &a->sin6_addr) == 1 ? 0 : ROTOR_ECONFIG;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (host[0] == '\0') {
+        a->sin_addr.s_addr = htonl(INADDR_ANY);
+        return 0;
+    }
+    return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : ROTOR_ECONFIG;
+}
+
+static void health_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[256];
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    log_warn("health.http.error", "detail", line);
+}
+
+/* body is copied. */
+static enum MHD_Result health_reply(struct MHD_Connection *c, unsigned int status, const char *body,
+                                    const char *content_type)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, MHD_HTTP_METHOD_GET);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result health_reply_ready(health_t *h, struct MHD_Connection *c)
+{
+    const char *reason = NULL;
+    if (!h->ready || h->ready(h->ready_arg, &reason))
+        return health_reply(c, MHD_HTTP_OK, "ready\n", "text/plain");
+    char body[256];
+    snprintf(body, sizeof body, "%s\n", reason && reason[0] ? reason : "not ready");
+    return health_reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, body, "text/plain");
+}
+
+static enum MHD_Result health_reply_metrics(struct MHD_Connection *c)
+{
+    metrics_gauge("rotor_up", "1 while the rotor daemon is running.", NULL, 1);
+    size_t len;
+    char *text = metrics_render(&len);
+    /* MUST_FREE hands text to MHD, which releases it with free(). */
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4");
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result health_access(void *cls, struct MHD_Connection *c, const char *url,
+                                     const char *method, const char *version,
+                                     const char *upload_data, size_t *upload_data_size,
+                                     void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    static int seen;
+    health_t *h = cls;
+    /* A stray POST is answered at once: MHD then drops its body and closes the connection, so
+     * nothing is buffered for a request we refuse anyway. */
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+        return health_reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n", "text/plain");
+    /* A GET is answered on the second call, once MHD has read the whole request: a response
+     * queued on the first call makes MHD close the connection instead of keeping it alive. */
+    if (*con_cls == NULL) {
+        *con_cls = &seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (strcmp(url, "/healthz") == 0)
+        return health_reply(c, MHD_HTTP_OK, "ok\n", "text/plain");
+    if (strcmp(url, "/readyz") == 0)
+        return health_reply_ready(h, c);
+    if (strcmp(url, "/metrics") == 0)
+        return health_reply_metrics(c);
+    return health_reply(c, MHD_HTTP_NOT_FOUND, "not found\n", "text/plain");
+}
+
+static void health_mhd_timer_cb(uv_timer_t *t);
+
+/* MHD must run again within the timeout it reports, even with no socket activity, or idle
+ * connections never expire and buffered data waits. */
+static void health_run(health_t *h)
+{
+    MHD_run(h->mhd);
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(h->mhd, &ms) == MHD_YES)
+        uv_timer_start(&h->mhd_timer, health_mhd_timer_cb, (uint64_t)ms, 0);
+    else
+        uv_timer_stop(&h->mhd_timer);
+}
+
+static void health_mhd_timer_cb(uv_timer_t *t)
+{
+    health_run(t->data);
+}
+
+static void health_poll_cb(uv_poll_t *p, int status, int events)
+{
+    (void)events;
+    if (status < 0)
+        log_warn("health.poll.error", "error", uv_strerror(status));
+    health_run(p->data);
+}
+
+/* The timer repeats from the loop time at which it ran, so any delay beyond its due time is time
+ * the loop spent elsewhere: blocked in a callback or starved. */
+static void health_lag_cb(uv_timer_t *t)
+{
+    health_t *h = t->data;
+    uint64_t now = uv_now(h->loop);
+    double lag = now > h->lag_expected ? (double)(now - h->lag_expected) / 1000.0 : 0.0;
+    metrics_gauge("rotor_loop_lag_seconds", HEALTH_LAG_HELP, NULL, lag);
+    h->lag_expected = now + HEALTH_LAG_INTERVAL_MS;
+}
+
+static struct MHD_Daemon *health_mhd_start(health_t *h, const struct sockaddr_storage *ss, bool v6)
+{
+    unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+    uint16_t port = v6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
+                       : ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    /* The logger goes first, or MHD prints what it says about the other options to stderr. */
+    return MHD_start_daemon(flags, port, NULL, NULL, health_access, h, MHD_OPTION_EXTERNAL_LOGGER,
+                            health_mhd_log, h, MHD_OPTION_SOCK_ADDR, ss,
+                            MHD_OPTION_CONNECTION_TIMEOUT, HEALTH_CONN_TIMEOUT_S,
+                            MHD_OPTION_CONNECTION_LIMIT, HEALTH_CONN_LIMIT, MHD_OPTION_END);
+}
+
+int health_start(uv_loop_t *loop, const char *listen, health_ready_fn ready, void *arg,
+                 health_t **out)
+{
+    struct sockaddr_storage ss;
+    bool v6;
+    if (!loop || !listen || !out)
+        return ROTOR_EINVALID;
+    if (health_parse_listen(listen, &ss, &v6) < 0)
+        return ROTOR_ECONFIG;
+
+    health_t *h = util_calloc(1, sizeof *h);
+    h->loop = loop;
+    h->ready = ready;
+    h->ready_arg = arg;
+    errno = 0;
+    h->mhd = health_mhd_start(h, &ss, v6);
+    if (!h->mhd) {
+        int err = errno > 0 ? -errno : ROTOR_EFAIL;
+        free(h);
+        return err;
+    }
+    const union MHD_DaemonInfo *ep = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    const union MHD_DaemonInfo *bp = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    int rc = ep && bp ? uv_poll_init(loop, &h->poll, ep->epoll_fd) : ROTOR_EFAIL;
+    if (rc < 0) {
+        MHD_stop_daemon(h->mhd);
+        free(h);
+        return rc;
+    }
+    h->port = bp->port;
+    uv_timer_init(loop, &h->mhd_timer);
+    uv_timer_init(loop, &h->lag_timer);
+    h->poll.data = h->mhd_timer.data = h->lag_timer.data = h;
+    h->open_handles = 3;
+
+    uv_poll_start(&h->poll, UV_READABLE, health_poll_cb);
+    metrics_gauge("rotor_loop_lag_seconds", HEALTH_LAG_HELP, NULL, 0);
+    h->lag_expected = uv_now(loop) + HEALTH_LAG_INTERVAL_MS;
+    uv_timer_start(&h->lag_timer, health_lag_cb, HEALTH_LAG_INTERVAL_MS, HEALTH_LAG_INTERVAL_MS);
+    health_run(h);
+    *out = h;
+    return 0;
+}
+
+int health_port(const health_t *h)
+{
+    return h->port;
+}
+
+static void health_close_cb(uv_handle_t *handle)
+{
+    health_t *h = handle->data;
+    if (--h->open_handles == 0)
+        free(h);
+}
+
+void health_stop(health_t *h)
+{
+    if (!h)
+        return;
+    /* Stop watching before MHD closes its epoll fd, so the loop never polls a dead descriptor. */
+    uv_poll_stop(&h->poll);
+    MHD_stop_daemon(h->mhd);
+    h->mhd = NULL;
+    uv_close((uv_handle_t *)&h->poll, health_close_cb);
+    uv_close((uv_handle_t *)&h->mhd_timer, health_close_cb);
+    uv_close((uv_handle_t *)&h->lag_timer, health_close_cb);
+}

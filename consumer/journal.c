@@ -1,0 +1,729 @@
+/* journal.c: the PostgreSQL journal: migrations, compare-and-set, history, outbox. */
+#include "journal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "pg.h"
+#include "util.h"
+
+/* Versioned migrations: applied in order, each in the transaction that records its version,
+ * under an advisory lock so that several replicas starting together apply each exactly once.
+ * Never edit a migration that has shipped; append a new one. */
+const char *const journal_migrations[] = {
+    /* 1: rotations, secrets, history, outbox */
+    "CREATE TABLE rotor.secrets ("
+    "  name text PRIMARY KEY,"
+    "  active_slot text NOT NULL CHECK (active_slot IN ('blue', 'green')),"
+    "  first_seen timestamptz NOT NULL DEFAULT now(),"
+    "  last_rotated timestamptz,"
+    "  last_rotation uuid);"
+    "CREATE TABLE rotor.rotations ("
+    "  id uuid PRIMARY KEY,"
+    "  secret text NOT NULL REFERENCES rotor.secrets (name),"
+    "  stage text NOT NULL,"
+    "  status text NOT NULL CHECK (status IN ('pending', 'running', 'waiting', 'failed',"
+    "                                          'completed', 'rolled-back', 'aborted')),"
+    "  seq integer NOT NULL DEFAULT 1,"
+    "  attempt integer NOT NULL DEFAULT 0,"
+    "  from_slot text NOT NULL,"
+    "  to_slot text NOT NULL,"
+    "  swapped boolean NOT NULL DEFAULT false,"
+    "  trigger text NOT NULL,"
+    "  request_id text,"
+    "  reason text,"
+    "  error text,"
+    "  traceparent text,"
+    "  version text,"
+    "  old_version text,"
+    "  actor text,"
+    "  next_at timestamptz NOT NULL DEFAULT now(),"
+    "  expires_at timestamptz,"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  updated_at timestamptz NOT NULL DEFAULT now(),"
+    "  finished_at timestamptz);"
+    /* One open rotation per secret: the per-secret lock. */
+    "CREATE UNIQUE INDEX rotations_one_open ON rotor.rotations (secret)"
+    "  WHERE status IN ('pending', 'running', 'waiting', 'failed');"
+    "CREATE INDEX rotations_by_secret ON rotor.rotations (secret, created_at DESC);"
+    "CREATE TABLE rotor.history ("
+    "  id bigserial PRIMARY KEY,"
+    "  rotation_id uuid NOT NULL REFERENCES rotor.rotations (id),"
+    "  at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+    "  trigger text,"
+    "  actor text,"
+    "  stage text,"
+    "  outcome text NOT NULL,"
+    "  attempt integer,"
+    "  duration_ms bigint,"
+    "  error text,"
+    "  request_id text);"
+    "CREATE INDEX history_by_request ON rotor.history (request_id) WHERE request_id IS NOT NULL;"
+    "CREATE INDEX history_by_rotation ON rotor.history (rotation_id, id);"
+    /* The audit trail is append-only: updates and deletes are refused by the database itself. */
+    "CREATE FUNCTION rotor.history_append_only() RETURNS trigger LANGUAGE plpgsql AS $$"
+    "  BEGIN RAISE EXCEPTION 'rotor.history is append-only'; END $$;"
+    "CREATE TRIGGER history_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON rotor.history"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION rotor.history_append_only();"
+    "CREATE TABLE rotor.outbox ("
+    "  id bigserial PRIMARY KEY,"
+    "  topic text NOT NULL,"
+    "  key bytea,"
+    "  value bytea NOT NULL,"
+    "  headers jsonb,"
+    "  owner text NOT NULL DEFAULT current_setting('application_name'),"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  sent_at timestamptz);"
+    "CREATE INDEX outbox_unsent ON rotor.outbox (id) WHERE sent_at IS NULL;"
+    "CREATE TABLE rotor.schedule_claims ("
+    "  secret text NOT NULL,"
+    "  due timestamptz NOT NULL,"
+    "  claimed_by text NOT NULL DEFAULT current_setting('application_name'),"
+    "  claimed_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (secret, due));",
+};
+const int journal_nmigrations = sizeof journal_migrations / sizeof journal_migrations[0];
+
+static const char *const status_names[RS__COUNT] = {
+    "pending", "running", "waiting", "failed", "completed", "rolled-back", "aborted",
+};
+
+const char *journal_status_name(journal_status_t s)
+{
+    return s < RS__COUNT ? status_names[s] : "?";
+}
+
+int journal_status_parse(const char *name, journal_status_t *out)
+{
+    for (int i = 0; i < RS__COUNT; i++) {
+        if (name && strcmp(name, status_names[i]) == 0) {
+            *out = (journal_status_t)i;
+            return 0;
+        }
+    }
+    return ROTOR_EINVALID;
+}
+
+bool journal_status_open(journal_status_t s)
+{
+    return s <= RS_FAILED;
+}
+
+struct journal_s {
+    uv_loop_t *loop;
+    pgc_conn_t *conn;
+    journal_open_cb open_cb;
+    void *open_arg;
+    int migration; /* next migration to check while opening */
+    void (*outbox_fn)(void *arg);
+    void *outbox_arg;
+};
+
+/* One request: what to call back, and how to read the result. */
+typedef struct {
+    journal_t *j;
+    void *cb;
+    void *arg;
+    bool outbox; /* the statement may have added outbox rows */
+} jreq_t;
+
+static jreq_t *jreq_new(journal_t *j, void *cb, void *arg, bool outbox)
+{
+    jreq_t *q = util_calloc(1, sizeof *q);
+    q->j = j;
+    q->cb = cb;
+    q->arg = arg;
+    q->outbox = outbox;
+    return q;
+}
+
+static void log_db_error(const char *what, pgc_conn_t *c, PGresult *res)
+{
+    const char *msg = res ? PQresultErrorMessage(res) : NULL;
+    if (!msg || !*msg)
+        msg = pgc_error(c);
+    char line[512];
+    util_strlcpy(line, msg ? msg : "unknown", sizeof line);
+    line[strcspn(line, "\n")] = '\0';
+    log_error("journal.query.failed", "query", what, "error", line);
+}
+
+/* ---- opening: connect, lock, migrate ---------------------------------------------------- */
+
+static void open_done(journal_t *j, int status, const char *reason)
+{
+    journal_open_cb cb = j->open_cb;
+    j->open_cb = NULL;
+    if (cb)
+        cb(j, status, reason, j->open_arg);
+}
+
+static void migrate_next(journal_t *j);
+
+static void on_migration_applied(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status != 0) {
+        if (status == ROTOR_ECANCELED)
+            return;
+        log_db_error("migrate", c, res);
+        pgc_query(c, "ROLLBACK", 0, NULL, NULL, NULL);
+        open_done(j, ROTOR_EDB, "journal migration failed");
+        return;
+    }
+    j->migration++;
+    migrate_next(j);
+}
+
+static void on_version_read(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status != 0) {
+        if (status != ROTOR_ECANCELED) {
+            log_db_error("schema_version", c, res);
+            open_done(j, ROTOR_EDB, "cannot read the journal's schema version");
+        }
+        return;
+    }
+    int have = atoi(PQgetvalue(res, 0, 0));
+    if (have > journal_nmigrations) {
+        pgc_query(c, "ROLLBACK", 0, NULL, NULL, NULL);
+        open_done(j, ROTOR_EDB, "the journal was migrated by a newer rotor");
+        return;
+    }
+    j->migration = have;
+    migrate_next(j);
+}
+
+static void on_migrations_committed(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status == ROTOR_ECANCELED)
+        return;
+    if (status != 0) {
+        log_db_error("commit", c, res);
+        open_done(j, ROTOR_EDB, "journal migration commit failed");
+        return;
+    }
+    char v[16];
+    snprintf(v, sizeof v, "%d", journal_nmigrations);
+    log_info("journal.ready", "schema_version", v);
+    open_done(j, 0, NULL);
+}
+
+static void migrate_next(journal_t *j)
+{
+    if (j->migration >= journal_nmigrations) {
+        pgc_query(j->conn, "COMMIT", 0, NULL, on_migrations_committed, j);
+        return;
+    }
+    char v[16];
+    snprintf(v, sizeof v, "%d", j->migration + 1);
+    log_info("journal.migrate", "version", v);
+    /* A migration is several statements: rotor.apply_migration EXECUTEs them and records the
+     * version, inside the transaction that holds the advisory lock. */
+    const char *params[] = {journal_migrations[j->migration], v};
+    pgc_query(j->conn,
+              "SELECT rotor.apply_migration($1, $2::int)", 2, params, on_migration_applied, j);
+}
+
+static void on_locked(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status != 0) {
+        if (status != ROTOR_ECANCELED) {
+            log_db_error("lock", c, res);
+            open_done(j, ROTOR_EDB, "cannot prepare the journal schema");
+        }
+        return;
+    }
+    pgc_query(c, "SELECT coalesce(max(version), 0) FROM rotor.schema_version", 0, NULL,
+              on_version_read, j);
+}
+
+/* The bootstrap that every later migration relies on: the schema, its version table, and a
+ * function that runs one migration's statements and records its version. Idempotent. */
+static const char *const bootstrap_sql[] = {
+    "BEGIN",
+    /* Serialise concurrent start-ups across replicas for the whole migration transaction. */
+    "SELECT pg_advisory_xact_lock(7270715)",
+    "CREATE SCHEMA IF NOT EXISTS rotor",
+    "CREATE TABLE IF NOT EXISTS rotor.schema_version ("
+    "  version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE OR REPLACE FUNCTION rotor.apply_migration(body text, v integer) RETURNS void"
+    "  LANGUAGE plpgsql AS $$ BEGIN EXECUTE body;"
+    "  INSERT INTO rotor.schema_version (version) VALUES (v); END $$",
+};
+
+static void on_bootstrap_step(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status == ROTOR_ECANCELED)
+        return;
+    if (status != 0) {
+        log_db_error("bootstrap", c, res);
+        pgc_query(c, "ROLLBACK", 0, NULL, NULL, NULL);
+        open_done(j, ROTOR_EDB, "cannot create the journal schema");
+        return;
+    }
+    j->migration++;
+    int n = (int)(sizeof bootstrap_sql / sizeof bootstrap_sql[0]);
+    if (j->migration < n)
+        pgc_query(c, bootstrap_sql[j->migration], 0, NULL, on_bootstrap_step, j);
+    else
+        on_locked(c, res, 0, j);
+}
+
+static void on_connected(pgc_conn_t *c, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status != 0) {
+        char reason[512];
+        snprintf(reason, sizeof reason, "cannot connect to the journal: %s", pgc_error(c));
+        reason[strcspn(reason, "\n")] = '\0';
+        open_done(j, ROTOR_EDB, reason);
+        return;
+    }
+    j->migration = 0;
+    pgc_query(c, bootstrap_sql[0], 0, NULL, on_bootstrap_step, j);
+}
+
+int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal_open_cb cb,
+                 void *arg, journal_t **out)
+{
+    journal_t *j = util_calloc(1, sizeof *j);
+    j->loop = loop;
+    j->open_cb = cb;
+    j->open_arg = arg;
+    char appname[128];
+    snprintf(appname, sizeof appname, "rotor/%s", instance);
+    const char *const keys[] = {"dbname", "application_name", NULL};
+    const char *const vals[] = {dsn, appname, NULL};
+    int rc = pgc_connect(loop, keys, vals, on_connected, j, &j->conn);
+    if (rc < 0) {
+        free(j);
+        return rc;
+    }
+    *out = j;
+    return 0;
+}
+
+void journal_close(journal_t *j)
+{
+    if (!j)
+        return;
+    pgc_close(j->conn);
+    free(j);
+}
+
+int journal_ok(journal_t *j)
+{
+    return j && pgc_ok(j->conn);
+}
+
+void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
+{
+    j->outbox_fn = fn;
+    j->outbox_arg = arg;
+}
+
+/* ---- rows ------------------------------------------------------------------------------- */
+
+#define ROT_COLUMNS                                                                                \
+    "id::text, secret, stage, status, seq, attempt, from_slot, to_slot, swapped, trigger,"        \
+    " coalesce(request_id, ''), coalesce(reason, ''), coalesce(error, ''),"                      \
+    " coalesce(traceparent, ''), coalesce(version, ''), coalesce(old_version, ''),"              \
+    " coalesce(actor, ''), (extract(epoch from next_at) * 1000)::bigint,"                        \
+    " coalesce((extract(epoch from expires_at) * 1000)::bigint, 0),"                             \
+    " (extract(epoch from created_at) * 1000)::bigint"
+
+static int row_read(PGresult *res, int i, journal_rot_t *r)
+{
+    memset(r, 0, sizeof *r);
+    int c = 0;
+    util_strlcpy(r->id, PQgetvalue(res, i, c++), sizeof r->id);
+    util_strlcpy(r->secret, PQgetvalue(res, i, c++), sizeof r->secret);
+    if (rotor_stage_parse(PQgetvalue(res, i, c++), &r->stage) < 0 ||
+        journal_status_parse(PQgetvalue(res, i, c++), &r->status) < 0)
+        return ROTOR_EINVALID;
+    r->seq = atoi(PQgetvalue(res, i, c++));
+    r->attempt = atoi(PQgetvalue(res, i, c++));
+    if (rotor_slot_parse(PQgetvalue(res, i, c++), &r->from_slot) < 0 ||
+        rotor_slot_parse(PQgetvalue(res, i, c++), &r->to_slot) < 0)
+        return ROTOR_EINVALID;
+    r->swapped = PQgetvalue(res, i, c++)[0] == 't';
+    util_strlcpy(r->trigger, PQgetvalue(res, i, c++), sizeof r->trigger);
+    util_strlcpy(r->request_id, PQgetvalue(res, i, c++), sizeof r->request_id);
+    util_strlcpy(r->reason, PQgetvalue(res, i, c++), sizeof r->reason);
+    util_strlcpy(r->error, PQgetvalue(res, i, c++), sizeof r->error);
+    util_strlcpy(r->traceparent, PQgetvalue(res, i, c++), sizeof r->traceparent);
+    util_strlcpy(r->version, PQgetvalue(res, i, c++), sizeof r->version);
+    util_strlcpy(r->old_version, PQgetvalue(res, i, c++), sizeof r->old_version);
+    util_strlcpy(r->actor, PQgetvalue(res, i, c++), sizeof r->actor);
+    r->next_at_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
+    r->expires_at_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
+    r->created_at_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
+    return 0;
+}
+
+static void on_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_rows_cb cb = (journal_rows_cb)q->cb;
+    if (status != 0) {
+        if (status != ROTOR_ECANCELED)
+            log_db_error("rotations", c, res);
+        cb(q->arg, status == ROTOR_ECANCELED ? status : ROTOR_EDB, NULL, 0);
+        free(q);
+        return;
+    }
+    int n = PQntuples(res);
+    journal_rot_t *rows = util_calloc((size_t)n, sizeof *rows);
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+        bad |= row_read(res, i, &rows[i]);
+    cb(q->arg, bad ? ROTOR_EDB : 0, bad ? NULL : rows, bad ? 0 : n);
+    free(rows);
+    free(q);
+}
+
+int journal_load_open(journal_t *j, journal_rows_cb cb, void *arg)
+{
+    return pgc_query(j->conn,
+                     "SELECT " ROT_COLUMNS " FROM rotor.rotations"
+                     " WHERE status IN ('pending', 'running', 'waiting', 'failed')"
+                     " ORDER BY created_at",
+                     0, NULL, on_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
+int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg)
+{
+    const char *params[] = {id};
+    return pgc_query(j->conn,
+                     "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE id::text = $1", 1, params,
+                     on_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
+int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg)
+{
+    const char *params[] = {secret};
+    return pgc_query(j->conn,
+                     "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE secret = $1"
+                     " ORDER BY (status IN ('pending', 'running', 'waiting', 'failed')) DESC,"
+                     " created_at DESC LIMIT 1",
+                     1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
+/* ---- secrets ------------------------------------------------------------------------------ */
+
+static void on_secret(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_secret_cb cb = (journal_secret_cb)q->cb;
+    rotor_slot_t slot = SLOT_BLUE;
+    if (status == 0 && (PQntuples(res) != 1 || rotor_slot_parse(PQgetvalue(res, 0, 0), &slot) < 0))
+        status = ROTOR_EDB;
+    if (status != 0) {
+        if (status != ROTOR_ECANCELED)
+            log_db_error("secrets", c, res);
+        cb(q->arg, status == ROTOR_ECANCELED ? status : ROTOR_EDB, slot, 0, 0);
+    } else {
+        cb(q->arg, 0, slot, strtoll(PQgetvalue(res, 0, 1), NULL, 10),
+           strtoll(PQgetvalue(res, 0, 2), NULL, 10));
+    }
+    free(q);
+}
+
+int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_secret_cb cb,
+                   void *arg)
+{
+    const char *params[] = {name, rotor_slot_name(active)};
+    return pgc_query(j->conn,
+                     "WITH ins AS (INSERT INTO rotor.secrets (name, active_slot) VALUES ($1, $2)"
+                     "  ON CONFLICT (name) DO NOTHING RETURNING active_slot, first_seen,"
+                     "  last_rotated)"
+                     " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
+                     "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0) FROM ins"
+                     " UNION ALL"
+                     " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
+                     "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0)"
+                     "  FROM rotor.secrets WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+                     2, params, on_secret, jreq_new(j, (void *)cb, arg, false));
+}
+
+/* ---- writes: mutation + history + outbox in one statement ---------------------------------- */
+
+/* Wraps a mutation CTE named m (which must RETURN id) with the history line and the outbox rows,
+ * both taken from JSON parameters $h and $o and written only if m touched a row. */
+#define WITH_HISTORY_AND_OUTBOX(h, o)                                                              \
+    ", hist AS (INSERT INTO rotor.history (rotation_id, trigger, actor, stage, outcome, attempt,"  \
+    "   duration_ms, error, request_id)"                                                           \
+    "  SELECT m.id, x.trigger, x.actor, x.stage, x.outcome, x.attempt, x.duration_ms, x.error,"   \
+    "   x.request_id"                                                                              \
+    "  FROM m, jsonb_to_record(" h "::jsonb) AS x(trigger text, actor text, stage text,"          \
+    "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"              \
+    "  WHERE " h " IS NOT NULL)"                                                                   \
+    ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"                               \
+    "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"        \
+    "  FROM (SELECT DISTINCT 1 FROM m) AS one, jsonb_to_recordset(coalesce(" o                      \
+    "::jsonb, '[]')) AS x(topic text, key text, value text, headers jsonb))"                      \
+    " SELECT count(*) FROM m"
+
+static void on_write(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_done_cb cb = (journal_done_cb)q->cb;
+    if (status == 0 && atoi(PQgetvalue(res, 0, 0)) == 0) {
+        status = ROTOR_ECONFLICT;
+    } else if (status == 0) {
+        if (q->outbox && q->j->outbox_fn)
+            q->j->outbox_fn(q->j->outbox_arg);
+    } else if (status != ROTOR_ECANCELED) {
+        log_db_error("write", c, res);
+        status = ROTOR_EDB;
+    }
+    if (cb)
+        cb(q->arg, status);
+    free(q);
+}
+
+static void fmt_ms(char *buf, size_t len, int64_t ms)
+{
+    snprintf(buf, len, "%" PRId64, ms);
+}
+
+/* Text parameters of a row, in the order the INSERT and UPDATE below use them. */
+typedef struct {
+    char seq[16], attempt[16], next_at[24], expires_at[24];
+    const char *v[20];
+} row_params_t;
+
+static void row_params(const journal_rot_t *r, row_params_t *p)
+{
+    snprintf(p->seq, sizeof p->seq, "%d", r->seq);
+    snprintf(p->attempt, sizeof p->attempt, "%d", r->attempt);
+    fmt_ms(p->next_at, sizeof p->next_at, r->next_at_ms);
+    fmt_ms(p->expires_at, sizeof p->expires_at, r->expires_at_ms);
+#define OPT(s) ((s)[0] ? (s) : NULL)
+    const char *v[] = {
+        r->id,                       /* $1 */
+        r->secret,                   /* $2 */
+        rotor_stage_name(r->stage),  /* $3 */
+        journal_status_name(r->status), /* $4 */
+        p->seq,                      /* $5 */
+        p->attempt,                  /* $6 */
+        rotor_slot_name(r->from_slot), /* $7 */
+        rotor_slot_name(r->to_slot), /* $8 */
+        r->swapped ? "t" : "f",      /* $9 */
+        r->trigger,                  /* $10 */
+        OPT(r->request_id),          /* $11 */
+        OPT(r->reason),              /* $12 */
+        OPT(r->error),               /* $13 */
+        OPT(r->traceparent),         /* $14 */
+        OPT(r->version),             /* $15 */
+        OPT(r->old_version),         /* $16 */
+        OPT(r->actor),               /* $17 */
+        p->next_at,                  /* $18 */
+        r->expires_at_ms ? p->expires_at : NULL, /* $19 */
+    };
+#undef OPT
+    memcpy(p->v, v, sizeof v);
+}
+
+int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
+                   journal_done_cb cb, void *arg)
+{
+    row_params_t p;
+    row_params(r, &p);
+    p.v[19] = history;
+    const char *params[21];
+    memcpy(params, p.v, sizeof(const char *) * 20);
+    params[20] = outbox;
+    return pgc_query(
+        j->conn,
+        "WITH m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
+        "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent, version,"
+        "  old_version, actor, next_at, expires_at)"
+        " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11, $12, $13,"
+        "  $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
+        "  to_timestamp($19::bigint / 1000.0)"
+        " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7"
+        " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
+        "  DO NOTHING RETURNING id)" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
+        21, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
+                   journal_done_cb cb, void *arg)
+{
+    row_params_t p;
+    row_params(r, &p);
+    p.v[19] = history;
+    const char *params[21];
+    memcpy(params, p.v, sizeof(const char *) * 20);
+    params[20] = outbox;
+    /* $2, $7 and $10 are part of the row's identity and do not change; they are still bound so
+     * one parameter list serves both statements. */
+    return pgc_query(
+        j->conn,
+        "WITH m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
+        "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13, version = $15,"
+        "  old_version = $16, actor = $17, next_at = to_timestamp($18::bigint / 1000.0),"
+        "  expires_at = to_timestamp($19::bigint / 1000.0), updated_at = now(),"
+        "  finished_at = CASE WHEN $4 IN ('completed', 'rolled-back', 'aborted') THEN now() END"
+        " WHERE id = $1::uuid AND seq = $5::int AND secret = $2 AND from_slot = $7"
+        "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
+        "  AND coalesce(reason, '') = coalesce($12, '')"
+        "  AND coalesce(traceparent, '') = coalesce($14, '')"
+        " RETURNING id, secret, status, swapped, to_slot)"
+        /* The secret's active slot follows production: completed, or aborted after the swap. */
+        ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
+        "  last_rotation = m.id FROM m WHERE s.name = m.secret"
+        "  AND (m.status = 'completed' OR (m.status = 'aborted' AND m.swapped)))"
+        WITH_HISTORY_AND_OUTBOX("$20", "$21"),
+        21, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,
+                 journal_done_cb cb, void *arg)
+{
+    const char *params[] = {id, history, outbox};
+    return pgc_query(j->conn,
+                     "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid)"
+                     WITH_HISTORY_AND_OUTBOX("$2", "$3"),
+                     3, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+static char *hex_encode(const void *data, size_t len)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *b = data;
+    char *out = util_malloc(len * 2 + 1);
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+    out[len * 2] = '\0';
+    return out;
+}
+
+int journal_dead_letter(journal_t *j, const char *dlq_topic, const char *topic, int32_t partition,
+                        int64_t offset, const void *key, size_t key_len, const void *value,
+                        size_t len, const char *headers, const char *reason, journal_done_cb cb,
+                        void *arg)
+{
+    char part[16], off[24];
+    snprintf(part, sizeof part, "%" PRId32, partition);
+    fmt_ms(off, sizeof off, offset);
+    char *hkey = key ? hex_encode(key, key_len) : NULL;
+    char *hval = hex_encode(value ? value : "", value ? len : 0);
+    const char *params[] = {dlq_topic, hkey, hval, headers, reason, topic, part, off};
+    int rc = pgc_query(
+        j->conn,
+        "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
+        " VALUES ($1, decode($2, 'hex'), decode($3, 'hex'), coalesce($4::jsonb, '{}'::jsonb)"
+        "  || jsonb_build_object('rotor-dlq-reason', $5::text, 'rotor-dlq-topic', $6::text,"
+        "  'rotor-dlq-partition', $7::text, 'rotor-dlq-offset', $8::text)) RETURNING id)"
+        " SELECT count(*) FROM m",
+        8, params, on_write, jreq_new(j, (void *)cb, arg, true));
+    free(hkey);
+    free(hval);
+    return rc;
+}
+
+int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, const char *outbox,
+                           journal_done_cb cb, void *arg)
+{
+    char due[24];
+    fmt_ms(due, sizeof due, due_ms);
+    const char *params[] = {secret, due, outbox};
+    return pgc_query(
+        j->conn,
+        "WITH m AS (INSERT INTO rotor.schedule_claims (secret, due)"
+        "  VALUES ($1, to_timestamp($2::bigint / 1000.0)) ON CONFLICT DO NOTHING RETURNING 1)"
+        ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
+        "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
+        "  FROM m, jsonb_to_recordset($3::jsonb) AS x(topic text, key text, value text,"
+        "   headers jsonb))"
+        " SELECT count(*) FROM m",
+        3, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+/* ---- outbox ------------------------------------------------------------------------------ */
+
+static void on_outbox_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_outbox_cb cb = (journal_outbox_cb)q->cb;
+    if (status != 0) {
+        if (status != ROTOR_ECANCELED)
+            log_db_error("outbox", c, res);
+        cb(q->arg, status == ROTOR_ECANCELED ? status : ROTOR_EDB, NULL, 0);
+        free(q);
+        return;
+    }
+    int n = PQntuples(res);
+    journal_outbox_row_t *rows = util_calloc((size_t)n, sizeof *rows);
+    unsigned char **bufs = util_calloc((size_t)n * 2, sizeof *bufs);
+    for (int i = 0; i < n; i++) {
+        rows[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        rows[i].topic = PQgetvalue(res, i, 1);
+        if (!PQgetisnull(res, i, 2)) {
+            bufs[2 * i] = PQunescapeBytea((const unsigned char *)PQgetvalue(res, i, 2),
+                                          &rows[i].key_len);
+            rows[i].key = bufs[2 * i];
+        }
+        bufs[2 * i + 1] =
+            PQunescapeBytea((const unsigned char *)PQgetvalue(res, i, 3), &rows[i].len);
+        rows[i].value = bufs[2 * i + 1];
+        rows[i].headers = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
+    }
+    cb(q->arg, 0, rows, n);
+    for (int i = 0; i < 2 * n; i++)
+        PQfreemem(bufs[i]);
+    free(bufs);
+    free(rows);
+    free(q);
+}
+
+int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb,
+                         void *arg)
+{
+    char after[24], lim[16];
+    fmt_ms(after, sizeof after, after_id);
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *params[] = {after, lim};
+    /* Rows of a crashed instance with another name are taken over after a minute; an instance
+     * that restarts under its own name resumes its rows at once. */
+    return pgc_query(j->conn,
+                     "SELECT id, topic, key, value, headers::text FROM rotor.outbox"
+                     " WHERE sent_at IS NULL AND id > $1::bigint"
+                     "  AND (owner = current_setting('application_name')"
+                     "       OR created_at < now() - interval '1 minute')"
+                     " ORDER BY id LIMIT $2::int",
+                     2, params, on_outbox_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
+int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb cb, void *arg)
+{
+    /* "{1,2,3}" as one array parameter. */
+    size_t cap = (size_t)n * 21 + 3, used = 0;
+    char *arr = util_malloc(cap);
+    arr[used++] = '{';
+    for (int i = 0; i < n; i++)
+        used += (size_t)snprintf(arr + used, cap - used, "%s%" PRId64, i ? "," : "", ids[i]);
+    arr[used++] = '}';
+    arr[used] = '\0';
+    const char *params[] = {arr};
+    int rc = pgc_query(j->conn,
+                       "WITH m AS (UPDATE rotor.outbox SET sent_at = now()"
+                       " WHERE id = ANY($1::bigint[]) AND sent_at IS NULL RETURNING id)"
+                       " SELECT count(*) + 1 FROM m",
+                       1, params, on_write, jreq_new(j, (void *)cb, arg, false));
+    free(arr);
+    return rc;
+}

@@ -1,0 +1,144 @@
+/* journal.h: the PostgreSQL journal (schema `rotor`): versioned migrations, one row per rotation
+ * moved only by compare-and-set, an append-only history (the audit trail) and the transactional
+ * outbox. Every write is ONE SQL statement: the row change, its history line and its outbox
+ * events commit together or not at all, and history and events are written only when the
+ * compare-and-set wins.
+ *
+ * All requests run FIFO on one connection; each calls its callback exactly once, later. */
+#ifndef ROTOR_JOURNAL_H
+#define ROTOR_JOURNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "rotor.h"
+
+typedef struct journal_s journal_t;
+
+/* Status of a rotation row. OPEN statuses hold the per-secret lock (partial unique index). */
+typedef enum {
+    RS_PENDING = 0, /* the stage's next attempt starts at next_at */
+    RS_RUNNING,     /* an attempt's effect is in progress */
+    RS_WAITING,     /* approve: waiting for a decision or for the soak to end */
+    RS_FAILED,      /* gave up; visible until `rotor retry` or `rotor abort` */
+    RS_COMPLETED,   /* terminal */
+    RS_ROLLED_BACK, /* terminal */
+    RS_ABORTED,     /* terminal */
+    RS__COUNT
+} journal_status_t;
+
+const char *journal_status_name(journal_status_t s);
+int journal_status_parse(const char *name, journal_status_t *out);
+bool journal_status_open(journal_status_t s);
+
+/* One rotation row. Plain data: fixed buffers, no ownership. */
+typedef struct {
+    char id[37];
+    char secret[128];
+    rotor_stage_t stage;
+    journal_status_t status;
+    int seq; /* compare-and-set token: an update names the seq it read */
+    int attempt;
+    rotor_slot_t from_slot, to_slot;
+    bool swapped; /* production points at to_slot */
+    char trigger[16];
+    char request_id[128];
+    char reason[1025];
+    char error[2049];
+    char traceparent[64];
+    char version[129];     /* store version written by generate */
+    char old_version[129]; /* from_slot's store version at prepare (retire disables it) */
+    char actor[257];       /* who approved, rejected, retried or aborted */
+    int64_t next_at_ms;
+    int64_t expires_at_ms;
+    int64_t created_at_ms;
+} journal_rot_t;
+
+/* Connection string of the journal is borrowed for the call. instance names this process
+ * (application_name): outbox rows are relayed by the instance that wrote them. */
+typedef void (*journal_open_cb)(journal_t *j, int status, const char *reason, void *arg);
+int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal_open_cb cb,
+                 void *arg, journal_t **out);
+
+/* Closes the connection; pending requests complete with ROTOR_ECANCELED. */
+void journal_close(journal_t *j);
+
+/* Called (on the loop) after every commit that added outbox rows. */
+void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg);
+
+typedef void (*journal_done_cb)(void *arg, int status);
+
+/* Registers a managed secret the first time rotor meets it; active is used only then.
+ * Reports the active slot recorded in the journal. */
+typedef void (*journal_secret_cb)(void *arg, int status, rotor_slot_t active, int64_t first_seen_ms,
+                                  int64_t last_rotated_ms);
+int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_secret_cb cb,
+                   void *arg);
+
+/* Open rotations (rows borrowed during the callback). */
+typedef void (*journal_rows_cb)(void *arg, int status, const journal_rot_t *rows, int n);
+int journal_load_open(journal_t *j, journal_rows_cb cb, void *arg);
+/* One rotation by id (n = 0 when unknown). */
+int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg);
+/* The open rotation of a secret, if any, else the most recent one (n = 0 when none). */
+int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg);
+
+/* history: a JSON object {trigger, actor, stage, outcome, attempt, duration_ms, error, request_id}
+ * outbox: a JSON array of {topic, key, value (text), headers (object of strings)}.
+ * Both borrowed for the call; either may be NULL. */
+
+/* Inserts r as a new rotation if the secret has no open rotation and its active slot is still
+ * r->from_slot. status 0 = created; ROTOR_ECONFLICT = not created (re-read and decide). */
+int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
+                   journal_done_cb cb, void *arg);
+
+/* Writes r over the row whose seq is still r->seq (and bumps it). status 0 = written;
+ * ROTOR_ECONFLICT = the row moved on. A terminal status records the finish time and, for
+ * completed (or aborted after the swap), makes to_slot the secret's active slot. */
+int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
+                   journal_done_cb cb, void *arg);
+
+/* History and events about rotation id without a state change (absorbed duplicates). */
+int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,
+                 journal_done_cb cb, void *arg);
+
+/* Records an unusable input message for the dead-letter topic: original key and value bytes,
+ * original headers (JSON object, may be NULL) plus the rotor-dlq-* headers. */
+int journal_dead_letter(journal_t *j, const char *dlq_topic, const char *topic, int32_t partition,
+                        int64_t offset, const void *key, size_t key_len, const void *value,
+                        size_t len, const char *headers, const char *reason, journal_done_cb cb,
+                        void *arg);
+
+/* Claims the schedule slot (secret, due) once across all replicas and, if this call won it,
+ * queues outbox in the same statement. status 0 = claimed; ROTOR_ECONFLICT = already claimed. */
+int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, const char *outbox,
+                           journal_done_cb cb, void *arg);
+
+/* Outbox rows not yet sent, written by this instance (or abandoned for over a minute by
+ * another), with id > after_id, oldest first. Rows and their buffers are borrowed during the
+ * callback. */
+typedef struct {
+    int64_t id;
+    const char *topic;
+    const unsigned char *key;
+    size_t key_len;
+    const unsigned char *value;
+    size_t len;
+    const char *headers; /* JSON object of strings, or NULL */
+} journal_outbox_row_t;
+typedef void (*journal_outbox_cb)(void *arg, int status, const journal_outbox_row_t *rows, int n);
+int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb,
+                         void *arg);
+
+/* Marks rows sent (ids borrowed for the call). */
+int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb cb, void *arg);
+
+/* 1 while connected. */
+int journal_ok(journal_t *j);
+
+/* The migrations, in order (for docs and tests). */
+extern const char *const journal_migrations[];
+extern const int journal_nmigrations;
+
+#endif

@@ -1,0 +1,760 @@
+/* kafka.c: librdkafka consumer and idempotent producer driven by the libuv loop. */
+#include "kafka.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "rotor.h"
+#include "util.h"
+
+#define KAFKA_TICK_MS 50           /* progress check while stopping */
+#define KAFKA_META_TIMEOUT_MS 2000 /* bounds one metadata request on the worker thread */
+#define KAFKA_META_RETRY_MS 1000
+#define KAFKA_FATAL_STOP_MS 5000
+
+typedef enum { KAFKA_RUNNING = 0, KAFKA_STOPPING, KAFKA_CLOSING, KAFKA_CLOSED } kafka_state_t;
+
+enum { KAFKA_CONSUMER = 0, KAFKA_PRODUCER = 1 };
+
+typedef struct {
+    int fds[2]; /* librdkafka writes to [1] when its queue turns non-empty */
+    uv_poll_t poll;
+} kafka_pipe_t;
+
+struct kafka_s {
+    uv_loop_t *loop;
+    const rotor_config_t *cfg;
+    const kafka_callbacks_t *cbs;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    rd_kafka_queue_t *cq; /* consumer queue; the consumer's main queue is forwarded into it */
+    rd_kafka_queue_t *pq; /* producer's main queue: delivery reports and errors */
+    rd_kafka_topic_t *cmd_topic; /* producer-side handle, for the partitioner */
+    kafka_pipe_t pipes[2];       /* indexed by KAFKA_CONSUMER / KAFKA_PRODUCER */
+    uv_idle_t resume;            /* drains the consumer queue after kafka_msg_done */
+    uv_timer_t tick;             /* metadata retry while running; progress while stopping */
+    uv_timer_t deadline;         /* bound on kafka_stop */
+    uv_work_t meta_work;
+    bool meta_busy;
+    int meta_result;        /* written by the worker thread, read in the after-work callback */
+    int32_t partition_cnt;  /* of the commands topic; -1 until known */
+    kafka_msg_t *held;      /* handed to the owner, not yet done */
+    rd_kafka_message_t *pending; /* fetched while a message was held */
+    kafka_state_t state;
+    bool close_failed;
+    bool deadline_passed;
+    bool fatal;
+    int open_handles;
+    rd_kafka_resp_err_t last_err[2]; /* last logged error per client, so each is logged once */
+};
+
+static const char *const kafka_client_names[] = {"consumer", "producer"};
+
+static void kafka_stop_check(kafka_t *k);
+static void kafka_consumer_drain(kafka_t *k);
+
+/* ---- configuration ---- */
+
+static int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
+                          size_t errlen)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) == RD_KAFKA_CONF_OK)
+        return 0;
+    snprintf(err, errlen, "kafka property %s: %s", name, errstr);
+    return ROTOR_ECONFIG;
+}
+
+static int kafka_conf_table(rd_kafka_conf_t *conf, const char *const (*kv)[2], size_t n, char *err,
+                            size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = kafka_conf_set(conf, kv[i][0], kv[i][1], err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int kafka_conf_user(const kafka_t *k, rd_kafka_conf_t *conf, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < k->cfg->kafka.nproperties; i++) {
+        const cfg_kv_t *p = &k->cfg->kafka.properties[i];
+        int rc = kafka_conf_set(conf, p->key, p->value, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    kafka_t *k = opaque;
+    int who = rk == k->consumer ? KAFKA_CONSUMER : KAFKA_PRODUCER;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char buf[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof buf);
+        log_error("kafka.fatal", "client", kafka_client_names[who], "error",
+                  rd_kafka_err2name(orig), "reason", buf);
+        k->fatal = true;
+        return;
+    }
+    /* librdkafka repeats transport errors while a broker stays away; one line is enough. */
+    if (k->last_err[who] == (rd_kafka_resp_err_t)err)
+        return;
+    k->last_err[who] = (rd_kafka_resp_err_t)err;
+    log_warn("kafka.error", "client", kafka_client_names[who], "error",
+             rd_kafka_err2name((rd_kafka_resp_err_t)err), "reason", reason);
+}
+
+/* Settings both clients share: ours first, the operator's properties may override them. */
+static rd_kafka_conf_t *kafka_conf_base(kafka_t *k, const char *brokers, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (kafka_conf_set(conf, "bootstrap.servers", brokers, err, errlen) ||
+        kafka_conf_set(conf, "client.id", "rotor", err, errlen)) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, k);
+    rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+    return conf;
+}
+
+/* ---- consumer ---- */
+
+static bool kafka_list_has(const rd_kafka_topic_partition_list_t *parts, const char *topic,
+                           int32_t partition)
+{
+    for (int i = 0; i < parts->cnt; i++) {
+        if (parts->elems[i].partition == partition && strcmp(parts->elems[i].topic, topic) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A message fetched for a partition we lose now belongs to the new owner: drop it uncommitted. */
+static void kafka_drop_pending(kafka_t *k, const rd_kafka_topic_partition_list_t *revoked,
+                               bool all)
+{
+    rd_kafka_message_t *m = k->pending;
+    if (!m)
+        return;
+    if (all || kafka_list_has(revoked, rd_kafka_topic_name(m->rkt), m->partition)) {
+        rd_kafka_message_destroy(m);
+        k->pending = NULL;
+    }
+}
+
+static void kafka_notify_rebalance(kafka_t *k, const rd_kafka_topic_partition_list_t *parts,
+                                   int assigned)
+{
+    int32_t *ids = util_calloc((size_t)parts->cnt, sizeof *ids);
+    int n = 0;
+    char text[256] = "";
+    size_t used = 0;
+    for (int i = 0; i < parts->cnt; i++) {
+        if (strcmp(parts->elems[i].topic, k->cfg->kafka.topic_commands) != 0)
+            continue;
+        ids[n++] = parts->elems[i].partition;
+        if (used < sizeof text) {
+            int w = snprintf(text + used, sizeof text - used, "%s%d", used ? "," : "",
+                             (int)parts->elems[i].partition);
+            used += w > 0 ? (size_t)w : 0;
+        }
+    }
+    log_info("kafka.rebalance", "change", assigned ? "assigned" : "revoked", "partitions", text);
+    if (k->cbs->on_rebalance)
+        k->cbs->on_rebalance(k, ids, n, assigned, k->cbs->arg);
+    free(ids);
+}
+
+/* Runs inside rd_kafka_consumer_poll(), so on the loop thread. */
+static void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                               rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    kafka_t *k = opaque;
+    bool coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    int assigned = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    if (!assigned && err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        log_warn("kafka.rebalance.error", "reason", rd_kafka_err2str(err));
+    if (!assigned)
+        kafka_drop_pending(k, parts, !coop);
+
+    rd_kafka_error_t *e = NULL;
+    rd_kafka_resp_err_t re = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (coop)
+        e = assigned ? rd_kafka_incremental_assign(rk, parts)
+                     : rd_kafka_incremental_unassign(rk, parts);
+    else
+        re = rd_kafka_assign(rk, assigned ? parts : NULL);
+    if (e || re) {
+        /* After close starts the assignment may already be gone; that is no news. */
+        log_write(k->state == KAFKA_RUNNING ? LOG_WARN : LOG_DEBUG, "kafka.assign.failed",
+                  "reason", e ? rd_kafka_error_string(e) : rd_kafka_err2str(re), NULL);
+        if (e)
+            rd_kafka_error_destroy(e);
+    }
+    if (assigned)
+        k->last_err[KAFKA_CONSUMER] = RD_KAFKA_RESP_ERR_NO_ERROR;
+    kafka_notify_rebalance(k, parts, assigned);
+}
+
+static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    /* A lost commit only means the message is consumed again: at-least-once, so warn only. */
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        log_warn("kafka.commit.failed", "reason", rd_kafka_err2str(err));
+    for (int i = 0; offsets && i < offsets->cnt; i++) {
+        if (offsets->elems[i].err)
+            log_warn("kafka.commit.failed", "topic", offsets->elems[i].topic, "reason",
+                     rd_kafka_err2str(offsets->elems[i].err));
+    }
+}
+
+static int kafka_make_consumer(kafka_t *k, const char *brokers, char *err, size_t errlen)
+{
+    static const char *const defaults[][2] = {
+        {"partition.assignment.strategy", "range"},
+        {"auto.offset.reset", "earliest"},
+        {"enable.partition.eof", "false"},
+    };
+    /* Applied after the operator's properties: the at-least-once guarantee depends on them. */
+    static const char *const enforced[][2] = {
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+    };
+    rd_kafka_conf_t *conf = kafka_conf_base(k, brokers, err, errlen);
+    if (!conf)
+        return ROTOR_ECONFIG;
+    int rc = kafka_conf_table(conf, defaults, sizeof defaults / sizeof defaults[0], err, errlen);
+    if (!rc)
+        rc = kafka_conf_set(conf, "group.id", k->cfg->kafka.group, err, errlen);
+    if (!rc)
+        rc = kafka_conf_user(k, conf, err, errlen);
+    if (!rc)
+        rc = kafka_conf_table(conf, enforced, sizeof enforced / sizeof enforced[0], err, errlen);
+    if (rc) {
+        rd_kafka_conf_destroy(conf);
+        return rc;
+    }
+    rd_kafka_conf_set_rebalance_cb(conf, kafka_rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(conf, kafka_commit_cb);
+    char errstr[512];
+    k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!k->consumer) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "kafka consumer: %s", errstr);
+        return ROTOR_EKAFKA;
+    }
+    rd_kafka_poll_set_consumer(k->consumer);
+    k->cq = rd_kafka_queue_get_consumer(k->consumer);
+    return 0;
+}
+
+static int kafka_subscribe(kafka_t *k, char *err, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, k->cfg->kafka.topic_commands,
+                                      RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(k->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (e) {
+        snprintf(err, errlen, "kafka subscribe %s: %s", k->cfg->kafka.topic_commands,
+                 rd_kafka_err2str(e));
+        return ROTOR_EKAFKA;
+    }
+    return 0;
+}
+
+static void kafka_msg_free(kafka_msg_t *msg)
+{
+    rd_kafka_message_destroy(msg->raw);
+    free(msg->headers);
+    free(msg);
+}
+
+static void kafka_hand_over(kafka_t *k, rd_kafka_message_t *m)
+{
+    kafka_msg_t *msg = util_calloc(1, sizeof *msg);
+    msg->topic = rd_kafka_topic_name(m->rkt);
+    msg->partition = m->partition;
+    msg->offset = m->offset;
+    msg->key = m->key;
+    msg->key_len = m->key_len;
+    msg->value = m->payload;
+    msg->len = m->len;
+    msg->raw = m;
+    rd_kafka_headers_t *hdrs;
+    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        msg->nheaders = rd_kafka_header_cnt(hdrs);
+        msg->headers = util_calloc(msg->nheaders, sizeof *msg->headers);
+        for (size_t i = 0; i < msg->nheaders; i++) {
+            event_header_t *h = &msg->headers[i];
+            rd_kafka_header_get_all(hdrs, i, &h->name, &h->value, &h->len);
+        }
+    }
+    k->held = msg;
+    k->cbs->on_message(k, msg, k->cbs->arg);
+}
+
+static void kafka_consumer_error(kafka_t *k, const rd_kafka_message_t *m)
+{
+    if (k->last_err[KAFKA_CONSUMER] == m->err)
+        return;
+    k->last_err[KAFKA_CONSUMER] = m->err;
+    log_warn("kafka.error", "client", "consumer", "topic",
+             m->rkt ? rd_kafka_topic_name(m->rkt) : NULL, "error", rd_kafka_err2name(m->err),
+             "reason", rd_kafka_message_errstr(m));
+}
+
+/* Serves the consumer queue with zero timeouts. Hands over at most one message at a time; while
+ * one is held, at most one more is fetched and kept, and serving pauses until kafka_msg_done. */
+static void kafka_consumer_serve(kafka_t *k)
+{
+    while (k->state == KAFKA_RUNNING || k->state == KAFKA_STOPPING) {
+        if (k->state == KAFKA_RUNNING && !k->held && k->pending) {
+            rd_kafka_message_t *m = k->pending;
+            k->pending = NULL;
+            kafka_hand_over(k, m);
+            continue;
+        }
+        if (k->state == KAFKA_RUNNING && k->held && k->pending)
+            break;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, 0);
+        if (!m)
+            break;
+        if (m->err) {
+            kafka_consumer_error(k, m);
+            rd_kafka_message_destroy(m);
+        } else if (k->state != KAFKA_RUNNING) {
+            rd_kafka_message_destroy(m); /* closing: the next owner gets it again */
+        } else if (k->held) {
+            k->pending = m;
+        } else {
+            kafka_hand_over(k, m);
+        }
+    }
+}
+
+/* ---- producer ---- */
+
+static void kafka_dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    kafka_t *k = opaque;
+    if (!m->err)
+        k->last_err[KAFKA_PRODUCER] = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (k->cbs->on_delivery)
+        k->cbs->on_delivery(k, m->_private, m->err ? ROTOR_EKAFKA : 0,
+                            m->err ? rd_kafka_err2str(m->err) : NULL, k->cbs->arg);
+}
+
+static int kafka_make_producer(kafka_t *k, const char *brokers, char *err, size_t errlen)
+{
+    /* murmur2_random is the Java client's partitioner, so kafka_partition_of() can predict it
+     * and other Kafka clients put a secret's events on the same partition. */
+    static const char *const defaults[][2] = {
+        {"partitioner", "murmur2_random"},
+        {"linger.ms", "5"},
+    };
+    static const char *const enforced[][2] = {
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+    };
+    rd_kafka_conf_t *conf = kafka_conf_base(k, brokers, err, errlen);
+    if (!conf)
+        return ROTOR_ECONFIG;
+    int rc = kafka_conf_table(conf, defaults, sizeof defaults / sizeof defaults[0], err, errlen);
+    if (!rc)
+        rc = kafka_conf_user(k, conf, err, errlen);
+    if (!rc)
+        rc = kafka_conf_table(conf, enforced, sizeof enforced / sizeof enforced[0], err, errlen);
+    if (rc) {
+        rd_kafka_conf_destroy(conf);
+        return rc;
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr_msg_cb);
+    char errstr[512];
+    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!k->producer) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "kafka producer: %s", errstr);
+        return ROTOR_EKAFKA;
+    }
+    k->pq = rd_kafka_queue_get_main(k->producer);
+    k->cmd_topic = rd_kafka_topic_new(k->producer, k->cfg->kafka.topic_commands, NULL);
+    if (!k->cmd_topic) {
+        snprintf(err, errlen, "kafka topic %s: %s", k->cfg->kafka.topic_commands,
+                 rd_kafka_err2str(rd_kafka_last_error()));
+        return ROTOR_EKAFKA;
+    }
+    return 0;
+}
+
+int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len,
+                  const void *value, size_t len, const event_header_t *headers, size_t nheaders,
+                  void *opaque)
+{
+    if (k->state != KAFKA_RUNNING && k->state != KAFKA_STOPPING)
+        return ROTOR_ECANCELED;
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(nheaders);
+    for (size_t i = 0; i < nheaders; i++)
+        rd_kafka_header_add(hdrs, headers[i].name, -1, headers[i].value,
+                            headers[i].value ? (ssize_t)headers[i].len : 0);
+    /* On success librdkafka owns hdrs; on failure we still do. */
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        k->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY((void *)key, key_len),
+        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    if (!e)
+        return 0;
+    rd_kafka_headers_destroy(hdrs);
+    switch (e) {
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        return -ENOBUFS;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+        return -EMSGSIZE;
+    default:
+        return ROTOR_EKAFKA;
+    }
+}
+
+int kafka_outq_len(kafka_t *k)
+{
+    return rd_kafka_outq_len(k->producer);
+}
+
+/* ---- partitioning ---- */
+
+/* Worker thread: rd_kafka_metadata blocks, which the loop must not. */
+static void kafka_meta_work(uv_work_t *req)
+{
+    kafka_t *k = req->data;
+    const struct rd_kafka_metadata *md;
+    k->meta_result = -1;
+    if (rd_kafka_metadata(k->producer, 0, k->cmd_topic, &md, KAFKA_META_TIMEOUT_MS))
+        return;
+    if (md->topic_cnt == 1 && !md->topics[0].err)
+        k->meta_result = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+}
+
+static void kafka_on_tick(uv_timer_t *h);
+
+static void kafka_meta_done(uv_work_t *req, int status)
+{
+    kafka_t *k = req->data;
+    k->meta_busy = false;
+    if (status == 0 && k->meta_result > 0)
+        k->partition_cnt = k->meta_result;
+    else if (k->state == KAFKA_RUNNING)
+        uv_timer_start(&k->tick, kafka_on_tick, KAFKA_META_RETRY_MS, 0);
+    if (k->state == KAFKA_STOPPING)
+        kafka_stop_check(k);
+}
+
+static void kafka_meta_fetch(kafka_t *k)
+{
+    k->meta_work.data = k;
+    if (uv_queue_work(k->loop, &k->meta_work, kafka_meta_work, kafka_meta_done) == 0)
+        k->meta_busy = true;
+}
+
+int32_t kafka_partition_of(kafka_t *k, const char *key)
+{
+    if (k->partition_cnt <= 0 || !key)
+        return -1;
+    return rd_kafka_msg_partitioner_murmur2(k->cmd_topic, key, strlen(key), k->partition_cnt,
+                                            NULL, NULL);
+}
+
+/* ---- loop integration ---- */
+
+static void kafka_after_serve(kafka_t *k)
+{
+    if (k->fatal && k->state == KAFKA_RUNNING)
+        kafka_stop(k, KAFKA_FATAL_STOP_MS);
+    if (k->state == KAFKA_STOPPING)
+        kafka_stop_check(k);
+}
+
+static void kafka_consumer_drain(kafka_t *k)
+{
+    kafka_consumer_serve(k);
+    kafka_after_serve(k);
+}
+
+static void kafka_producer_drain(kafka_t *k)
+{
+    if (k->state == KAFKA_RUNNING || k->state == KAFKA_STOPPING)
+        rd_kafka_poll(k->producer, 0);
+    kafka_after_serve(k);
+}
+
+static void kafka_on_pipe(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    kafka_t *k = h->data;
+    int who = h == &k->pipes[KAFKA_CONSUMER].poll ? KAFKA_CONSUMER : KAFKA_PRODUCER;
+    char buf[64];
+    /* Empty the pipe first: a write that races with the serve below then wakes us again. */
+    while (read(k->pipes[who].fds[0], buf, sizeof buf) > 0)
+        ;
+    if (status < 0)
+        log_warn("kafka.poll.error", "client", kafka_client_names[who], "reason",
+                 uv_strerror(status));
+    if (who == KAFKA_CONSUMER)
+        kafka_consumer_drain(k);
+    else
+        kafka_producer_drain(k);
+}
+
+static void kafka_on_resume(uv_idle_t *h)
+{
+    kafka_t *k = h->data;
+    uv_idle_stop(h);
+    kafka_consumer_drain(k);
+}
+
+static void kafka_on_tick(uv_timer_t *h)
+{
+    kafka_t *k = h->data;
+    if (k->state == KAFKA_RUNNING) {
+        kafka_meta_fetch(k);
+        return;
+    }
+    kafka_consumer_drain(k);
+    kafka_producer_drain(k);
+}
+
+static void kafka_on_deadline(uv_timer_t *h)
+{
+    kafka_t *k = h->data;
+    k->deadline_passed = true;
+    kafka_stop_check(k);
+}
+
+static int kafka_pipe_open(kafka_t *k, int who, rd_kafka_queue_t *q)
+{
+    kafka_pipe_t *p = &k->pipes[who];
+    if (pipe2(p->fds, O_NONBLOCK | O_CLOEXEC) != 0)
+        return -errno;
+    rd_kafka_queue_io_event_enable(q, p->fds[1], "1", 1);
+    return 0;
+}
+
+static void kafka_close_fds(kafka_t *k)
+{
+    for (int i = 0; i < 2; i++) {
+        for (int j = 0; j < 2; j++) {
+            if (k->pipes[i].fds[j] >= 0)
+                close(k->pipes[i].fds[j]);
+            k->pipes[i].fds[j] = -1;
+        }
+    }
+}
+
+/* Frees what kafka_start made before any uv handle existed. */
+static void kafka_destroy_clients(kafka_t *k)
+{
+    if (k->cq) {
+        rd_kafka_queue_io_event_enable(k->cq, -1, NULL, 0);
+        rd_kafka_queue_destroy(k->cq);
+    }
+    if (k->pq) {
+        rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
+        rd_kafka_queue_destroy(k->pq);
+    }
+    if (k->cmd_topic)
+        rd_kafka_topic_destroy(k->cmd_topic);
+    /* A consumer whose close timed out is not closed again here: that would block. */
+    if (k->consumer)
+        rd_kafka_destroy_flags(k->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    if (k->producer)
+        rd_kafka_destroy(k->producer);
+    kafka_close_fds(k);
+}
+
+static void kafka_on_failed_close(uv_handle_t *h)
+{
+    kafka_free(h->data);
+}
+
+static int kafka_watch(kafka_t *k)
+{
+    int rc = uv_poll_init(k->loop, &k->pipes[KAFKA_CONSUMER].poll, k->pipes[KAFKA_CONSUMER].fds[0]);
+    if (rc)
+        return rc;
+    /* From here on every handle exists, so kafka_stop can always close them all. */
+    rc = uv_poll_init(k->loop, &k->pipes[KAFKA_PRODUCER].poll, k->pipes[KAFKA_PRODUCER].fds[0]);
+    if (rc) {
+        /* k is freed once the loop has let go of the first handle. */
+        k->pipes[KAFKA_CONSUMER].poll.data = k;
+        uv_close((uv_handle_t *)&k->pipes[KAFKA_CONSUMER].poll, kafka_on_failed_close);
+        return rc;
+    }
+    uv_idle_init(k->loop, &k->resume);
+    uv_timer_init(k->loop, &k->tick);
+    uv_timer_init(k->loop, &k->deadline);
+    k->pipes[KAFKA_CONSUMER].poll.data = k;
+    k->pipes[KAFKA_PRODUCER].poll.data = k;
+    k->resume.data = k;
+    k->tick.data = k;
+    k->deadline.data = k;
+    k->open_handles = 5;
+    uv_poll_start(&k->pipes[KAFKA_CONSUMER].poll, UV_READABLE, kafka_on_pipe);
+    uv_poll_start(&k->pipes[KAFKA_PRODUCER].poll, UV_READABLE, kafka_on_pipe);
+    /* io events fire only on an empty -> non-empty transition: look once in case it was not
+     * empty when they were enabled. */
+    uv_idle_start(&k->resume, kafka_on_resume);
+    return 0;
+}
+
+int kafka_start(uv_loop_t *loop, const rotor_config_t *cfg, const char *brokers,
+                const kafka_callbacks_t *cbs, kafka_t **out, char *err, size_t errlen)
+{
+    kafka_t *k = util_calloc(1, sizeof *k);
+    k->loop = loop;
+    k->cfg = cfg;
+    k->cbs = cbs;
+    k->partition_cnt = -1;
+    for (int i = 0; i < 2; i++)
+        k->pipes[i].fds[0] = k->pipes[i].fds[1] = -1;
+
+    int rc = kafka_make_consumer(k, brokers, err, errlen);
+    if (!rc)
+        rc = kafka_make_producer(k, brokers, err, errlen);
+    if (!rc && (rc = kafka_pipe_open(k, KAFKA_CONSUMER, k->cq)) != 0)
+        snprintf(err, errlen, "kafka: pipe: %s", strerror(-rc));
+    if (!rc && (rc = kafka_pipe_open(k, KAFKA_PRODUCER, k->pq)) != 0)
+        snprintf(err, errlen, "kafka: pipe: %s", strerror(-rc));
+    if (!rc)
+        rc = kafka_subscribe(k, err, errlen);
+    if (rc) {
+        kafka_free(k);
+        return rc;
+    }
+    if ((rc = kafka_watch(k)) != 0) {
+        snprintf(err, errlen, "kafka: uv_poll: %s", uv_strerror(rc));
+        return rc; /* kafka_watch has arranged for k to be freed */
+    }
+    uv_timer_start(&k->tick, kafka_on_tick, 0, 0);
+    *out = k;
+    return 0;
+}
+
+/* ---- messages ---- */
+
+static void kafka_commit(kafka_t *k, const kafka_msg_t *msg)
+{
+    rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(offs, msg->topic, msg->partition)->offset = msg->offset + 1;
+    /* Store fails for a partition that was revoked meanwhile: its new owner's progress must not
+     * be overwritten with ours, so then nothing is committed. */
+    rd_kafka_resp_err_t e = rd_kafka_offsets_store(k->consumer, offs);
+    if (!e)
+        e = offs->elems[0].err;
+    if (!e)
+        e = rd_kafka_commit(k->consumer, offs, 1);
+    if (e) {
+        char part[16];
+        snprintf(part, sizeof part, "%d", (int)msg->partition);
+        log_warn("kafka.commit.skipped", "topic", msg->topic, "partition", part, "reason",
+                 rd_kafka_err2str(e));
+    }
+    rd_kafka_topic_partition_list_destroy(offs);
+}
+
+void kafka_msg_done(kafka_t *k, kafka_msg_t *msg)
+{
+    if (k->state == KAFKA_RUNNING)
+        kafka_commit(k, msg);
+    if (k->held == msg)
+        k->held = NULL;
+    kafka_msg_free(msg);
+    /* Not recursion: the next message arrives on a later loop iteration. */
+    if (k->state == KAFKA_RUNNING)
+        uv_idle_start(&k->resume, kafka_on_resume);
+}
+
+/* ---- shutdown ---- */
+
+static void kafka_on_closed(uv_handle_t *h)
+{
+    kafka_t *k = h->data;
+    if (--k->open_handles > 0)
+        return;
+    k->state = KAFKA_CLOSED;
+    if (k->held) {
+        kafka_msg_free(k->held); /* never done: not committed, the next owner gets it again */
+        k->held = NULL;
+    }
+    if (k->cbs->on_closed)
+        k->cbs->on_closed(k, k->cbs->arg);
+}
+
+static void kafka_stop_check(kafka_t *k)
+{
+    if (k->state != KAFKA_STOPPING || k->meta_busy)
+        return;
+    bool consumer_done = k->close_failed || rd_kafka_consumer_closed(k->consumer);
+    int outq = rd_kafka_outq_len(k->producer);
+    if (!(consumer_done && outq == 0) && !k->deadline_passed)
+        return;
+    if (!consumer_done || outq) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", outq);
+        log_warn("kafka.stop.timeout", "consumer_closed", consumer_done ? "true" : "false",
+                 "undelivered", n);
+    }
+    k->state = KAFKA_CLOSING;
+    rd_kafka_queue_io_event_enable(k->cq, -1, NULL, 0);
+    rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
+    uv_close((uv_handle_t *)&k->pipes[KAFKA_CONSUMER].poll, kafka_on_closed);
+    uv_close((uv_handle_t *)&k->pipes[KAFKA_PRODUCER].poll, kafka_on_closed);
+    uv_close((uv_handle_t *)&k->resume, kafka_on_closed);
+    uv_close((uv_handle_t *)&k->tick, kafka_on_closed);
+    uv_close((uv_handle_t *)&k->deadline, kafka_on_closed);
+}
+
+void kafka_stop(kafka_t *k, uint64_t timeout_ms)
+{
+    if (k->state != KAFKA_RUNNING)
+        return;
+    k->state = KAFKA_STOPPING;
+    uv_idle_stop(&k->resume);
+    if (k->pending) {
+        rd_kafka_message_destroy(k->pending);
+        k->pending = NULL;
+    }
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(k->consumer, k->cq);
+    if (e) {
+        log_warn("kafka.close.failed", "reason", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        k->close_failed = true;
+    }
+    uv_timer_start(&k->deadline, kafka_on_deadline, timeout_ms, 0);
+    /* The close op's reply normally wakes the pipe; the tick only guards against a missed one. */
+    uv_timer_start(&k->tick, kafka_on_tick, KAFKA_TICK_MS, KAFKA_TICK_MS);
+}
+
+void kafka_free(kafka_t *k)
+{
+    if (!k)
+        return;
+    if (k->pending)
+        rd_kafka_message_destroy(k->pending);
+    /* rd_kafka_destroy may block briefly (thread joins); it runs after the loop work is over. */
+    kafka_destroy_clients(k);
+    free(k);
+}

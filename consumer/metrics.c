@@ -1,0 +1,359 @@
+/* metrics.c: an in-process registry of Prometheus counters and gauges, rendered as text 0.0.4. */
+#include "metrics.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+typedef enum { METRICS_COUNTER, METRICS_GAUGE } metrics_type_t;
+
+typedef struct {
+    char *labels; /* canonical: sorted by label name, values escaped, no braces */
+    double value;
+} metrics_series_t;
+
+typedef struct {
+    const char *name; /* borrowed static string */
+    const char *help; /* borrowed static string; the first caller's wins */
+    metrics_type_t type;
+    metrics_series_t *series; /* sorted by labels */
+    size_t nseries, cap;
+} metrics_family_t;
+
+/* Families are kept sorted by name and series by labels, so rendering is one stable pass. */
+static metrics_family_t *families;
+static size_t nfamilies, families_cap;
+
+#define METRICS_MAX_LABELS 16
+
+typedef struct {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+} metrics_label_t;
+
+/* Grows an array to hold need elements; OOM is fatal in rotor, as in util_malloc. */
+static void *metrics_grow(void *p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return p;
+    size_t n = *cap ? *cap * 2 : 8;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(p, n * size);
+    if (!q)
+        abort();
+    *cap = n;
+    return q;
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} metrics_buf_t;
+
+static void buf_put(metrics_buf_t *b, const char *s, size_t n)
+{
+    b->buf = metrics_grow(b->buf, &b->cap, b->len + n + 1, 1);
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = '\0';
+}
+
+static void buf_puts(metrics_buf_t *b, const char *s)
+{
+    buf_put(b, s, strlen(s));
+}
+
+/* Label values escape backslash, double quote and newline; HELP text only backslash and
+ * newline (exposition format 0.0.4). */
+static void buf_escaped(metrics_buf_t *b, const char *s, size_t n, bool quote)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\')
+            buf_puts(b, "\\\\");
+        else if (s[i] == '\n')
+            buf_puts(b, "\\n");
+        else if (s[i] == '"' && quote)
+            buf_puts(b, "\\\"");
+        else
+            buf_put(b, &s[i], 1);
+    }
+}
+
+static bool is_name_start(char c, bool colon)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (colon && c == ':');
+}
+
+static bool is_name_char(char c, bool colon)
+{
+    return is_name_start(c, colon) || (c >= '0' && c <= '9');
+}
+
+static bool metrics_name_valid(const char *name)
+{
+    if (!name || !is_name_start(name[0], true))
+        return false;
+    for (const char *p = name + 1; *p; p++)
+        if (!is_name_char(*p, true))
+            return false;
+    return true;
+}
+
+/* Length of a label name at p followed by '="', or 0. */
+static size_t label_head(const char *p)
+{
+    if (!is_name_start(*p, false))
+        return 0;
+    size_t n = 1;
+    while (is_name_char(p[n], false))
+        n++;
+    return p[n] == '=' && p[n + 1] == '"' ? n : 0;
+}
+
+/* Callers format labels with raw values (snprintf "secret=\"%s\""), so a value may itself hold a
+ * quote. The value therefore ends only at a quote followed by the end of the string or by a comma
+ * and the next `name="`, and escaping happens here, once, on the way in. */
+static const char *label_value_end(const char *v)
+{
+    for (const char *q = strchr(v, '"'); q; q = strchr(q + 1, '"')) {
+        if (q[1] == '\0' || (q[1] == ',' && q[2] == '\0'))
+            return q;
+        if (q[1] == ',' && label_head(q + 2 + strspn(q + 2, " ")))
+            return q;
+    }
+    return NULL;
+}
+
+static int label_cmp(const void *a, const void *b)
+{
+    const metrics_label_t *x = a, *y = b;
+    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->name_len > y->name_len) - (x->name_len < y->name_len);
+}
+
+static int labels_parse(const char *s, metrics_label_t *out, size_t *count)
+{
+    size_t n = 0;
+    const char *p = s ? s + strspn(s, " ") : "";
+    while (*p) {
+        size_t name_len = label_head(p);
+        if (!name_len || n == METRICS_MAX_LABELS)
+            return -1;
+        const char *v = p + name_len + 2;
+        const char *end = label_value_end(v);
+        if (!end)
+            return -1;
+        out[n++] = (metrics_label_t){p, name_len, v, (size_t)(end - v)};
+        p = end + 1;
+        if (*p == ',')
+            p++;
+        p += strspn(p, " ");
+    }
+    qsort(out, n, sizeof *out, label_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (label_cmp(&out[i - 1], &out[i]) == 0)
+            return -1;
+    *count = n;
+    return 0;
+}
+
+/* Returns the canonical, escaped label set (caller owns it), or NULL if labels is malformed.
+ * Canonical form makes `a="1",b="2"` and `b="2", a="1"` the same series. */
+static char *labels_canonical(const char *labels)
+{
+    metrics_label_t l[METRICS_MAX_LABELS];
+    size_t n;
+    if (labels_parse(labels, l, &n) < 0)
+        return NULL;
+    metrics_buf_t b = {0};
+    buf_puts(&b, "");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf_puts(&b, ",");
+        buf_put(&b, l[i].name, l[i].name_len);
+        buf_puts(&b, "=\"");
+        buf_escaped(&b, l[i].value, l[i].value_len, true);
+        buf_puts(&b, "\"");
+    }
+    return b.buf;
+}
+
+/* Binary search over a sorted array by a string key; returns the index where key is or belongs. */
+static size_t find_family(const char *name, bool *found)
+{
+    size_t lo = 0, hi = nfamilies;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(families[mid].name, name);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+static size_t find_series(const metrics_family_t *f, const char *labels, bool *found)
+{
+    size_t lo = 0, hi = f->nseries;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(f->series[mid].labels, labels);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+static metrics_family_t *family_get(const char *name, const char *help, metrics_type_t type)
+{
+    bool found;
+    size_t i = find_family(name, &found);
+    if (found)
+        return families[i].type == type ? &families[i] : NULL;
+    families = metrics_grow(families, &families_cap, nfamilies + 1, sizeof *families);
+    memmove(&families[i + 1], &families[i], (nfamilies - i) * sizeof *families);
+    families[i] = (metrics_family_t){.name = name, .help = help ? help : "", .type = type};
+    nfamilies++;
+    return &families[i];
+}
+
+/* Takes ownership of labels. */
+static metrics_series_t *series_get(metrics_family_t *f, char *labels)
+{
+    bool found;
+    size_t i = find_series(f, labels, &found);
+    if (found) {
+        free(labels);
+        return &f->series[i];
+    }
+    f->series = metrics_grow(f->series, &f->cap, f->nseries + 1, sizeof *f->series);
+    memmove(&f->series[i + 1], &f->series[i], (f->nseries - i) * sizeof *f->series);
+    f->series[i] = (metrics_series_t){.labels = labels, .value = 0};
+    f->nseries++;
+    return &f->series[i];
+}
+
+/* A bad name, label set or type clash is a programming error; it is logged and the sample
+ * dropped rather than crashing the daemon over a metric. */
+static metrics_series_t *metrics_lookup(const char *name, const char *help, const char *labels,
+                                        metrics_type_t type)
+{
+    if (!metrics_name_valid(name)) {
+        log_warn("metrics.invalid", "name", name, "reason", "bad metric name");
+        return NULL;
+    }
+    char *canon = labels_canonical(labels);
+    if (!canon) {
+        log_warn("metrics.invalid", "name", name, "reason", "bad label set");
+        return NULL;
+    }
+    metrics_family_t *f = family_get(name, help, type);
+    if (!f) {
+        log_warn("metrics.invalid", "name", name, "reason", "type differs from first use");
+        free(canon);
+        return NULL;
+    }
+    return series_get(f, canon);
+}
+
+void metrics_count(const char *name, const char *help, const char *labels, double v)
+{
+    /* Counters only go up; a negative or NaN step would corrupt every rate() over it. */
+    if (!(v >= 0)) {
+        log_warn("metrics.invalid", "name", name, "reason", "negative counter increment");
+        return;
+    }
+    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_COUNTER);
+    if (s)
+        s->value += v;
+}
+
+void metrics_gauge(const char *name, const char *help, const char *labels, double v)
+{
+    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_GAUGE);
+    if (s)
+        s->value = v;
+}
+
+/* Shortest text that parses back to the same double; Prometheus spells infinities +Inf/-Inf. */
+static void format_value(double v, char *buf, size_t len)
+{
+    if (isnan(v)) {
+        snprintf(buf, len, "NaN");
+    } else if (isinf(v)) {
+        snprintf(buf, len, v > 0 ? "+Inf" : "-Inf");
+    } else {
+        snprintf(buf, len, "%.15g", v);
+        if (strtod(buf, NULL) != v)
+            snprintf(buf, len, "%.17g", v);
+    }
+}
+
+static void render_family(metrics_buf_t *b, const metrics_family_t *f)
+{
+    buf_puts(b, "# HELP ");
+    buf_puts(b, f->name);
+    buf_puts(b, " ");
+    buf_escaped(b, f->help, strlen(f->help), false);
+    buf_puts(b, "\n# TYPE ");
+    buf_puts(b, f->name);
+    buf_puts(b, f->type == METRICS_COUNTER ? " counter\n" : " gauge\n");
+    for (size_t i = 0; i < f->nseries; i++) {
+        char num[40];
+        format_value(f->series[i].value, num, sizeof num);
+        buf_puts(b, f->name);
+        if (f->series[i].labels[0]) {
+            buf_puts(b, "{");
+            buf_puts(b, f->series[i].labels);
+            buf_puts(b, "}");
+        }
+        buf_puts(b, " ");
+        buf_puts(b, num);
+        buf_puts(b, "\n");
+    }
+}
+
+char *metrics_render(size_t *len)
+{
+    metrics_buf_t b = {0};
+    buf_puts(&b, "");
+    for (size_t i = 0; i < nfamilies; i++)
+        render_family(&b, &families[i]);
+    if (len)
+        *len = b.len;
+    return b.buf;
+}
+
+void metrics_reset(void)
+{
+    for (size_t i = 0; i < nfamilies; i++) {
+        for (size_t j = 0; j < families[i].nseries; j++)
+            free(families[i].series[j].labels);
+        free(families[i].series);
+    }
+    free(families);
+    families = NULL;
+    nfamilies = families_cap = 0;
+}

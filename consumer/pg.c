@@ -1,0 +1,724 @@
+/* pg.c: asynchronous libpq on the libuv loop: resolve, connect and query without blocking. */
+#include "pg.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rotor.h"
+#include "secret.h"
+#include "util.h"
+
+/* Addresses tried per host name: enough for dual-stack names, bounded for hostile resolvers. */
+#define PGC_MAX_ADDRS 8
+
+typedef enum {
+    PGC_RESOLVING = 0,
+    PGC_CONNECTING,
+    PGC_READY,
+    PGC_FAILED,
+} pgc_state_t;
+
+typedef struct pgc_query_s {
+    struct pgc_query_s *next;
+    char *sql;
+    int nparams;
+    char **params;
+    pgc_result_cb cb;
+    void *arg;
+} pgc_query_t;
+
+/* A uv_poll lives in its own allocation so an old one can finish closing after libpq has moved
+ * to a new socket. */
+typedef struct {
+    uv_poll_t handle;
+    pgc_conn_t *conn;
+    int fd;
+} pgc_poll_t;
+
+/* One host entry after resolution: host (kept for TLS/SNI), hostaddr ("" = let libpq use host),
+ * port ("" when the port list was not per host). */
+typedef struct {
+    char *host, *addr, *port;
+} pgc_target_t;
+
+struct pgc_conn_s {
+    uv_loop_t *loop;
+    PGconn *pg;
+    pgc_state_t state;
+    bool closing;
+    bool connect_cb_done;
+    bool flushing;
+    bool in_connect;  /* inside pgc_connect: callbacks must wait for the timer */
+    bool connect_err; /* a connect failure waiting for the timer */
+    pgc_connect_cb connect_cb;
+    void *connect_arg;
+
+    char **keywords, **values; /* copies; values wiped on free (they may hold a password) */
+    int nkw;
+
+    pgc_target_t *targets; /* host list being resolved */
+    int ntargets, resolve_next;
+    bool per_host_ports;
+
+    uv_timer_t timer; /* defers callbacks out of API calls; its close frees the handle */
+    uv_getaddrinfo_t gai;
+    bool gai_active;
+    pgc_poll_t *poll;
+    int handles; /* uv handles and requests not yet closed/completed */
+
+    pgc_query_t *head, *tail;
+    bool inflight;
+    PGresult *last;
+    char *err;
+};
+
+static void conn_fail(pgc_conn_t *c, const char *msg);
+static void conn_pump(pgc_conn_t *c);
+static void on_timer(uv_timer_t *t);
+
+static void set_err(pgc_conn_t *c, const char *msg)
+{
+    char *copy = util_strdup(msg ? msg : "unknown error");
+    size_t n = strlen(copy);
+    while (n > 0 && (copy[n - 1] == '\n' || copy[n - 1] == ' '))
+        copy[--n] = '\0';
+    free(c->err);
+    c->err = copy;
+}
+
+static void wipe_free(char *s)
+{
+    if (s) {
+        secret_wipe(s, strlen(s));
+        free(s);
+    }
+}
+
+static void query_free(pgc_query_t *q)
+{
+    wipe_free(q->sql);
+    for (int i = 0; i < q->nparams; i++)
+        wipe_free(q->params[i]);
+    free(q->params);
+    free(q);
+}
+
+static void targets_free(pgc_conn_t *c)
+{
+    for (int i = 0; i < c->ntargets; i++) {
+        free(c->targets[i].host);
+        free(c->targets[i].addr);
+        free(c->targets[i].port);
+    }
+    free(c->targets);
+    c->targets = NULL;
+    c->ntargets = 0;
+}
+
+static void conn_free(pgc_conn_t *c)
+{
+    if (c->last)
+        PQclear(c->last);
+    if (c->pg)
+        PQfinish(c->pg);
+    for (int i = 0; i < c->nkw; i++) {
+        free(c->keywords[i]);
+        wipe_free(c->values[i]);
+    }
+    free(c->keywords);
+    free(c->values);
+    targets_free(c);
+    free(c->err);
+    free(c);
+}
+
+static void handle_released(pgc_conn_t *c)
+{
+    if (--c->handles == 0 && c->closing)
+        conn_free(c);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    pgc_poll_t *p = h->data;
+    pgc_conn_t *c = p->conn;
+    free(p);
+    handle_released(c);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    handle_released(h->data);
+}
+
+static void poll_close(pgc_conn_t *c)
+{
+    if (!c->poll)
+        return;
+    uv_close((uv_handle_t *)&c->poll->handle, on_poll_closed);
+    c->poll = NULL;
+}
+
+static void poll_stop(pgc_conn_t *c)
+{
+    if (c->poll)
+        uv_poll_stop(&c->poll->handle);
+}
+
+/* Watches PQsocket for events. A new socket (libpq moved on to another host) gets a new uv_poll;
+ * the old one is closed first so its epoll registration is gone before the new one is added. */
+static int poll_watch(pgc_conn_t *c, int events, uv_poll_cb cb)
+{
+    int fd = PQsocket(c->pg);
+    if (fd < 0)
+        return ROTOR_EDB;
+    if (c->poll && c->poll->fd != fd)
+        poll_close(c);
+    if (!c->poll) {
+        pgc_poll_t *p = util_calloc(1, sizeof *p);
+        if (uv_poll_init(c->loop, &p->handle, fd) != 0) {
+            free(p);
+            return ROTOR_EDB;
+        }
+        p->handle.data = p;
+        p->conn = c;
+        p->fd = fd;
+        c->poll = p;
+        c->handles++;
+    }
+    return uv_poll_start(&c->poll->handle, events, cb) == 0 ? 0 : ROTOR_EDB;
+}
+
+static void deliver_connect(pgc_conn_t *c, int status)
+{
+    if (c->connect_cb_done)
+        return;
+    if (c->in_connect) {
+        c->connect_err = true;
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+        return;
+    }
+    c->connect_cb_done = true;
+    if (c->connect_cb)
+        c->connect_cb(c, status, c->connect_arg);
+}
+
+/* Pops the head query and completes it. The caller has cleared the in-flight state. */
+static void query_complete(pgc_conn_t *c, PGresult *res, int status)
+{
+    pgc_query_t *q = c->head;
+    c->head = q->next;
+    if (!c->head)
+        c->tail = NULL;
+    q->cb(c, res, status, q->arg);
+    query_free(q);
+}
+
+static void fail_all_queries(pgc_conn_t *c, int status)
+{
+    c->inflight = false;
+    c->flushing = false;
+    if (c->last) {
+        PQclear(c->last);
+        c->last = NULL;
+    }
+    while (c->head)
+        query_complete(c, NULL, status);
+}
+
+/* The connection is unusable: every query queued or on the wire fails. */
+static void conn_fail(pgc_conn_t *c, const char *msg)
+{
+    set_err(c, msg);
+    c->state = PGC_FAILED;
+    /* libpq may have closed the socket: drop its epoll registration before the number is
+     * reused by another socket, which a later close of this poll would otherwise unregister. */
+    poll_close(c);
+    deliver_connect(c, ROTOR_EDB);
+    if (!c->closing)
+        fail_all_queries(c, ROTOR_EDB);
+}
+
+/* ---- connecting ---- */
+
+static void on_connect_poll(uv_poll_t *h, int status, int events);
+
+static void connect_step(pgc_conn_t *c, PostgresPollingStatusType st)
+{
+    int events;
+    switch (st) {
+    case PGRES_POLLING_OK:
+        c->state = PGC_READY;
+        deliver_connect(c, 0);
+        conn_pump(c);
+        return;
+    case PGRES_POLLING_READING:
+        events = UV_READABLE;
+        break;
+    case PGRES_POLLING_WRITING:
+        events = UV_WRITABLE;
+        break;
+    default:
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
+    if (poll_watch(c, events, on_connect_poll) != 0)
+        conn_fail(c, "cannot watch the connection's socket");
+}
+
+static void on_connect_poll(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    pgc_conn_t *c = ((pgc_poll_t *)h->data)->conn;
+    /* Stopped before libpq runs: it may close this socket and open another. */
+    uv_poll_stop(h);
+    connect_step(c, PQconnectPoll(c->pg));
+}
+
+/* Appends the resolved host list after the caller's parameters, so it overrides both the
+ * explicit host and whatever an expanded dbname connection string held. */
+static void build_params(pgc_conn_t *c, const char ***kw, const char ***val, char **lists)
+{
+    int n = c->nkw;
+    *kw = util_calloc((size_t)n + 4, sizeof **kw);
+    *val = util_calloc((size_t)n + 4, sizeof **val);
+    for (int i = 0; i < n; i++) {
+        (*kw)[i] = c->keywords[i];
+        (*val)[i] = c->values[i];
+    }
+    if (c->ntargets == 0)
+        return;
+    const char *names[3] = {"host", "hostaddr", "port"};
+    for (int f = 0; f < 3; f++) {
+        if (f == 2 && !c->per_host_ports)
+            break;
+        size_t len = 1;
+        for (int i = 0; i < c->ntargets; i++) {
+            pgc_target_t *t = &c->targets[i];
+            len += strlen(f == 0 ? t->host : f == 1 ? t->addr : t->port) + 1;
+        }
+        lists[f] = util_calloc(1, len);
+        for (int i = 0; i < c->ntargets; i++) {
+            pgc_target_t *t = &c->targets[i];
+            if (i)
+                strcat(lists[f], ",");
+            strcat(lists[f], f == 0 ? t->host : f == 1 ? t->addr : t->port);
+        }
+        (*kw)[n] = names[f];
+        (*val)[n] = lists[f];
+        n++;
+    }
+}
+
+static void start_libpq(pgc_conn_t *c)
+{
+    const char **kw, **val;
+    char *lists[3] = {NULL, NULL, NULL};
+    build_params(c, &kw, &val, lists);
+    c->pg = PQconnectStartParams(kw, val, 1);
+    free(kw);
+    free(val);
+    for (int i = 0; i < 3; i++)
+        free(lists[i]);
+    c->state = PGC_CONNECTING;
+    if (!c->pg) {
+        conn_fail(c, "out of memory starting a connection");
+        return;
+    }
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
+    PQsetnonblocking(c->pg, 1);
+    /* libpq's documented first step: the socket is connecting, wait until it is writable. */
+    connect_step(c, PGRES_POLLING_WRITING);
+}
+
+/* ---- resolving ---- */
+
+static bool needs_dns(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (!host || !*host || host[0] == '/' || host[0] == '@')
+        return false;
+    return inet_pton(AF_INET, host, buf) != 1 && inet_pton(AF_INET6, host, buf) != 1;
+}
+
+static void resolve_next(pgc_conn_t *c);
+
+/* Replaces target i by one target per resolved address (capped). */
+static void expand_target(pgc_conn_t *c, int i, struct addrinfo *res)
+{
+    char ips[PGC_MAX_ADDRS][64];
+    int n = 0;
+    for (struct addrinfo *ai = res; ai && n < PGC_MAX_ADDRS; ai = ai->ai_next) {
+        if (uv_ip_name(ai->ai_addr, ips[n], sizeof ips[n]) != 0)
+            continue;
+        bool dup = false;
+        for (int k = 0; k < n; k++)
+            dup = dup || strcmp(ips[k], ips[n]) == 0;
+        if (!dup)
+            n++;
+    }
+    if (n == 0)
+        return;
+    pgc_target_t *t = util_calloc((size_t)(c->ntargets + n - 1), sizeof *t);
+    memcpy(t, c->targets, (size_t)i * sizeof *t);
+    for (int k = 0; k < n; k++) {
+        t[i + k].host = util_strdup(c->targets[i].host);
+        t[i + k].addr = util_strdup(ips[k]);
+        t[i + k].port = util_strdup(c->targets[i].port);
+    }
+    memcpy(t + i + n, c->targets + i + 1, (size_t)(c->ntargets - i - 1) * sizeof *t);
+    free(c->targets[i].host);
+    free(c->targets[i].addr);
+    free(c->targets[i].port);
+    free(c->targets);
+    c->targets = t;
+    c->ntargets += n - 1;
+    c->resolve_next = i + n;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    pgc_conn_t *c = req->data;
+    c->gai_active = false;
+    if (!c->closing) {
+        int i = c->resolve_next;
+        if (status == 0)
+            expand_target(c, i, res);
+        /* An unresolvable name is left to libpq (hostaddr empty): with several hosts the others
+         * may still work, and libpq words the error for a single one. Its lookup of a name that
+         * just failed returns at once. */
+        if (status != 0)
+            c->resolve_next = i + 1;
+        resolve_next(c);
+    }
+    uv_freeaddrinfo(res);
+    handle_released(c);
+}
+
+static void resolve_next(pgc_conn_t *c)
+{
+    while (c->resolve_next < c->ntargets && !needs_dns(c->targets[c->resolve_next].host))
+        c->resolve_next++;
+    if (c->resolve_next >= c->ntargets) {
+        start_libpq(c);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    c->gai.data = c;
+    if (uv_getaddrinfo(c->loop, &c->gai, on_resolved, c->targets[c->resolve_next].host, NULL,
+                       &hints) != 0) {
+        c->resolve_next++;
+        resolve_next(c);
+        return;
+    }
+    c->gai_active = true;
+    c->handles++;
+}
+
+static char *list_item(const char **p)
+{
+    const char *s = *p, *e = strchr(s, ',');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    char *out = util_malloc(n + 1);
+    memcpy(out, s, n);
+    out[n] = '\0';
+    *p = e ? e + 1 : s + n;
+    return out;
+}
+
+static int list_len(const char *s)
+{
+    int n = 1;
+    for (; *s; s++)
+        n += *s == ',';
+    return n;
+}
+
+/* The effective host, hostaddr and port as libpq will see them: later keywords win, a dbname
+ * connection string is expanded in place, empty values are ignored, the environment fills gaps. */
+static void effective_params(pgc_conn_t *c, const char *eff[3])
+{
+    static const char *names[3] = {"host", "hostaddr", "port"};
+    bool expanded = false;
+    for (int i = 0; i < c->nkw; i++) {
+        const char *v = c->values[i];
+        if (!v || !*v)
+            continue;
+        if (!expanded && strcmp(c->keywords[i], "dbname") == 0) {
+            expanded = true;
+            bool conninfo = strchr(v, '=') || strncmp(v, "postgresql://", 13) == 0 ||
+                            strncmp(v, "postgres://", 11) == 0;
+            PQconninfoOption *opts = conninfo ? PQconninfoParse(v, NULL) : NULL;
+            for (PQconninfoOption *o = opts; o && o->keyword; o++)
+                for (int f = 0; f < 3; f++)
+                    if (o->val && *o->val && strcmp(o->keyword, names[f]) == 0)
+                        eff[f] = util_strdup(o->val);
+            PQconninfoFree(opts);
+            continue;
+        }
+        for (int f = 0; f < 3; f++)
+            if (strcmp(c->keywords[i], names[f]) == 0)
+                eff[f] = util_strdup(v);
+    }
+    static const char *env[3] = {"PGHOST", "PGHOSTADDR", "PGPORT"};
+    for (int f = 0; f < 3; f++)
+        if (!eff[f] && getenv(env[f]) && *getenv(env[f]))
+            eff[f] = util_strdup(getenv(env[f]));
+}
+
+/* Builds the target list when some host is a name and no hostaddr was given. */
+static void plan_targets(pgc_conn_t *c)
+{
+    const char *eff[3] = {NULL, NULL, NULL};
+    effective_params(c, eff);
+    const char *host = eff[0], *port = eff[2];
+    bool any_name = false;
+    for (const char *p = host; p && *p;) {
+        char *h = list_item(&p);
+        any_name = any_name || needs_dns(h);
+        free(h);
+    }
+    if (any_name && !eff[1]) {
+        c->ntargets = list_len(host);
+        c->per_host_ports = port && list_len(port) == c->ntargets && c->ntargets > 1;
+        c->targets = util_calloc((size_t)c->ntargets, sizeof *c->targets);
+        const char *hp = host, *pp = c->per_host_ports ? port : "";
+        for (int i = 0; i < c->ntargets; i++) {
+            c->targets[i].host = list_item(&hp);
+            c->targets[i].addr = util_strdup("");
+            c->targets[i].port = c->per_host_ports ? list_item(&pp) : util_strdup("");
+        }
+    }
+    for (int f = 0; f < 3; f++)
+        free((char *)eff[f]);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    pgc_conn_t *c = t->data;
+    if (c->connect_err) {
+        c->connect_err = false;
+        deliver_connect(c, ROTOR_EDB);
+        return;
+    }
+    conn_pump(c);
+}
+
+int pgc_connect(uv_loop_t *loop, const char *const *keywords, const char *const *values,
+                pgc_connect_cb cb, void *arg, pgc_conn_t **out)
+{
+    if (!loop || !keywords || !values || !out)
+        return -EINVAL;
+    pgc_conn_t *c = util_calloc(1, sizeof *c);
+    c->loop = loop;
+    c->connect_cb = cb;
+    c->connect_arg = arg;
+    while (keywords[c->nkw])
+        c->nkw++;
+    c->keywords = util_calloc((size_t)c->nkw + 1, sizeof *c->keywords);
+    c->values = util_calloc((size_t)c->nkw + 1, sizeof *c->values);
+    for (int i = 0; i < c->nkw; i++) {
+        c->keywords[i] = util_strdup(keywords[i]);
+        c->values[i] = util_strdup(values[i]);
+    }
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    c->handles = 1;
+    c->in_connect = true;
+    plan_targets(c);
+    resolve_next(c);
+    c->in_connect = false;
+    *out = c;
+    return 0;
+}
+
+int pgc_connect_dsn(uv_loop_t *loop, const char *dsn, pgc_connect_cb cb, void *arg,
+                    pgc_conn_t **out)
+{
+    if (!dsn)
+        return -EINVAL;
+    const char *kw[] = {"dbname", NULL};
+    const char *val[] = {dsn, NULL};
+    return pgc_connect(loop, kw, val, cb, arg, out);
+}
+
+/* ---- queries ---- */
+
+static void on_query_poll(uv_poll_t *h, int status, int events);
+
+static void query_watch(pgc_conn_t *c)
+{
+    int events = c->flushing ? UV_READABLE | UV_WRITABLE : UV_READABLE;
+    if (poll_watch(c, events, on_query_poll) != 0)
+        conn_fail(c, "cannot watch the connection's socket");
+}
+
+static void query_finish(pgc_conn_t *c)
+{
+    PGresult *res = c->last;
+    c->last = NULL;
+    c->inflight = false;
+    poll_stop(c);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    int status = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : ROTOR_EDB;
+    if (status != 0)
+        set_err(c, res && *PQresultErrorMessage(res) ? PQresultErrorMessage(res)
+                                                     : PQerrorMessage(c->pg));
+    query_complete(c, res, status);
+    if (res)
+        PQclear(res);
+    conn_pump(c);
+}
+
+/* Reads every result that is complete; returns when libpq needs more input. */
+static void query_drain(pgc_conn_t *c)
+{
+    while (!PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            query_finish(c);
+            return;
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (c->last)
+            PQclear(c->last);
+        c->last = r;
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            /* COPY would keep returning the same result: not supported on this path. */
+            conn_fail(c, "COPY is not supported by pgc_query");
+            return;
+        }
+    }
+    query_watch(c);
+}
+
+static void on_query_poll(uv_poll_t *h, int status, int events)
+{
+    pgc_conn_t *c = ((pgc_poll_t *)h->data)->conn;
+    /* On a poll error, let libpq find out what is wrong with the socket. */
+    if ((events & UV_READABLE) || status < 0) {
+        if (!PQconsumeInput(c->pg)) {
+            conn_fail(c, PQerrorMessage(c->pg));
+            return;
+        }
+    }
+    if (c->flushing) {
+        int r = PQflush(c->pg);
+        if (r < 0) {
+            conn_fail(c, PQerrorMessage(c->pg));
+            return;
+        }
+        c->flushing = r == 1;
+        if (c->flushing) {
+            query_watch(c);
+            return;
+        }
+    }
+    query_drain(c);
+}
+
+static void query_send(pgc_conn_t *c)
+{
+    pgc_query_t *q = c->head;
+    if (!PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, (const char *const *)q->params, NULL,
+                           NULL, 0)) {
+        if (PQstatus(c->pg) == CONNECTION_BAD) {
+            conn_fail(c, PQerrorMessage(c->pg));
+            return;
+        }
+        set_err(c, PQerrorMessage(c->pg));
+        query_complete(c, NULL, ROTOR_EDB);
+        return;
+    }
+    c->inflight = true;
+    int r = PQflush(c->pg);
+    if (r < 0) {
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
+    c->flushing = r == 1;
+    query_watch(c);
+}
+
+static void conn_pump(pgc_conn_t *c)
+{
+    while (!c->closing && c->state == PGC_READY && !c->inflight && c->head)
+        query_send(c);
+}
+
+int pgc_query(pgc_conn_t *c, const char *sql, int nparams, const char *const *params,
+              pgc_result_cb cb, void *arg)
+{
+    if (!c || !sql || !cb || nparams < 0 || (nparams > 0 && !params))
+        return -EINVAL;
+    if (c->closing)
+        return ROTOR_ECANCELED;
+    if (c->state == PGC_FAILED)
+        return ROTOR_EDB;
+    pgc_query_t *q = util_calloc(1, sizeof *q);
+    q->sql = util_strdup(sql);
+    q->nparams = nparams;
+    q->params = util_calloc((size_t)nparams + 1, sizeof *q->params);
+    for (int i = 0; i < nparams; i++)
+        q->params[i] = util_strdup(params[i]);
+    q->cb = cb;
+    q->arg = arg;
+    if (c->tail)
+        c->tail->next = q;
+    else
+        c->head = q;
+    c->tail = q;
+    /* Sent from the timer: the callback must not run within this call if sending fails. */
+    if (c->state == PGC_READY && !c->inflight)
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+    return 0;
+}
+
+/* ---- closing and accessors ---- */
+
+void pgc_close(pgc_conn_t *c)
+{
+    if (!c || c->closing)
+        return;
+    c->closing = true;
+    poll_stop(c);
+    /* Every pending callback runs here, so a caller may free its request state right after. */
+    deliver_connect(c, ROTOR_ECANCELED);
+    fail_all_queries(c, ROTOR_ECANCELED);
+    poll_close(c);
+    if (c->gai_active)
+        uv_cancel((uv_req_t *)&c->gai);
+    uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+const char *pgc_error(pgc_conn_t *c)
+{
+    if (c->err)
+        return c->err;
+    return c->pg ? PQerrorMessage(c->pg) : "";
+}
+
+PGconn *pgc_raw(pgc_conn_t *c)
+{
+    return c->pg;
+}
+
+int pgc_ok(pgc_conn_t *c)
+{
+    return !c->closing && c->state == PGC_READY && PQstatus(c->pg) == CONNECTION_OK;
+}
+
+int pgc_pending(pgc_conn_t *c)
+{
+    int n = 0;
+    for (pgc_query_t *q = c->head; q; q = q->next)
+        n++;
+    return n;
+}

@@ -1,0 +1,179 @@
+/* schedule.c: scheduled rotations, requested through Kafka like any other. */
+#include "schedule.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cron.h"
+#include "event.h"
+#include "log.h"
+#include "util.h"
+
+struct schedule_s {
+    const rotor_config_t *cfg;
+    journal_t *j;
+    engine_t *e;
+    char *source;
+    bool (*owns)(void *arg, const char *secret);
+    void *owns_arg;
+    uv_timer_t timer;
+    size_t next;   /* secret being checked in this round */
+    bool busy;     /* a journal request is in flight */
+    bool stopped;
+    bool closed;
+};
+
+int64_t schedule_due(const cfg_secret_t *sec, int64_t first_seen_ms, int64_t last_rotated_ms)
+{
+    int64_t base = last_rotated_ms > 0 ? last_rotated_ms : first_seen_ms;
+    int64_t due;
+    if (sec->schedule.every_ms > 0) {
+        due = base + (int64_t)sec->schedule.every_ms;
+    } else if (sec->schedule.cron) {
+        cron_t c;
+        char reason[128];
+        if (cron_parse(sec->schedule.cron, &c, reason, sizeof reason) < 0)
+            return -1; /* config.c validated it; unreachable */
+        due = cron_next(&c, base);
+        if (due < 0)
+            return -1;
+    } else {
+        return -1;
+    }
+    if (sec->schedule.window_start >= 0)
+        due = cron_window_next(due, sec->schedule.window_start, sec->schedule.window_end);
+    return due;
+}
+
+static void check_next(schedule_t *s);
+
+static void maybe_free(schedule_t *s)
+{
+    if (s->closed && !s->busy) {
+        free(s->source);
+        free(s);
+    }
+}
+
+static void on_claimed(void *arg, int status)
+{
+    schedule_t *s = arg;
+    s->busy = false;
+    if (s->stopped) {
+        maybe_free(s);
+        return;
+    }
+    const cfg_secret_t *sec = &s->cfg->secrets[s->next];
+    if (status == 0)
+        log_info("schedule.requested", "secret", sec->name);
+    s->next++;
+    check_next(s);
+}
+
+/* Queues the request in the journal's outbox, claimed once for this due time. */
+static void request(schedule_t *s, const cfg_secret_t *sec, int64_t due)
+{
+    char due_text[32];
+    util_format_time(due, due_text, sizeof due_text);
+    char reason[128];
+    snprintf(reason, sizeof reason, "scheduled rotation due %s", due_text);
+    json_t *data = json_pack("{s:s, s:s, s:s, s:s, s:s}", "secret", sec->name, "trigger",
+                             "schedule", "due", due_text, "requested_by", "rotor-schedule",
+                             "reason", reason);
+    char *value = event_build("rotation.requested", s->source, sec->name, data, NULL);
+    if (!value) {
+        s->next++;
+        check_next(s);
+        return;
+    }
+    json_t *out = json_pack("[{s:s, s:s, s:s, s:{s:s}}]", "topic", s->cfg->kafka.topic_commands,
+                            "key", sec->name, "value", value, "headers", "content-type",
+                            "application/cloudevents+json");
+    char *outbox = json_dumps(out, JSON_COMPACT);
+    json_decref(out);
+    free(value);
+    s->busy = true;
+    if (journal_schedule_claim(s->j, sec->name, due, outbox, on_claimed, s) < 0)
+        s->busy = false;
+    free(outbox);
+}
+
+static void on_secret(void *arg, int status, rotor_slot_t active, int64_t first, int64_t last)
+{
+    (void)active;
+    schedule_t *s = arg;
+    s->busy = false;
+    if (s->stopped) {
+        maybe_free(s);
+        return;
+    }
+    const cfg_secret_t *sec = &s->cfg->secrets[s->next];
+    int64_t now = util_now_ms();
+    int64_t due = status == 0 ? schedule_due(sec, first, last) : -1;
+    bool in_window = sec->schedule.window_start < 0 ||
+                     cron_in_window(now, sec->schedule.window_start, sec->schedule.window_end);
+    if (due >= 0 && due <= now && in_window) {
+        request(s, sec, due);
+        return;
+    }
+    s->next++;
+    check_next(s);
+}
+
+static void check_next(schedule_t *s)
+{
+    for (; s->next < s->cfg->nsecrets; s->next++) {
+        const cfg_secret_t *sec = &s->cfg->secrets[s->next];
+        bool scheduled = sec->schedule.every_ms > 0 || sec->schedule.cron;
+        if (!scheduled || !s->owns(s->owns_arg, sec->name) || engine_has_open(s->e, sec->name))
+            continue;
+        s->busy = true;
+        if (journal_secret(s->j, sec->name, sec->active, on_secret, s) < 0)
+            s->busy = false;
+        return;
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    schedule_t *s = t->data;
+    if (s->busy)
+        return; /* the previous round is still going */
+    s->next = 0;
+    check_next(s);
+}
+
+int schedule_start(uv_loop_t *loop, const rotor_config_t *cfg, journal_t *j, engine_t *e,
+                   const char *source, bool (*owns)(void *arg, const char *secret), void *arg,
+                   schedule_t **out)
+{
+    schedule_t *s = util_calloc(1, sizeof *s);
+    s->cfg = cfg;
+    s->j = j;
+    s->e = e;
+    s->source = util_strdup(source);
+    s->owns = owns;
+    s->owns_arg = arg;
+    uv_timer_init(loop, &s->timer);
+    s->timer.data = s;
+    uint64_t every = cfg->daemon.schedule_interval_ms ? cfg->daemon.schedule_interval_ms : 30000;
+    uv_timer_start(&s->timer, on_tick, 1000, every);
+    *out = s;
+    return 0;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    schedule_t *s = h->data;
+    s->closed = true;
+    maybe_free(s);
+}
+
+void schedule_stop(schedule_t *s)
+{
+    if (!s)
+        return;
+    s->stopped = true;
+    uv_close((uv_handle_t *)&s->timer, on_closed);
+}

@@ -1,0 +1,775 @@
+/* store_file.c: the embedded secret store, a directory laid out like a Key Vault CSI mount. */
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rotor.h"
+#include "util.h"
+
+/*
+ * Layout under cfg->store.dir:
+ *   <name>                               the current value, exactly the bytes a pod would mount
+ *   .versions/<name>/<32 hex>.json       every version: value, created, exp, enabled, tags
+ * Every file is written to a temporary file in the same directory, fsync'ed, renamed over the
+ * target and the directory fsync'ed, so a crash leaves either the old or the new file, never a
+ * torn one. All of it runs on the libuv threadpool; the loop thread only queues and reports.
+ */
+
+#define SF_ID_LEN 32
+#define SF_MAX_FILE (1024 * 1024)
+#define SF_MAX_NAME 127 /* Key Vault's own limit on secret names */
+
+typedef enum { SF_FIND, SF_PUT, SF_GET, SF_CURRENT, SF_DISABLE, SF_WRITE_CURRENT } sf_op_t;
+
+typedef struct {
+    uv_work_t work;
+    sf_op_t op;
+    const char *dir; /* borrowed from the config, which outlives the store */
+    char name[SF_MAX_NAME + 1];
+    char version[SF_ID_LEN + 1]; /* in: get, disable ("" = none) */
+    char *rotation_id, *slot, *role;
+    int64_t exp_ms;
+    rotor_secret_t *value; /* in: put, write_current (a copy); out: get */
+    int status;
+    char out_version[SF_ID_LEN + 1]; /* "" = none */
+    char reason[320];
+    union {
+        store_version_cb version;
+        store_value_cb value;
+        store_done_cb done;
+    } cb;
+    void *arg;
+} sf_req_t;
+
+/* A version file, parsed. */
+typedef struct {
+    char id[SF_ID_LEN + 1];
+    rotor_secret_t *value;
+    int64_t created;
+    bool enabled;
+    char *rotation;
+} sf_version_t;
+
+static int sf_fail(sf_req_t *r, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->reason, sizeof r->reason, fmt, ap);
+    va_end(ap);
+    r->status = status;
+    return status;
+}
+
+static bool sf_name_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    return n > 0 && n <= SF_MAX_NAME && name[0] != '.' && !strchr(name, '/');
+}
+
+static bool sf_id_valid(const char *id)
+{
+    if (!id || strlen(id) != SF_ID_LEN)
+        return false;
+    return strspn(id, "0123456789abcdef") == SF_ID_LEN;
+}
+
+static int sf_path(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int sf_random_hex(char *out, size_t nbytes)
+{
+    unsigned char b[32];
+    if (nbytes > sizeof b || getrandom(b, nbytes, 0) != (ssize_t)nbytes)
+        return -EIO;
+    for (size_t i = 0; i < nbytes; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
+}
+
+/* ---- file primitives (threadpool only) ---- */
+
+static int sf_mkdir(const char *path)
+{
+    if (mkdir(path, 0700) == 0 || errno == EEXIST)
+        return 0;
+    return -errno;
+}
+
+/* Creates path and its missing parents, 0700. */
+static int sf_mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+    if (sf_path(buf, sizeof buf, "%s", path) < 0)
+        return -ENAMETOOLONG;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int rc = sf_mkdir(buf);
+        *p = '/';
+        if (rc < 0)
+            return rc;
+    }
+    return sf_mkdir(buf);
+}
+
+static int sf_fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+static int sf_write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Replaces dir/file with data, atomically and durably, mode 0600. */
+static int sf_atomic_write(sf_req_t *r, const char *dir, const char *file, const char *data,
+                           size_t len)
+{
+    char tmp[PATH_MAX], dst[PATH_MAX], suffix[17];
+    int rc = sf_random_hex(suffix, 8);
+    if (rc == 0)
+        rc = sf_path(tmp, sizeof tmp, "%s/.tmp-%s", dir, suffix);
+    if (rc == 0)
+        rc = sf_path(dst, sizeof dst, "%s/%s", dir, file);
+    if (rc < 0)
+        return sf_fail(r, ROTOR_ESTORE, "%s/%s: %s", dir, file, strerror(-rc));
+
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return sf_fail(r, ROTOR_ESTORE, "create %s: %s", tmp, strerror(errno));
+    rc = sf_write_all(fd, data, len);
+    if (rc == 0 && fsync(fd) < 0)
+        rc = -errno;
+    if (close(fd) < 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, dst) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        unlink(tmp);
+        return sf_fail(r, ROTOR_ESTORE, "write %s: %s", dst, strerror(-rc));
+    }
+    rc = sf_fsync_dir(dir);
+    if (rc < 0)
+        return sf_fail(r, ROTOR_ESTORE, "fsync %s: %s", dir, strerror(-rc));
+    return 0;
+}
+
+/* Reads a whole file of at most SF_MAX_FILE bytes into a secret (it may hold one). Returns 0,
+ * -ENOENT, or another negative errno. *out is owned by the caller. */
+static int sf_read_file(const char *path, rotor_secret_t **out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int bad = fstat(fd, &st) < 0         ? -errno
+              : !S_ISREG(st.st_mode)     ? -EINVAL
+              : st.st_size > SF_MAX_FILE ? -EFBIG
+                                         : 0;
+    if (bad < 0) {
+        close(fd);
+        return bad;
+    }
+    size_t cap = (size_t)st.st_size, len = 0;
+    char *buf = util_malloc(cap + 1);
+    int rc = 0;
+    while (len < cap) {
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? -errno : 0;
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    if (rc == 0) {
+        *out = secret_from(buf, len);
+        rc = *out ? 0 : -EFBIG;
+    }
+    secret_wipe(buf, cap + 1);
+    free(buf);
+    return rc;
+}
+
+/* The mount file. An operator's `echo value > file` adds one newline that is not part of the
+ * value; a generated password never ends with one, so it is dropped. */
+static int sf_read_mount(sf_req_t *r, rotor_secret_t **out)
+{
+    char path[PATH_MAX];
+    int rc = sf_path(path, sizeof path, "%s/%s", r->dir, r->name);
+    if (rc == 0)
+        rc = sf_read_file(path, out);
+    if (rc == -ENOENT)
+        return sf_fail(r, ROTOR_ENOTFOUND, "secret %s has no current value", r->name);
+    if (rc < 0)
+        return sf_fail(r, ROTOR_ESTORE, "read %s/%s: %s", r->dir, r->name, strerror(-rc));
+    rotor_secret_t *v = *out;
+    if (v->len > 0 && v->buf[v->len - 1] == '\n') {
+        v->buf[--v->len] = '\0';
+        if (v->len > 0 && v->buf[v->len - 1] == '\r')
+            v->buf[--v->len] = '\0';
+    }
+    return 0;
+}
+
+/* ---- version files ---- */
+
+static void sf_version_clear(sf_version_t *v)
+{
+    secret_free(v->value);
+    free(v->rotation);
+    memset(v, 0, sizeof *v);
+}
+
+/* A growable buffer that wipes what it leaves behind, for JSON that carries a value. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} sf_buf_t;
+
+static int sf_buf_append(const char *data, size_t n, void *ctx)
+{
+    sf_buf_t *b = ctx;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = (b->cap ? b->cap : 256);
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = util_malloc(cap);
+        if (b->p) {
+            memcpy(p, b->p, b->len);
+            secret_wipe(b->p, b->cap);
+            free(b->p);
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static void sf_buf_free(sf_buf_t *b)
+{
+    secret_wipe(b->p, b->cap);
+    free(b->p);
+}
+
+/* jansson frees its strings without wiping them; wipe the value's copy in place first. */
+static void sf_json_wipe_value(json_t *o)
+{
+    json_t *v = json_object_get(o, "value");
+    if (json_is_string(v))
+        secret_wipe((char *)json_string_value(v), json_string_length(v));
+}
+
+static json_t *sf_tags_json(const sf_req_t *r)
+{
+    json_t *tags = json_object();
+    if (r->rotation_id)
+        json_object_set_new(tags, "rotation", json_string(r->rotation_id));
+    if (r->slot)
+        json_object_set_new(tags, "slot", json_string(r->slot));
+    if (r->role)
+        json_object_set_new(tags, "role", json_string(r->role));
+    json_object_set_new(tags, "managed-by", json_string("rotor"));
+    return tags;
+}
+
+/* Serialises a version into out (wiped and freed by the caller with sf_buf_free). */
+static int sf_version_json(sf_req_t *r, const char *id, const rotor_secret_t *value,
+                           int64_t created, int64_t exp, bool enabled, json_t *tags, sf_buf_t *out)
+{
+    json_t *v = json_stringn(value->buf, value->len);
+    if (!v) {
+        json_decref(tags);
+        return sf_fail(r, ROTOR_EINVALID, "value of %s is not valid UTF-8", r->name);
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(id));
+    json_object_set_new(o, "value", v);
+    json_object_set_new(o, "created", json_integer(created));
+    json_object_set_new(o, "exp", json_integer(exp));
+    json_object_set_new(o, "enabled", json_boolean(enabled));
+    json_object_set_new(o, "tags", tags);
+    int rc = json_dump_callback(o, sf_buf_append, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    sf_json_wipe_value(o);
+    json_decref(o);
+    if (rc < 0)
+        return sf_fail(r, ROTOR_ESTORE, "cannot serialise version of %s", r->name);
+    sf_buf_append("\n", 1, out);
+    return 0;
+}
+
+static int sf_versions_dir(const sf_req_t *r, char *buf, size_t len)
+{
+    return sf_path(buf, len, "%s/.versions/%s", r->dir, r->name);
+}
+
+/* Loads dir/<id>.json into *v, and its raw JSON into *doc (NULL to skip; caller decrefs).
+ * Returns 0, -ENOENT, or ROTOR_ESTORE with a reason. */
+static int sf_version_load(sf_req_t *r, const char *id, sf_version_t *v, json_t **doc)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    int rc = sf_versions_dir(r, dir, sizeof dir);
+    if (rc == 0)
+        rc = sf_path(path, sizeof path, "%s/%s.json", dir, id);
+    rotor_secret_t *raw = NULL;
+    if (rc == 0)
+        rc = sf_read_file(path, &raw);
+    if (rc == -ENOENT)
+        return rc;
+    if (rc < 0)
+        return sf_fail(r, ROTOR_ESTORE, "read version %s of %s: %s", id, r->name, strerror(-rc));
+    json_error_t err;
+    json_t *o = json_loadb(raw->buf, raw->len, 0, &err);
+    secret_free(raw);
+    json_t *value = json_object_get(o, "value");
+    json_t *rot = json_object_get(json_object_get(o, "tags"), "rotation");
+    if (!json_is_string(value) || !json_is_boolean(json_object_get(o, "enabled"))) {
+        sf_json_wipe_value(o);
+        json_decref(o);
+        return sf_fail(r, ROTOR_ESTORE, "version %s of %s: malformed file", id, r->name);
+    }
+    memset(v, 0, sizeof *v);
+    util_strlcpy(v->id, id, sizeof v->id);
+    v->value = secret_from(json_string_value(value), json_string_length(value));
+    v->created = json_integer_value(json_object_get(o, "created"));
+    v->enabled = json_is_true(json_object_get(o, "enabled"));
+    v->rotation = util_strdup(json_string_value(rot));
+    if (doc) {
+        *doc = o;
+        return 0;
+    }
+    sf_json_wipe_value(o);
+    json_decref(o);
+    return 0;
+}
+
+static bool sf_secret_equal(const rotor_secret_t *a, const rotor_secret_t *b)
+{
+    if (!a || !b || a->len != b->len)
+        return false;
+    /* Constant time: the mount file's content is a secret too. */
+    unsigned char diff = 0;
+    for (size_t i = 0; i < a->len; i++)
+        diff |= (unsigned char)(a->buf[i] ^ b->buf[i]);
+    return diff == 0;
+}
+
+typedef bool (*sf_match_fn)(const sf_req_t *r, const sf_version_t *v, const void *ctx);
+
+/* Sets r->out_version to the newest enabled version that `match` accepts ("" if none). */
+static int sf_scan(sf_req_t *r, sf_match_fn match, const void *ctx)
+{
+    char dir[PATH_MAX];
+    r->out_version[0] = '\0';
+    if (sf_versions_dir(r, dir, sizeof dir) < 0)
+        return sf_fail(r, ROTOR_ESTORE, "%s: name too long", r->name);
+    DIR *d = opendir(dir);
+    if (!d && errno == ENOENT)
+        return 0;
+    if (!d)
+        return sf_fail(r, ROTOR_ESTORE, "open %s: %s", dir, strerror(errno));
+    int64_t best = INT64_MIN;
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d))) {
+        char id[SF_ID_LEN + 1];
+        if (strlen(e->d_name) != SF_ID_LEN + 5 || strcmp(e->d_name + SF_ID_LEN, ".json") != 0)
+            continue;
+        util_strlcpy(id, e->d_name, sizeof id);
+        sf_version_t v;
+        if (!sf_id_valid(id) || sf_version_load(r, id, &v, NULL) == -ENOENT)
+            continue;
+        if (r->status < 0) {
+            rc = r->status;
+            break;
+        }
+        bool newer = v.created > best || (v.created == best && strcmp(id, r->out_version) > 0);
+        if (v.enabled && match(r, &v, ctx) && newer) {
+            best = v.created;
+            util_strlcpy(r->out_version, id, sizeof r->out_version);
+        }
+        sf_version_clear(&v);
+    }
+    closedir(d);
+    return rc;
+}
+
+static bool sf_match_rotation(const sf_req_t *r, const sf_version_t *v, const void *ctx)
+{
+    (void)ctx;
+    return v->rotation && strcmp(v->rotation, r->rotation_id) == 0;
+}
+
+static bool sf_match_value(const sf_req_t *r, const sf_version_t *v, const void *ctx)
+{
+    (void)r;
+    return sf_secret_equal(v->value, ctx);
+}
+
+/* ---- operations (threadpool) ---- */
+
+static void sf_do_find(sf_req_t *r)
+{
+    sf_scan(r, sf_match_rotation, NULL);
+}
+
+static void sf_do_current(sf_req_t *r)
+{
+    rotor_secret_t *mount = NULL;
+    int rc = sf_read_mount(r, &mount);
+    if (rc == ROTOR_ENOTFOUND) {
+        r->status = 0; /* no current value: no current version, not an error */
+        r->reason[0] = '\0';
+        return;
+    }
+    if (rc == 0)
+        sf_scan(r, sf_match_value, mount);
+    secret_free(mount);
+}
+
+static void sf_do_put(sf_req_t *r)
+{
+    char vdir[PATH_MAX], id[SF_ID_LEN + 1], file[SF_ID_LEN + 6];
+    int rc = sf_versions_dir(r, vdir, sizeof vdir);
+    if (rc == 0)
+        rc = sf_mkdir_p(vdir);
+    if (rc == 0)
+        rc = sf_random_hex(id, SF_ID_LEN / 2);
+    if (rc < 0) {
+        sf_fail(r, ROTOR_ESTORE, "prepare %s: %s", vdir, strerror(-rc));
+        return;
+    }
+    sf_buf_t json = {0};
+    rc = sf_version_json(r, id, r->value, util_now_ms(), r->exp_ms, true, sf_tags_json(r), &json);
+    snprintf(file, sizeof file, "%s.json", id);
+    if (rc == 0)
+        rc = sf_atomic_write(r, vdir, file, json.p, json.len);
+    sf_buf_free(&json);
+    /* The version first, then the mount: a crash in between leaves a findable version and the
+     * old current value, never a current value without its record. */
+    if (rc == 0)
+        rc = sf_atomic_write(r, r->dir, r->name, r->value->buf, r->value->len);
+    if (rc == 0)
+        util_strlcpy(r->out_version, id, sizeof r->out_version);
+}
+
+static void sf_do_get(sf_req_t *r)
+{
+    if (!r->version[0]) {
+        rotor_secret_t *mount = NULL;
+        if (sf_read_mount(r, &mount) < 0)
+            return;
+        if (sf_scan(r, sf_match_value, mount) < 0) {
+            secret_free(mount);
+            return;
+        }
+        r->value = mount;
+        return;
+    }
+    sf_version_t v;
+    int rc = sf_version_load(r, r->version, &v, NULL);
+    if (rc == -ENOENT || (rc == 0 && !v.enabled))
+        sf_fail(r, ROTOR_ENOTFOUND, "version %s of %s %s", r->version, r->name,
+                rc == 0 ? "is disabled" : "does not exist");
+    if (rc == 0 && v.enabled) {
+        r->value = v.value;
+        v.value = NULL;
+        util_strlcpy(r->out_version, v.id, sizeof r->out_version);
+    }
+    if (rc == 0)
+        sf_version_clear(&v);
+}
+
+/* Rewrites a version file with enabled = false, keeping every other field as it was. */
+static int sf_mark_disabled(sf_req_t *r, json_t *doc)
+{
+    char vdir[PATH_MAX], file[SF_ID_LEN + 6];
+    sf_versions_dir(r, vdir, sizeof vdir);
+    snprintf(file, sizeof file, "%s.json", r->version);
+    json_object_set_new(doc, "enabled", json_false());
+    sf_buf_t json = {0};
+    int rc = json_dump_callback(doc, sf_buf_append, &json, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (rc < 0)
+        rc = sf_fail(r, ROTOR_ESTORE, "cannot serialise version %s of %s", r->version, r->name);
+    if (rc == 0) {
+        sf_buf_append("\n", 1, &json);
+        rc = sf_atomic_write(r, vdir, file, json.p, json.len);
+    }
+    sf_buf_free(&json);
+    return rc;
+}
+
+static void sf_do_disable(sf_req_t *r)
+{
+    sf_version_t v;
+    json_t *doc = NULL;
+    int rc = sf_version_load(r, r->version, &v, &doc);
+    if (rc == -ENOENT || rc < 0)
+        return; /* unknown: nothing to disable (an error has set r->status) */
+    if (v.enabled)
+        rc = sf_mark_disabled(r, doc);
+    sf_json_wipe_value(doc);
+    json_decref(doc);
+
+    rotor_secret_t *mount = NULL;
+    if (rc == 0 && sf_read_mount(r, &mount) == 0 && sf_secret_equal(mount, v.value)) {
+        char path[PATH_MAX];
+        sf_path(path, sizeof path, "%s/%s", r->dir, r->name);
+        if (unlink(path) < 0 && errno != ENOENT)
+            sf_fail(r, ROTOR_ESTORE, "remove %s: %s", path, strerror(errno));
+        else
+            sf_fsync_dir(r->dir);
+    } else if (r->status == ROTOR_ENOTFOUND) {
+        r->status = 0; /* no mount file: nothing to remove */
+        r->reason[0] = '\0';
+    }
+    secret_free(mount);
+    sf_version_clear(&v);
+}
+
+static void sf_do_write_current(sf_req_t *r)
+{
+    int rc = sf_mkdir_p(r->dir);
+    if (rc < 0) {
+        sf_fail(r, ROTOR_ESTORE, "create %s: %s", r->dir, strerror(-rc));
+        return;
+    }
+    sf_atomic_write(r, r->dir, r->name, r->value->buf, r->value->len);
+}
+
+static void sf_work(uv_work_t *w)
+{
+    sf_req_t *r = w->data;
+    switch (r->op) {
+    case SF_FIND:
+        sf_do_find(r);
+        break;
+    case SF_PUT:
+        sf_do_put(r);
+        break;
+    case SF_GET:
+        sf_do_get(r);
+        break;
+    case SF_CURRENT:
+        sf_do_current(r);
+        break;
+    case SF_DISABLE:
+        sf_do_disable(r);
+        break;
+    case SF_WRITE_CURRENT:
+        sf_do_write_current(r);
+        break;
+    }
+}
+
+/* ---- loop side ---- */
+
+static void sf_req_free(sf_req_t *r)
+{
+    secret_free(r->value);
+    free(r->rotation_id);
+    free(r->slot);
+    free(r->role);
+    free(r);
+}
+
+static void sf_after(uv_work_t *w, int uvstatus)
+{
+    sf_req_t *r = w->data;
+    if (uvstatus == UV_ECANCELED)
+        sf_fail(r, ROTOR_ECANCELED, "canceled");
+    const char *reason = r->status < 0 ? r->reason : NULL;
+    const char *version = r->status == 0 && r->out_version[0] ? r->out_version : NULL;
+    switch (r->op) {
+    case SF_FIND:
+    case SF_PUT:
+    case SF_CURRENT:
+        r->cb.version(r->arg, r->status, version, reason);
+        break;
+    case SF_GET: {
+        rotor_secret_t *value = r->status == 0 ? r->value : NULL;
+        if (value)
+            r->value = NULL; /* ownership moves to the callback */
+        r->cb.value(r->arg, r->status, value, version, reason);
+        break;
+    }
+    case SF_DISABLE:
+    case SF_WRITE_CURRENT:
+        r->cb.done(r->arg, r->status, reason);
+        break;
+    }
+    sf_req_free(r);
+}
+
+static sf_req_t *sf_req_new(store_t *s, sf_op_t op, const char *name, void *arg)
+{
+    sf_req_t *r = util_calloc(1, sizeof *r);
+    r->work.data = r;
+    r->op = op;
+    r->dir = s->cfg->store.dir;
+    util_strlcpy(r->name, name, sizeof r->name);
+    r->arg = arg;
+    return r;
+}
+
+static int sf_submit(store_t *s, sf_req_t *r)
+{
+    int rc = uv_queue_work(s->loop, &r->work, sf_work, sf_after);
+    if (rc < 0)
+        sf_req_free(r);
+    return rc;
+}
+
+static int sf_find(store_t *s, const char *name, const char *rotation_id, store_version_cb cb,
+                   void *arg)
+{
+    if (!sf_name_valid(name) || !rotation_id || !cb)
+        return ROTOR_EINVALID;
+    sf_req_t *r = sf_req_new(s, SF_FIND, name, arg);
+    r->rotation_id = util_strdup(rotation_id);
+    r->cb.version = cb;
+    return sf_submit(s, r);
+}
+
+static int sf_put(store_t *s, const char *name, const rotor_secret_t *value,
+                  const store_tags_t *tags, int64_t exp_ms, store_version_cb cb, void *arg)
+{
+    if (!sf_name_valid(name) || !value || !cb)
+        return ROTOR_EINVALID;
+    sf_req_t *r = sf_req_new(s, SF_PUT, name, arg);
+    r->value = secret_from(value->buf, value->len);
+    if (!r->value) {
+        sf_req_free(r);
+        return ROTOR_EINVALID;
+    }
+    if (tags) {
+        r->rotation_id = util_strdup(tags->rotation_id);
+        r->slot = util_strdup(tags->slot);
+        r->role = util_strdup(tags->role);
+    }
+    r->exp_ms = exp_ms;
+    r->cb.version = cb;
+    return sf_submit(s, r);
+}
+
+static int sf_get(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg)
+{
+    if (!sf_name_valid(name) || (version && !sf_id_valid(version)) || !cb)
+        return ROTOR_EINVALID;
+    sf_req_t *r = sf_req_new(s, SF_GET, name, arg);
+    if (version)
+        util_strlcpy(r->version, version, sizeof r->version);
+    r->cb.value = cb;
+    return sf_submit(s, r);
+}
+
+static int sf_current(store_t *s, const char *name, store_version_cb cb, void *arg)
+{
+    if (!sf_name_valid(name) || !cb)
+        return ROTOR_EINVALID;
+    sf_req_t *r = sf_req_new(s, SF_CURRENT, name, arg);
+    r->cb.version = cb;
+    return sf_submit(s, r);
+}
+
+static int sf_disable(store_t *s, const char *name, const char *version, store_done_cb cb,
+                      void *arg)
+{
+    if (!sf_name_valid(name) || !sf_id_valid(version) || !cb)
+        return ROTOR_EINVALID;
+    sf_req_t *r = sf_req_new(s, SF_DISABLE, name, arg);
+    util_strlcpy(r->version, version, sizeof r->version);
+    r->cb.done = cb;
+    return sf_submit(s, r);
+}
+
+static int sf_write_current(store_t *s, const char *name, const rotor_secret_t *value,
+                            store_done_cb cb, void *arg)
+{
+    if (!sf_name_valid(name) || !value || !cb)
+        return ROTOR_EINVALID;
+    sf_req_t *r = sf_req_new(s, SF_WRITE_CURRENT, name, arg);
+    r->value = secret_from(value->buf, value->len);
+    if (!r->value) {
+        sf_req_free(r);
+        return ROTOR_EINVALID;
+    }
+    r->cb.done = cb;
+    return sf_submit(s, r);
+}
+
+static void sf_close(store_t *s)
+{
+    free(s);
+}
+
+static const store_ops_t store_file_ops = {
+    .find = sf_find,
+    .put = sf_put,
+    .get = sf_get,
+    .current = sf_current,
+    .disable = sf_disable,
+    .write_current = sf_write_current,
+    .close = sf_close,
+};
+
+int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err,
+                    size_t errlen)
+{
+    const char *dir = sec->store.dir;
+    if (!dir || !*dir) {
+        snprintf(err, errlen, "secret %s: store.dir is required for the file store",
+                 sec->name ? sec->name : "?");
+        return ROTOR_ECONFIG;
+    }
+    if (strlen(dir) > PATH_MAX - SF_MAX_NAME - SF_ID_LEN - 32) {
+        snprintf(err, errlen, "secret %s: store.dir is too long", sec->name ? sec->name : "?");
+        return ROTOR_ECONFIG;
+    }
+    /* Nothing to open: the directory is created by the first write, on the threadpool. */
+    store_t *s = util_calloc(1, sizeof *s);
+    s->ops = &store_file_ops;
+    s->loop = loop;
+    s->cfg = sec;
+    *out = s;
+    return 0;
+}

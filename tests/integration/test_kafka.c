@@ -1,0 +1,456 @@
+/* test_kafka.c: kafka.c on a uv loop against the embedded broker (broker.c), and kcat interop. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "kafka.h"
+#include "log.h"
+#include "util.h"
+
+extern char **environ;
+
+#define N_EVENTS 20
+#define N_KEYS 50
+#define MAX_RECV 128
+
+typedef struct {
+    char key[64];
+    char value[64];
+    int32_t partition;
+    char idx_header[16];
+    bool null_header_seen;
+} recv_t;
+
+typedef struct {
+    uv_loop_t loop;
+    uv_timer_t guard; /* wakes uv_run so run_until can look at the clock */
+    uv_timer_t done_later;
+    kafka_callbacks_t cbs;
+    kafka_t *k;
+    kafka_msg_t *held;
+    int outstanding; /* messages handed over and not yet done: never above 1 */
+    recv_t recv[MAX_RECV];
+    int nrecv;
+    int hold_at; /* stop acknowledging from this message on (0: acknowledge all) */
+    int delivered[MAX_RECV];
+    int ndelivered;
+    int ndelivery_errors;
+    int assigned;
+    bool closed;
+} ctx_t;
+
+typedef struct {
+    rotor_config_t cfg;
+    broker_t *broker;
+    char dir[64];
+    char bootstrap_file[128];
+    cfg_kv_t props[2];
+} fixture_t;
+
+/* ---- fixture ---- */
+
+static int setup(void **state)
+{
+    fixture_t *f = util_calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/rotor-kafka-test.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->bootstrap_file, sizeof f->bootstrap_file, "%s/run/bootstrap", f->dir);
+    f->cfg.kafka.brokers = "embedded";
+    f->cfg.kafka.group = "rotor-test";
+    f->cfg.kafka.topic_commands = "rotor.commands";
+    f->cfg.kafka.topic_events = "rotor.events";
+    f->cfg.kafka.topic_deadletter = "rotor.deadletter";
+    f->cfg.kafka.bootstrap_file = f->bootstrap_file;
+    f->cfg.kafka.partitions = 3;
+    f->cfg.kafka.max_message_bytes = 1 << 20;
+    f->props[0] = (cfg_kv_t){"session.timeout.ms", "6000"};
+    f->props[1] = (cfg_kv_t){"heartbeat.interval.ms", "500"};
+    f->cfg.kafka.properties = f->props;
+    f->cfg.kafka.nproperties = 2;
+    char err[256] = "";
+    int rc = broker_start(&f->cfg, &f->broker, err, sizeof err);
+    if (rc)
+        fail_msg("broker_start: %s", err);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    broker_stop(f->broker);
+    /* broker_stop removes the bootstrap file; the directory it made stays for us to remove. */
+    char path[160];
+    snprintf(path, sizeof path, "%s/run", f->dir);
+    assert_int_equal(access(f->bootstrap_file, F_OK), -1);
+    assert_int_equal(rmdir(path), 0);
+    assert_int_equal(rmdir(f->dir), 0);
+    free(f);
+    /* Every librdkafka handle, including the broker's, must be gone: nothing leaks. */
+    assert_int_equal(rd_kafka_wait_destroyed(5000), 0);
+    return 0;
+}
+
+/* ---- callbacks ---- */
+
+static void on_done_later(uv_timer_t *t)
+{
+    ctx_t *c = t->data;
+    kafka_msg_t *m = c->held;
+    c->held = NULL;
+    c->outstanding--;
+    kafka_msg_done(c->k, m);
+}
+
+static void on_message(kafka_t *k, kafka_msg_t *msg, void *arg)
+{
+    ctx_t *c = arg;
+    (void)k;
+    assert_int_equal(c->outstanding, 0); /* one at a time */
+    assert_true(c->nrecv < MAX_RECV);
+    recv_t *r = &c->recv[c->nrecv++];
+    snprintf(r->key, sizeof r->key, "%.*s", (int)msg->key_len, (const char *)msg->key);
+    snprintf(r->value, sizeof r->value, "%.*s", (int)msg->len, (const char *)msg->value);
+    r->partition = msg->partition;
+    for (size_t i = 0; i < msg->nheaders; i++) {
+        if (strcmp(msg->headers[i].name, "idx") == 0)
+            snprintf(r->idx_header, sizeof r->idx_header, "%.*s", (int)msg->headers[i].len,
+                     (const char *)msg->headers[i].value);
+        if (strcmp(msg->headers[i].name, "empty") == 0 && msg->headers[i].value == NULL)
+            r->null_header_seen = true;
+    }
+    c->outstanding++;
+    c->held = msg;
+    if (c->hold_at && c->nrecv >= c->hold_at)
+        return; /* keep it: never acknowledged */
+    /* Acknowledge on a later iteration, as the journal would, to prove nothing else arrives. */
+    uv_timer_start(&c->done_later, on_done_later, 2, 0);
+}
+
+static void on_delivery(kafka_t *k, void *opaque, int err, const char *reason, void *arg)
+{
+    ctx_t *c = arg;
+    (void)k;
+    if (err) {
+        c->ndelivery_errors++;
+        print_message("delivery failed: %s\n", reason);
+        return;
+    }
+    intptr_t i = (intptr_t)opaque;
+    assert_true(i >= 0 && i < MAX_RECV);
+    c->delivered[i]++;
+    c->ndelivered++;
+}
+
+static void on_rebalance(kafka_t *k, const int32_t *parts, int n, int assigned, void *arg)
+{
+    ctx_t *c = arg;
+    (void)k;
+    for (int i = 0; i < n; i++)
+        assert_true(parts[i] >= 0 && parts[i] < 3);
+    c->assigned += assigned ? n : -n;
+}
+
+static void on_closed(kafka_t *k, void *arg)
+{
+    ctx_t *c = arg;
+    assert_ptr_equal(k, c->k);
+    c->closed = true;
+}
+
+/* ---- loop helpers ---- */
+
+static void on_guard(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void ctx_init(ctx_t *c)
+{
+    memset(c, 0, sizeof *c);
+    assert_int_equal(uv_loop_init(&c->loop), 0);
+    uv_timer_init(&c->loop, &c->guard);
+    uv_timer_init(&c->loop, &c->done_later);
+    c->done_later.data = c;
+    uv_timer_start(&c->guard, on_guard, 10, 10);
+    c->cbs = (kafka_callbacks_t){on_message, on_delivery, on_rebalance, on_closed, c};
+}
+
+static void ctx_start(ctx_t *c, fixture_t *f)
+{
+    char err[256] = "";
+    int rc = kafka_start(&c->loop, &f->cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err,
+                         sizeof err);
+    if (rc)
+        fail_msg("kafka_start: %s", err);
+}
+
+/* Runs the loop until cond holds or timeout_ms passes; returns cond. */
+static bool run_until(ctx_t *c, bool (*cond)(ctx_t *), uint64_t timeout_ms)
+{
+    uint64_t end = uv_now(&c->loop) + timeout_ms;
+    while (!cond(c) && uv_now(&c->loop) < end)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    return cond(c);
+}
+
+static bool is_closed(ctx_t *c)
+{
+    return c->closed;
+}
+
+static void ctx_stop(ctx_t *c)
+{
+    kafka_stop(c->k, 10000);
+    assert_true(run_until(c, is_closed, 15000));
+    kafka_free(c->k);
+    c->k = NULL;
+    uv_close((uv_handle_t *)&c->guard, NULL);
+    uv_close((uv_handle_t *)&c->done_later, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&c->loop), 0);
+}
+
+static int target;
+static bool got_target(ctx_t *c)
+{
+    return c->nrecv >= target;
+}
+static bool delivered_target(ctx_t *c)
+{
+    return c->ndelivered + c->ndelivery_errors >= target;
+}
+static bool all_done(ctx_t *c)
+{
+    return got_target(c) && delivered_target(c) && c->outstanding == (c->hold_at ? 1 : 0);
+}
+static bool partitions_known(ctx_t *c)
+{
+    return kafka_partition_of(c->k, "x") >= 0;
+}
+
+static void produce_one(ctx_t *c, const char *topic, const char *key, const char *value, int i)
+{
+    char idx[16];
+    snprintf(idx, sizeof idx, "%d", i);
+    event_header_t h[2] = {{"idx", idx, strlen(idx)}, {"empty", NULL, 0}};
+    int rc = kafka_produce(c->k, topic, key, strlen(key), value, strlen(value), h, 2,
+                           (void *)(intptr_t)i);
+    assert_int_equal(rc, 0);
+}
+
+/* ---- tests ---- */
+
+static void test_bootstrap_file(void **state)
+{
+    fixture_t *f = *state;
+    FILE *fp = fopen(f->bootstrap_file, "r");
+    assert_non_null(fp);
+    char line[128] = "";
+    assert_non_null(fgets(line, sizeof line, fp));
+    fclose(fp);
+    line[strcspn(line, "\n")] = '\0';
+    assert_string_equal(line, broker_bootstrap(f->broker));
+    assert_true(strncmp(line, "127.0.0.1:", 10) == 0);
+}
+
+/* Produce, consume one at a time with commits; a second member of the group sees only the
+ * message the first one never acknowledged. */
+static void test_at_least_once(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    for (int i = 0; i < N_EVENTS; i++) {
+        char key[32], value[32];
+        snprintf(key, sizeof key, "secret-%d", i % 4);
+        snprintf(value, sizeof value, "v%d", i);
+        produce_one(c, "rotor.commands", key, value, i);
+    }
+    c->hold_at = N_EVENTS;
+    target = N_EVENTS;
+    assert_true(run_until(c, all_done, 30000));
+    assert_int_equal(c->ndelivery_errors, 0);
+    for (int i = 0; i < N_EVENTS; i++)
+        assert_int_equal(c->delivered[i], 1);
+    assert_true(c->assigned > 0);
+
+    /* Per key, order is production order; headers came through, the NULL one as NULL. */
+    int last[4] = {-1, -1, -1, -1};
+    for (int i = 0; i < c->nrecv; i++) {
+        recv_t *r = &c->recv[i];
+        int v = atoi(r->value + 1), key = atoi(r->key + 7);
+        assert_int_equal(v % 4, key);
+        assert_true(v > last[key]);
+        last[key] = v;
+        assert_int_equal(atoi(r->idx_header), v);
+        assert_true(r->null_header_seen);
+    }
+    char held_value[64];
+    snprintf(held_value, sizeof held_value, "%s", c->recv[N_EVENTS - 1].value);
+    ctx_stop(c); /* the held message is dropped without a commit */
+    assert_int_equal(c->assigned, 0);
+
+    /* Same group again: only the unacknowledged message comes back. */
+    ctx_init(c);
+    ctx_start(c, f);
+    target = 1;
+    assert_true(run_until(c, got_target, 30000));
+    assert_string_equal(c->recv[0].value, held_value);
+    target = 2;
+    run_until(c, got_target, 2000); /* nothing else may arrive */
+    assert_int_equal(c->nrecv, 1);
+    ctx_stop(c);
+    free(c);
+}
+
+/* kafka_partition_of must predict the partition the producer picks. */
+static void test_partition_of(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    assert_true(run_until(c, partitions_known, 10000));
+    int seen[3] = {0};
+    for (int i = 0; i < N_KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "db-%d", i * 7919);
+        produce_one(c, "rotor.commands", key, key, i);
+    }
+    target = N_KEYS;
+    assert_true(run_until(c, all_done, 30000));
+    for (int i = 0; i < c->nrecv; i++) {
+        assert_int_equal(kafka_partition_of(c->k, c->recv[i].key), c->recv[i].partition);
+        seen[c->recv[i].partition]++;
+    }
+    /* 50 keys over 3 partitions: a partitioner that ignored the key would fail the above, one
+     * that always says 0 would leave partitions empty. */
+    assert_true(seen[0] > 0 && seen[1] > 0 && seen[2] > 0);
+    ctx_stop(c);
+    free(c);
+}
+
+static bool have_kcat(void)
+{
+    return access("/usr/bin/kcat", X_OK) == 0 || access("/usr/local/bin/kcat", X_OK) == 0;
+}
+
+/* Runs kcat with stdin from `in` (may be NULL) and returns its exit status; its stdout goes to
+ * out (up to outlen-1 bytes). */
+static int run_kcat(char *const argv[], const char *in, char *out, size_t outlen)
+{
+    int pin[2], pout[2];
+    assert_int_equal(pipe2(pin, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(pout, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pin[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, pout[1], 1);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, "kcat", &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    assert_int_equal(rc, 0);
+    close(pin[0]);
+    close(pout[1]);
+    if (in)
+        assert_int_equal(write(pin[1], in, strlen(in)), (ssize_t)strlen(in));
+    close(pin[1]);
+    size_t used = 0;
+    ssize_t n;
+    while (used + 1 < outlen && (n = read(pout[0], out + used, outlen - 1 - used)) > 0)
+        used += (size_t)n;
+    out[used] = '\0';
+    close(pout[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static bool got_kcat_message(ctx_t *c)
+{
+    for (int i = 0; i < c->nrecv; i++)
+        if (strcmp(c->recv[i].key, "app-db") == 0)
+            return true;
+    return false;
+}
+
+static void test_kcat_interop(void **state)
+{
+    fixture_t *f = *state;
+    if (!have_kcat()) {
+        print_message("kcat not installed: skipping the interop test\n");
+        skip();
+    }
+    char bootstrap[128], out[4096];
+    snprintf(bootstrap, sizeof bootstrap, "%s", broker_bootstrap(f->broker));
+
+    /* kcat -> rotor.commands -> our consumer. */
+    char *prod[] = {"kcat", "-b", bootstrap, "-P", "-t", "rotor.commands", "-k", "app-db", NULL};
+    assert_int_equal(run_kcat(prod, "hello-from-kcat\n", out, sizeof out), 0);
+
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    assert_true(run_until(c, got_kcat_message, 30000));
+    assert_string_equal(c->recv[c->nrecv - 1].value, "hello-from-kcat");
+
+    /* our producer -> rotor.events -> kcat. */
+    produce_one(c, "rotor.events", "app-db", "{\"type\":\"rotation.completed\"}", 0);
+    target = 1;
+    assert_true(run_until(c, delivered_target, 10000));
+    assert_int_equal(c->ndelivery_errors, 0);
+    char *cons[] = {"kcat", "-b", bootstrap, "-C", "-e", "-q", "-t", "rotor.events", "-f",
+                    "%k|%s|%h\n", NULL};
+    assert_int_equal(run_kcat(cons, NULL, out, sizeof out), 0);
+    assert_non_null(strstr(out, "app-db|{\"type\":\"rotation.completed\"}|idx=0"));
+    ctx_stop(c);
+    free(c);
+}
+
+static void test_bad_property(void **state)
+{
+    fixture_t *f = *state;
+    cfg_kv_t bad = {"no.such.property", "1"};
+    rotor_config_t cfg = f->cfg;
+    cfg.kafka.properties = &bad;
+    cfg.kafka.nproperties = 1;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    char err[256] = "";
+    int rc = kafka_start(&c->loop, &cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err,
+                         sizeof err);
+    assert_int_equal(rc, ROTOR_ECONFIG);
+    assert_non_null(strstr(err, "no.such.property"));
+    uv_close((uv_handle_t *)&c->guard, NULL);
+    uv_close((uv_handle_t *)&c->done_later, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&c->loop), 0);
+    free(c);
+}
+
+int main(void)
+{
+    log_init(LOG_WARN, stderr);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_bootstrap_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_at_least_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_partition_of, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kcat_interop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_property, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,390 @@
+/* test_pg.c: pg.c against a real PostgreSQL (run under tests/support/with-postgres). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pg.h"
+#include "rotor.h"
+
+typedef struct {
+    uv_loop_t loop;
+    pgc_conn_t *conn;
+    int connect_calls;
+    int connect_status;
+    int results[16]; /* status per query, in callback order */
+    char values[16][64];
+    int order[16];
+    int nresults;
+    int ticks;
+    uv_timer_t timer;
+} ctx_t;
+
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v ? v : "";
+}
+
+static void on_connect(pgc_conn_t *c, int status, void *arg)
+{
+    ctx_t *x = arg;
+    (void)c;
+    x->connect_calls++;
+    x->connect_status = status;
+}
+
+/* Each query's callback argument: records which query completed, in what order. */
+typedef struct {
+    ctx_t *x;
+    int tag;
+} qarg_t;
+
+static void on_result(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    qarg_t *a = arg;
+    ctx_t *x = a->x;
+    (void)c;
+    int i = x->nresults++;
+    x->results[i] = status;
+    x->order[i] = a->tag;
+    x->values[i][0] = '\0';
+    if (status == 0 && res && PQntuples(res) > 0 && PQnfields(res) > 0) {
+        const char *v = PQgetisnull(res, 0, 0) ? "<null>" : PQgetvalue(res, 0, 0);
+        snprintf(x->values[i], sizeof x->values[i], "%s", v);
+        for (int f = 1; f < PQnfields(res); f++) {
+            size_t n = strlen(x->values[i]);
+            snprintf(x->values[i] + n, sizeof x->values[i] - n, "|%s",
+                     PQgetisnull(res, 0, f) ? "<null>" : PQgetvalue(res, 0, f));
+        }
+    }
+}
+
+static void ctx_init(ctx_t *x)
+{
+    memset(x, 0, sizeof *x);
+    assert_int_equal(uv_loop_init(&x->loop), 0);
+    x->connect_status = 1;
+}
+
+static void ctx_finish(ctx_t *x)
+{
+    if (x->conn)
+        pgc_close(x->conn);
+    x->conn = NULL;
+    assert_int_equal(uv_run(&x->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&x->loop), 0);
+}
+
+static void connect_kv(ctx_t *x, const char *host, const char *port)
+{
+    const char *kw[] = {"host", "port", "user", "dbname", NULL};
+    const char *val[] = {host, port, "postgres", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x->loop, kw, val, on_connect, x, &x->conn), 0);
+    /* The callback never runs from within pgc_connect. */
+    assert_int_equal(x->connect_calls, 0);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    assert_int_equal(x->connect_calls, 1);
+}
+
+static void query_one(ctx_t *x, const char *sql, qarg_t *a)
+{
+    assert_int_equal(pgc_query(x->conn, sql, 0, NULL, on_result, a), 0);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+}
+
+/* The hostaddr libpq was given: proves the name was resolved before libpq saw it. */
+static const char *given_hostaddr(pgc_conn_t *c, char *buf, size_t len)
+{
+    PQconninfoOption *opts = PQconninfo(pgc_raw(c));
+    snprintf(buf, len, "<none>");
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (strcmp(o->keyword, "hostaddr") == 0 && o->val)
+            snprintf(buf, len, "%s", o->val);
+    PQconninfoFree(opts);
+    return buf;
+}
+
+static void expect_server_addr(const char *host, const char *want, const char *hostaddr)
+{
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, host, env("PGPORT"));
+    assert_int_equal(x.connect_status, 0);
+    assert_true(pgc_ok(x.conn));
+    /* At rest the poll is stopped, so nothing keeps the loop alive. */
+    assert_int_equal(uv_loop_alive(&x.loop), 0);
+    qarg_t a = {&x, 0};
+    query_one(&x, "select coalesce(host(inet_server_addr()), 'socket')", &a);
+    assert_int_equal(x.nresults, 1);
+    assert_int_equal(x.results[0], 0);
+    assert_string_equal(x.values[0], want);
+    char buf[128];
+    assert_string_equal(given_hostaddr(x.conn, buf, sizeof buf), hostaddr);
+    ctx_finish(&x);
+}
+
+static void test_connect_socket(void **state)
+{
+    (void)state;
+    expect_server_addr(env("PGHOST"), "socket", "<none>");
+}
+
+static void test_connect_tcp(void **state)
+{
+    (void)state;
+    expect_server_addr("127.0.0.1", "127.0.0.1", "<none>");
+}
+
+static void test_connect_localhost(void **state)
+{
+    (void)state;
+    expect_server_addr("localhost", "127.0.0.1", "127.0.0.1");
+}
+
+/* A DSN whose host is a name inside an expanded dbname; the first host of the list refuses, so
+ * libpq moves to a new socket during the connection. */
+static void test_connect_dsn_multihost(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    char dsn[256];
+    snprintf(dsn, sizeof dsn, "postgresql://postgres@localhost:1,localhost:%s/postgres",
+             env("PGPORT"));
+    assert_int_equal(pgc_connect_dsn(&x.loop, dsn, on_connect, &x, &x.conn), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_calls, 1);
+    assert_int_equal(x.connect_status, 0);
+    qarg_t a = {&x, 0};
+    query_one(&x, "select inet_server_port()::text", &a);
+    assert_int_equal(x.results[0], 0);
+    assert_string_equal(x.values[0], env("PGPORT"));
+    char buf[128];
+    assert_string_equal(given_hostaddr(x.conn, buf, sizeof buf), "127.0.0.1,127.0.0.1");
+    ctx_finish(&x);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    const char *kw[] = {"host", "port", "user", "dbname", NULL};
+    const char *val[] = {"127.0.0.1", "1", "postgres", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x.loop, kw, val, on_connect, &x, &x.conn), 0);
+    qarg_t a = {&x, 0};
+    /* Queued while connecting: fails with the connection. */
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_calls, 1);
+    assert_int_equal(x.connect_status, ROTOR_EDB);
+    assert_int_equal(x.nresults, 1);
+    assert_int_equal(x.results[0], ROTOR_EDB);
+    assert_false(pgc_ok(x.conn));
+    assert_non_null(strstr(pgc_error(x.conn), "refused"));
+    assert_true(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a) < 0);
+    ctx_finish(&x);
+}
+
+static void test_connect_bad_option(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    assert_int_equal(pgc_connect_dsn(&x.loop, "nosuchoption=1", on_connect, &x, &x.conn), 0);
+    assert_int_equal(x.connect_calls, 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_calls, 1);
+    assert_int_equal(x.connect_status, ROTOR_EDB);
+    assert_non_null(strstr(pgc_error(x.conn), "nosuchoption"));
+    ctx_finish(&x);
+}
+
+static void test_queue_order_and_params(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    const char *kw[] = {"host", "port", "user", "dbname", NULL};
+    const char *val[] = {env("PGHOST"), env("PGPORT"), "postgres", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x.loop, kw, val, on_connect, &x, &x.conn), 0);
+    /* Queued before the connection is up; they must run in order, one at a time. */
+    qarg_t a[4] = {{&x, 0}, {&x, 1}, {&x, 2}, {&x, 3}};
+    const char *p1[] = {"a'b", NULL};
+    assert_int_equal(
+        pgc_query(x.conn, "select $1::text, $2::text is null", 2, p1, on_result, &a[0]), 0);
+    assert_int_equal(pgc_query(x.conn, "select pg_sleep(0.05), 'slow'", 0, NULL, on_result, &a[1]),
+                     0);
+    const char *p2[] = {"41"};
+    assert_int_equal(pgc_query(x.conn, "select $1::int + 1", 1, p2, on_result, &a[2]), 0);
+    assert_int_equal(pgc_query(x.conn, "select 'd'", 0, NULL, on_result, &a[3]), 0);
+    assert_int_equal(pgc_pending(x.conn), 4);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_status, 0);
+    assert_int_equal(x.nresults, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(x.order[i], i);
+        assert_int_equal(x.results[i], 0);
+    }
+    assert_string_equal(x.values[0], "a'b|t");
+    assert_string_equal(x.values[1], "|slow");
+    assert_string_equal(x.values[2], "42");
+    assert_string_equal(x.values[3], "d");
+    assert_int_equal(pgc_pending(x.conn), 0);
+    ctx_finish(&x);
+}
+
+static void test_sql_error_then_ok(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, env("PGHOST"), env("PGPORT"));
+    qarg_t a[2] = {{&x, 0}, {&x, 1}};
+    assert_int_equal(pgc_query(x.conn, "select 1/0", 0, NULL, on_result, &a[0]), 0);
+    assert_int_equal(pgc_query(x.conn, "select 2", 0, NULL, on_result, &a[1]), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.nresults, 2);
+    assert_int_equal(x.results[0], ROTOR_EDB);
+    assert_non_null(strstr(pgc_error(x.conn), "division by zero"));
+    assert_int_equal(x.results[1], 0);
+    assert_string_equal(x.values[1], "2");
+    assert_true(pgc_ok(x.conn));
+    ctx_finish(&x);
+}
+
+/* The server ends the session mid-query: the query and everything queued behind it fail. */
+static void test_broken_connection(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, env("PGHOST"), env("PGPORT"));
+    qarg_t a[3] = {{&x, 0}, {&x, 1}, {&x, 2}};
+    assert_int_equal(pgc_query(x.conn, "select pg_terminate_backend(pg_backend_pid())", 0, NULL,
+                               on_result, &a[0]),
+                     0);
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a[1]), 0);
+    assert_int_equal(pgc_query(x.conn, "select 2", 0, NULL, on_result, &a[2]), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.nresults, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(x.order[i], i);
+        assert_int_equal(x.results[i], ROTOR_EDB);
+    }
+    assert_false(pgc_ok(x.conn));
+    ctx_finish(&x);
+}
+
+static void test_close_cancels_while_connecting(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    const char *kw[] = {"host", "port", "user", "dbname", NULL};
+    const char *val[] = {"localhost", env("PGPORT"), "postgres", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x.loop, kw, val, on_connect, &x, &x.conn), 0);
+    qarg_t a[3] = {{&x, 0}, {&x, 1}, {&x, 2}};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a[i]), 0);
+    pgc_close(x.conn);
+    x.conn = NULL;
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_calls, 1);
+    assert_int_equal(x.connect_status, ROTOR_ECANCELED);
+    assert_int_equal(x.nresults, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(x.results[i], ROTOR_ECANCELED);
+    ctx_finish(&x);
+}
+
+static void close_later(uv_timer_t *t)
+{
+    ctx_t *x = t->data;
+    /* The first query is on the wire, the others are queued. */
+    assert_int_equal(pgc_pending(x->conn), 3);
+    pgc_close(x->conn);
+    x->conn = NULL;
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_close_cancels_in_flight_and_queued(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, "127.0.0.1", env("PGPORT"));
+    qarg_t a[3] = {{&x, 0}, {&x, 1}, {&x, 2}};
+    assert_int_equal(pgc_query(x.conn, "select pg_sleep(1)", 0, NULL, on_result, &a[0]), 0);
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a[1]), 0);
+    assert_int_equal(pgc_query(x.conn, "select 2", 0, NULL, on_result, &a[2]), 0);
+    uv_timer_init(&x.loop, &x.timer);
+    x.timer.data = &x;
+    uv_timer_start(&x.timer, close_later, 50, 0);
+    uint64_t t0 = uv_hrtime();
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    /* Closing does not wait for the server to finish the sleep. */
+    assert_true(uv_hrtime() - t0 < 900 * 1000000ull);
+    assert_int_equal(x.nresults, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(x.order[i], i);
+        assert_int_equal(x.results[i], ROTOR_ECANCELED);
+    }
+    ctx_finish(&x);
+}
+
+static void tick(uv_timer_t *t)
+{
+    ((ctx_t *)t->data)->ticks++;
+}
+
+static void on_sleep_done(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    qarg_t *a = arg;
+    on_result(c, res, status, arg);
+    uv_timer_stop(&a->x->timer);
+}
+
+static void test_long_query_does_not_block(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, env("PGHOST"), env("PGPORT"));
+    uv_timer_init(&x.loop, &x.timer);
+    x.timer.data = &x;
+    uv_timer_start(&x.timer, tick, 10, 10);
+    qarg_t a = {&x, 0};
+    assert_int_equal(pgc_query(x.conn, "select pg_sleep(0.3)", 0, NULL, on_sleep_done, &a), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.nresults, 1);
+    assert_int_equal(x.results[0], 0);
+    assert_true(x.ticks >= 10);
+    uv_close((uv_handle_t *)&x.timer, NULL);
+    ctx_finish(&x);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_connect_socket),
+        cmocka_unit_test(test_connect_tcp),
+        cmocka_unit_test(test_connect_localhost),
+        cmocka_unit_test(test_connect_dsn_multihost),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_connect_bad_option),
+        cmocka_unit_test(test_queue_order_and_params),
+        cmocka_unit_test(test_sql_error_then_ok),
+        cmocka_unit_test(test_broken_connection),
+        cmocka_unit_test(test_close_cancels_while_connecting),
+        cmocka_unit_test(test_close_cancels_in_flight_and_queued),
+        cmocka_unit_test(test_long_query_does_not_block),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

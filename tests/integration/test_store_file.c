@@ -1,0 +1,384 @@
+/* test_store_file.c: the file secret store on a real directory, driven through a libuv loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rotor.h"
+#include "secret.h"
+#include "store.h"
+#include "util.h"
+
+typedef struct {
+    uv_loop_t loop;
+    char dir[64];
+    cfg_secret_t cfg;
+    store_t *store;
+} fixture_t;
+
+/* What a callback reported. */
+typedef struct {
+    int calls;
+    int status;
+    char version[64]; /* "" for NULL */
+    char reason[256];
+    rotor_secret_t *value;
+} result_t;
+
+static void on_version(void *arg, int status, const char *version, const char *reason)
+{
+    result_t *r = arg;
+    r->calls++;
+    r->status = status;
+    util_strlcpy(r->version, version ? version : "", sizeof r->version);
+    util_strlcpy(r->reason, reason ? reason : "", sizeof r->reason);
+}
+
+static void on_value(void *arg, int status, rotor_secret_t *value, const char *version,
+                     const char *reason)
+{
+    result_t *r = arg;
+    on_version(arg, status, version, reason);
+    r->value = value;
+}
+
+static void on_done(void *arg, int status, const char *reason)
+{
+    on_version(arg, status, NULL, reason);
+}
+
+static int setup(void **state)
+{
+    fixture_t *f = util_calloc(1, sizeof *f);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    strcpy(f->dir, "/tmp/rotor-store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    /* A directory that does not exist yet: the store creates it, 0700. */
+    strcat(f->dir, "/kv");
+    f->cfg.name = "orders-db";
+    f->cfg.store.kind = "file";
+    f->cfg.store.dir = f->dir;
+    char err[256] = "";
+    assert_int_equal(store_open(&f->loop, &f->cfg, &f->store, err, sizeof err), 0);
+    *state = f;
+    return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    f->store->ops->close(f->store);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    f->dir[strlen(f->dir) - 3] = '\0';
+    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+/* Runs the loop until the request has called back exactly once. */
+static void wait_for(fixture_t *f, result_t *r)
+{
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(r->calls, 1);
+}
+
+static result_t put(fixture_t *f, const char *name, const char *value, const char *rotation)
+{
+    result_t r = {0};
+    rotor_secret_t *v = secret_from(value, strlen(value));
+    store_tags_t tags = {.rotation_id = rotation, .slot = "green", .role = "app_green"};
+    int64_t exp = util_now_ms() + 86400000;
+    assert_int_equal(f->store->ops->put(f->store, name, v, &tags, exp, on_version, &r), 0);
+    secret_free(v);
+    assert_int_equal(r.calls, 0); /* called back later, from the loop, never from put itself */
+    wait_for(f, &r);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(strlen(r.version), 32);
+    assert_int_equal(strspn(r.version, "0123456789abcdef"), 32);
+    return r;
+}
+
+static result_t get(fixture_t *f, const char *name, const char *version)
+{
+    result_t r = {0};
+    assert_int_equal(f->store->ops->get(f->store, name, version, on_value, &r), 0);
+    wait_for(f, &r);
+    assert_true((r.status == 0) == (r.value != NULL));
+    return r;
+}
+
+static result_t find(fixture_t *f, const char *name, const char *rotation)
+{
+    result_t r = {0};
+    assert_int_equal(f->store->ops->find(f->store, name, rotation, on_version, &r), 0);
+    wait_for(f, &r);
+    assert_int_equal(r.status, 0);
+    return r;
+}
+
+static result_t current(fixture_t *f, const char *name)
+{
+    result_t r = {0};
+    assert_int_equal(f->store->ops->current(f->store, name, on_version, &r), 0);
+    wait_for(f, &r);
+    assert_int_equal(r.status, 0);
+    return r;
+}
+
+static void disable(fixture_t *f, const char *name, const char *version)
+{
+    result_t r = {0};
+    assert_int_equal(f->store->ops->disable(f->store, name, version, on_done, &r), 0);
+    wait_for(f, &r);
+    assert_int_equal(r.status, 0);
+}
+
+static void expect_secret(result_t *r, const char *want)
+{
+    assert_int_equal(r->status, 0);
+    assert_non_null(r->value);
+    assert_int_equal(r->value->len, strlen(want));
+    assert_memory_equal(r->value->buf, want, strlen(want));
+    secret_free(r->value);
+    r->value = NULL;
+}
+
+static char *slurp(const char *dir, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    char *buf = util_calloc(1, 4096);
+    size_t n = fread(buf, 1, 4095, fp);
+    buf[n] = '\0';
+    fclose(fp);
+    return buf;
+}
+
+static unsigned mode_of(const char *dir, const char *rel)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_mode & 07777;
+}
+
+static bool exists(const char *dir, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    return access(path, F_OK) == 0;
+}
+
+static void test_put_writes_mount_and_version(void **state)
+{
+    fixture_t *f = *state;
+    result_t r = put(f, "pg-green", "s3cret!Value", "rot-1");
+    char *mount = slurp(f->dir, "pg-green");
+    assert_string_equal(mount, "s3cret!Value");
+    free(mount);
+    assert_int_equal(mode_of(f->dir, "pg-green"), 0600);
+    assert_int_equal(mode_of(f->dir, "."), 0700);
+    assert_int_equal(mode_of(f->dir, ".versions"), 0700);
+
+    char rel[128];
+    snprintf(rel, sizeof rel, ".versions/pg-green/%s.json", r.version);
+    assert_int_equal(mode_of(f->dir, rel), 0600);
+    char *text = slurp(f->dir, rel);
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(doc, "id")), r.version);
+    assert_string_equal(json_string_value(json_object_get(doc, "value")), "s3cret!Value");
+    assert_true(json_is_true(json_object_get(doc, "enabled")));
+    assert_true(json_integer_value(json_object_get(doc, "exp")) > util_now_ms());
+    assert_true(json_integer_value(json_object_get(doc, "created")) <= util_now_ms());
+    json_t *tags = json_object_get(doc, "tags");
+    assert_string_equal(json_string_value(json_object_get(tags, "rotation")), "rot-1");
+    assert_string_equal(json_string_value(json_object_get(tags, "slot")), "green");
+    assert_string_equal(json_string_value(json_object_get(tags, "role")), "app_green");
+    assert_string_equal(json_string_value(json_object_get(tags, "managed-by")), "rotor");
+    json_decref(doc);
+
+    /* No temporary file is left behind by the atomic writes. */
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        assert_null(strstr(e->d_name, ".tmp-"));
+    closedir(d);
+}
+
+static void test_find_and_versions(void **state)
+{
+    fixture_t *f = *state;
+    result_t v1 = put(f, "pg-green", "first-value", "rot-1");
+    result_t found = find(f, "pg-green", "rot-1");
+    assert_string_equal(found.version, v1.version);
+    assert_string_equal(find(f, "pg-green", "rot-unknown").version, "");
+    assert_string_equal(find(f, "pg-never-written", "rot-1").version, "");
+
+    result_t v2 = put(f, "pg-green", "second-value", "rot-2");
+    assert_string_not_equal(v1.version, v2.version);
+    assert_string_equal(find(f, "pg-green", "rot-2").version, v2.version);
+    assert_string_equal(find(f, "pg-green", "rot-1").version, v1.version);
+    assert_string_equal(current(f, "pg-green").version, v2.version);
+
+    result_t g = get(f, "pg-green", NULL);
+    assert_string_equal(g.version, v2.version);
+    expect_secret(&g, "second-value");
+    g = get(f, "pg-green", v1.version);
+    assert_string_equal(g.version, v1.version);
+    expect_secret(&g, "first-value");
+    g = get(f, "pg-green", v2.version);
+    expect_secret(&g, "second-value");
+
+    /* Disabling an old version leaves the current value alone. */
+    disable(f, "pg-green", v1.version);
+    g = get(f, "pg-green", v1.version);
+    assert_int_equal(g.status, ROTOR_ENOTFOUND);
+    assert_non_null(strstr(g.reason, "disabled"));
+    assert_string_equal(find(f, "pg-green", "rot-1").version, "");
+    g = get(f, "pg-green", NULL);
+    expect_secret(&g, "second-value");
+    assert_string_equal(current(f, "pg-green").version, v2.version);
+}
+
+static void test_disable_current_removes_mount(void **state)
+{
+    fixture_t *f = *state;
+    put(f, "pg-blue", "old-value", "rot-1");
+    result_t v2 = put(f, "pg-blue", "new-value", "rot-2");
+    assert_true(exists(f->dir, "pg-blue"));
+    disable(f, "pg-blue", v2.version);
+    assert_false(exists(f->dir, "pg-blue"));
+    assert_string_equal(current(f, "pg-blue").version, "");
+    result_t g = get(f, "pg-blue", NULL);
+    assert_int_equal(g.status, ROTOR_ENOTFOUND);
+    g = get(f, "pg-blue", v2.version);
+    assert_int_equal(g.status, ROTOR_ENOTFOUND);
+    /* Again, and an id that never existed: both are no-ops, not errors. */
+    disable(f, "pg-blue", v2.version);
+    disable(f, "pg-blue", "0123456789abcdef0123456789abcdef");
+    g = get(f, "pg-blue", "0123456789abcdef0123456789abcdef");
+    assert_int_equal(g.status, ROTOR_ENOTFOUND);
+    assert_non_null(strstr(g.reason, "does not exist"));
+}
+
+static void test_write_current(void **state)
+{
+    fixture_t *f = *state;
+    const char *json = "{\"role\":\"app_green\",\"password\":\"p\\\"w\"}";
+    rotor_secret_t *v = secret_from(json, strlen(json));
+    result_t r = {0};
+    assert_int_equal(f->store->ops->write_current(f->store, "current", v, on_done, &r), 0);
+    secret_free(v);
+    wait_for(f, &r);
+    assert_int_equal(r.status, 0);
+    char *text = slurp(f->dir, "current");
+    assert_string_equal(text, json);
+    free(text);
+    assert_int_equal(mode_of(f->dir, "current"), 0600);
+    assert_false(exists(f->dir, ".versions/current"));
+    /* Overwrites in place. */
+    v = secret_from("{}", 2);
+    r = (result_t){0};
+    assert_int_equal(f->store->ops->write_current(f->store, "current", v, on_done, &r), 0);
+    secret_free(v);
+    wait_for(f, &r);
+    text = slurp(f->dir, "current");
+    assert_string_equal(text, "{}");
+    free(text);
+}
+
+static void test_handmade_mount_file(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/pg-blue", f->dir);
+    FILE *fp = fopen(path, "w");
+    fputs("typed-by-hand\n", fp); /* as `echo typed-by-hand > pg-blue` writes it */
+    fclose(fp);
+    result_t g = get(f, "pg-blue", NULL);
+    assert_string_equal(g.version, "");
+    expect_secret(&g, "typed-by-hand");
+    assert_string_equal(current(f, "pg-blue").version, "");
+    assert_string_equal(find(f, "pg-blue", "rot-1").version, "");
+    /* A put takes over: the version becomes current. */
+    result_t v = put(f, "pg-blue", "generated", "rot-1");
+    assert_string_equal(current(f, "pg-blue").version, v.version);
+}
+
+static void test_invalid_requests(void **state)
+{
+    fixture_t *f = *state;
+    const store_ops_t *ops = f->store->ops;
+    rotor_secret_t *v = secret_from("x", 1);
+    result_t r = {0};
+    const char *bad_names[] = {"", ".hidden", "a/b", "../up", NULL};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(ops->put(f->store, bad_names[i], v, NULL, 0, on_version, &r),
+                         ROTOR_EINVALID);
+        assert_int_equal(ops->get(f->store, bad_names[i], NULL, on_value, &r), ROTOR_EINVALID);
+        assert_int_equal(ops->find(f->store, bad_names[i], "rot", on_version, &r), ROTOR_EINVALID);
+        assert_int_equal(ops->current(f->store, bad_names[i], on_version, &r), ROTOR_EINVALID);
+        assert_int_equal(ops->write_current(f->store, bad_names[i], v, on_done, &r),
+                         ROTOR_EINVALID);
+    }
+    assert_int_equal(ops->get(f->store, "pg", "../../etc/passwd", on_value, &r), ROTOR_EINVALID);
+    assert_int_equal(ops->disable(f->store, "pg", "ABC", on_done, &r), ROTOR_EINVALID);
+    secret_free(v);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    /* A request refused up front never calls back. */
+    assert_int_equal(r.calls, 0);
+    assert_false(exists(f->dir, "."));
+}
+
+static void test_store_open_kinds(void **state)
+{
+    fixture_t *f = *state;
+    cfg_secret_t cfg = f->cfg;
+    store_t *s = NULL;
+    char err[256] = "";
+    cfg.store.kind = "azure-keyvault";
+    assert_int_equal(store_open(&f->loop, &cfg, &s, err, sizeof err), ROTOR_ECONFIG);
+    assert_string_equal(err, "store kind azure-keyvault is not supported");
+    cfg.store.kind = "file";
+    cfg.store.dir = NULL;
+    assert_int_equal(store_open(&f->loop, &cfg, &s, err, sizeof err), ROTOR_ECONFIG);
+    assert_non_null(strstr(err, "store.dir"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_put_writes_mount_and_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find_and_versions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disable_current_removes_mount, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_current, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handmade_mount_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_open_kinds, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

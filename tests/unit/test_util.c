@@ -1,0 +1,228 @@
+/* test_util.c: durations, RFC 3339 time stamps and UUIDs from util.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rotor.h"
+#include "util.h"
+
+static void expect_duration(const char *text, uint64_t want)
+{
+    uint64_t ms = 12345;
+    if (util_parse_duration(text, &ms) != 0)
+        fail_msg("util_parse_duration(\"%s\") failed", text);
+    assert_int_equal(ms, want);
+}
+
+static void test_parse_duration(void **state)
+{
+    (void)state;
+    expect_duration("0", 0);
+    expect_duration("250ms", 250);
+    expect_duration("30s", 30000);
+    expect_duration("5m", 300000);
+    expect_duration("2h", 7200000);
+    expect_duration("90d", 90ULL * 86400000);
+    expect_duration("1h30m", 5400000);
+    expect_duration("1m30s", 90000);
+    expect_duration("1s500ms", 1500);
+    expect_duration("2m5ms", 120005);
+    expect_duration("0s", 0);
+}
+
+static void test_parse_duration_invalid(void **state)
+{
+    (void)state;
+    const char *bad[] = {"",
+                         "s",
+                         "5",
+                         "5x",
+                         "-5s",
+                         "5 s",
+                         " 5s",
+                         "5s ",
+                         "1.5h",
+                         "m5",
+                         "5sm",
+                         "h",
+                         "5mss",
+                         "30S",
+                         "99999999999999999999999d",
+                         "300000000000000000d"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t ms = 777;
+        if (util_parse_duration(bad[i], &ms) != ROTOR_EINVALID)
+            fail_msg("util_parse_duration(\"%s\") accepted: %llu", bad[i], (unsigned long long)ms);
+        assert_int_equal(ms, 777);
+    }
+    uint64_t ms;
+    assert_int_equal(util_parse_duration(NULL, &ms), ROTOR_EINVALID);
+}
+
+static void expect_format(uint64_t ms, const char *want)
+{
+    char buf[32];
+    util_format_duration(ms, buf, sizeof buf);
+    assert_string_equal(buf, want);
+}
+
+static void test_format_duration(void **state)
+{
+    (void)state;
+    expect_format(0, "0s");
+    expect_format(250, "250ms");
+    expect_format(30000, "30s");
+    expect_format(5400000, "1h30m");
+    expect_format(90ULL * 86400000, "90d");
+    expect_format(86400000ULL + 1, "1d1ms");
+    /* Round trip: formatting then parsing gives the same number of milliseconds. */
+    const uint64_t values[] = {1, 999, 1000, 61000, 3599999, 86400000, 93784005, 31536000000ULL};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char buf[32];
+        uint64_t back = 0;
+        util_format_duration(values[i], buf, sizeof buf);
+        assert_int_equal(util_parse_duration(buf, &back), 0);
+        assert_int_equal(back, values[i]);
+    }
+}
+
+static void expect_time(const char *text, int64_t want)
+{
+    int64_t ms = 0;
+    if (util_parse_time(text, &ms) != 0)
+        fail_msg("util_parse_time(\"%s\") failed", text);
+    assert_int_equal(ms, want);
+}
+
+static void test_parse_time(void **state)
+{
+    (void)state;
+    expect_time("1970-01-01T00:00:00Z", 0);
+    expect_time("2026-11-28T20:07:51Z", 1795896471000);
+    expect_time("2026-11-28T20:07:51.123Z", 1795896471123);
+    expect_time("2026-11-28T20:07:51.1z", 1795896471100);
+    /* Digits past milliseconds are truncated, not rounded. */
+    expect_time("2026-11-28T20:07:51.123999Z", 1795896471123);
+    /* Offsets: the same instant written in three zones. */
+    expect_time("2026-11-28T21:07:51+01:00", 1795896471000);
+    expect_time("2026-11-28T14:37:51.5-05:30", 1795896471500);
+    expect_time("2026-11-29T00:07:51+04:00", 1795896471000);
+    expect_time("2026-11-28T20:07:51+00:00", 1795896471000);
+    expect_time("2028-02-29T00:00:00Z", 1835395200000);
+}
+
+static void test_parse_time_invalid(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "",
+        "2026-11-28",
+        "2026-11-28T20:07:51",      /* no offset */
+        "2026-11-28 20:07:51Z",     /* space instead of T */
+        "2026-11-28T20:07:51.Z",    /* empty fraction */
+        "2026-13-01T00:00:00Z",     /* month 13 */
+        "2026-00-01T00:00:00Z",     /* month 0 */
+        "2026-01-32T00:00:00Z",     /* day 32 */
+        "2026-01-01T24:00:00Z",     /* hour 24 */
+        "2026-01-01T00:60:00Z",     /* minute 60 */
+        "2026-01-01T00:00:00Zjunk", /* trailing text */
+        "2026-01-01T00:00:00+0100", /* offset without colon */
+        "2026-01-01T00:00:00+01",   /* offset without minutes */
+        "2026-01-01T00:00:00+01:00x",
+        "2026-02-30T00:00:00Z",  /* no 30 February: not silently 2 March */
+        "2027-02-29T00:00:00Z",  /* not a leap year */
+        "2026-1-1T0:0:0Z",       /* RFC 3339 fields have fixed widths */
+        " 2026-01-01T00:00:00Z", /* leading space */
+        "+2026-01-01T00:00:00Z",
+        /* Short offsets must not make the parser read past the end of the text. */
+        "2026-01-01T00:00:00+1:00",
+        "2026-01-01T00:00:00+01:0",
+        "2026-01-01T00:00:00+-1:00",
+        "2026-01-01T00:00:00+",
+        "not a time",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* Heap copies, so that ASan sees any read past the end of the text. */
+        char *copy = util_strdup(bad[i]);
+        int64_t ms = 42;
+        int rc = util_parse_time(copy, &ms);
+        free(copy);
+        if (rc != ROTOR_EINVALID)
+            fail_msg("util_parse_time(\"%s\") accepted", bad[i]);
+    }
+    int64_t ms;
+    assert_int_equal(util_parse_time(NULL, &ms), ROTOR_EINVALID);
+}
+
+static void test_format_time(void **state)
+{
+    (void)state;
+    char buf[32];
+    util_format_time(1795896471123, buf, sizeof buf);
+    assert_string_equal(buf, "2026-11-28T20:07:51.123Z");
+    util_format_time(0, buf, sizeof buf);
+    assert_string_equal(buf, "1970-01-01T00:00:00.000Z");
+    int64_t back;
+    int64_t now = util_now_ms();
+    util_format_time(now, buf, sizeof buf);
+    assert_int_equal(util_parse_time(buf, &back), 0);
+    assert_int_equal(back, now);
+}
+
+static void test_uuid4(void **state)
+{
+    (void)state;
+    char a[37], b[37];
+    assert_int_equal(util_uuid4(a), 0);
+    assert_int_equal(util_uuid4(b), 0);
+    assert_string_not_equal(a, b);
+    for (int n = 0; n < 1000; n++) {
+        assert_int_equal(util_uuid4(a), 0);
+        assert_int_equal(strlen(a), 36);
+        assert_true(util_is_uuid(a));
+        for (int i = 0; i < 36; i++) {
+            if (i == 8 || i == 13 || i == 18 || i == 23)
+                assert_int_equal(a[i], '-');
+            else
+                assert_true(isxdigit((unsigned char)a[i]) && !isupper((unsigned char)a[i]));
+        }
+        /* Version 4, RFC 4122 variant (10xx). */
+        assert_int_equal(a[14], '4');
+        assert_non_null(strchr("89ab", a[19]));
+    }
+}
+
+static void test_is_uuid(void **state)
+{
+    (void)state;
+    assert_true(util_is_uuid("123e4567-e89b-42d3-a456-426614174000"));
+    assert_true(util_is_uuid("123E4567-E89B-42D3-A456-426614174000"));
+    assert_false(util_is_uuid(NULL));
+    assert_false(util_is_uuid(""));
+    assert_false(util_is_uuid("123e4567e89b42d3a456426614174000"));
+    assert_false(util_is_uuid("123e4567-e89b-42d3-a456-42661417400"));
+    assert_false(util_is_uuid("123e4567-e89b-42d3-a456-4266141740000"));
+    assert_false(util_is_uuid("123e4567-e89b-42d3-a456_426614174000"));
+    assert_false(util_is_uuid("g23e4567-e89b-42d3-a456-426614174000"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_parse_duration_invalid),
+        cmocka_unit_test(test_format_duration),
+        cmocka_unit_test(test_parse_time),
+        cmocka_unit_test(test_parse_time_invalid),
+        cmocka_unit_test(test_format_time),
+        cmocka_unit_test(test_uuid4),
+        cmocka_unit_test(test_is_uuid),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
