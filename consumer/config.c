@@ -808,12 +808,13 @@ static bool is_listen(const char *s)
 {
     if (!*s)
         return true;
+    /* ":9464" listens on every IPv4 address; port 0 picks a free port (tests). */
     const char *colon = strrchr(s, ':');
-    if (!colon || colon == s)
+    if (!colon)
         return false;
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    return colon[1] && !*end && port > 0 && port < 65536;
+    return colon[1] && !*end && port >= 0 && port < 65536;
 }
 
 /* Reads a DSN pair: exactly one of dsn_env and dsn_file. The env name is never echoed: someone

@@ -36,6 +36,7 @@ typedef struct {
     journal_t *journal;
     engine_t *engine;
     kafka_t *kafka;
+    kafka_callbacks_t kafka_cbs; /* borrowed by kafka for its whole life */
     relay_t *relay;
     schedule_t *schedule;
     health_t *health;
@@ -316,9 +317,10 @@ static void on_engine_ready(engine_t *e, int status, const char *reason, void *a
         fail(d, "engine", reason);
         return;
     }
-    kafka_callbacks_t cbs = {on_message, on_delivery, on_rebalance, on_kafka_closed, d};
+    d->kafka_cbs = (kafka_callbacks_t){on_message, on_delivery, on_rebalance, on_kafka_closed, d};
     char err[512];
-    if (kafka_start(&d->loop, d->cfg, d->brokers, &cbs, &d->kafka, err, sizeof err) < 0) {
+    if (kafka_start(&d->loop, d->cfg, d->brokers, &d->kafka_cbs, &d->kafka, err, sizeof err) <
+        0) {
         fail(d, "kafka", err);
         return;
     }

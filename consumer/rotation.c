@@ -1061,7 +1061,8 @@ static void effect_done(rotation_t *r, int status, const char *reason)
             json_object_set_new(d, "sessions_ended", json_integer(r->sessions_ended));
         outbox_add(r->eng, out, "stage.completed", r->row.secret, r->row.traceparent, d);
         hist = history(&r->row, "completed", NULL, took, NULL, NULL);
-        r->next.error[0] = '\0';
+        if (r->row.stage != STAGE_ROLLBACK)
+            r->next.error[0] = '\0'; /* a rollback keeps the rejection's reason */
         log_rot(LOG_INFO, "stage.completed", r, NULL, NULL);
         advance(r, ON_OK, out);
     } else {
@@ -1259,7 +1260,6 @@ static void on_created(void *arg, int status)
     }
     log_info("rotation.created", "rotation", c->row.id, "secret", c->row.secret, "from",
              rotor_slot_name(c->row.from_slot), "to", rotor_slot_name(c->row.to_slot));
-    c->row.seq = 1;
     rotation_t *r = rotation_add(e, c->sec, &c->row);
     cmd_finish(c, 0, NULL);
     step(r);
@@ -1274,7 +1274,7 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
     util_strlcpy(row->secret, c->sec->cfg->name, sizeof row->secret);
     row->stage = STAGE_PREPARE;
     row->status = RS_PENDING;
-    row->seq = 0;
+    row->seq = 1;
     row->from_slot = active;
     row->to_slot = rotor_slot_other(active);
     const char *trigger = data_str(ev, "trigger");

@@ -16,9 +16,7 @@ def make_lab():
 
     yield make
     for lab in labs:
-        lab.close()
-        for d in lab.daemons:
-            check_clean_exit(d)
+        lab.close(check=check_clean_exit)
 
 
 @pytest.fixture

@@ -293,6 +293,13 @@ secrets:
     def events(self):
         return [json.loads(m["payload"]) for m in self.consume("rotor.events")]
 
+    def wait_event(self, rotation_id, type_, timeout=30):
+        """Waits until rotor has published an event of type_ about rotation_id; returns them all."""
+        def seen():
+            evs = [e for e in self.events() if e["data"].get("rotation_id") == rotation_id]
+            return evs if any(e["type"] == type_ for e in evs) else None
+        return wait_for(seen, timeout, 0.3, what=f"{type_} of {rotation_id}")
+
     def request(self, secret="app-db", reason="test", **data):
         ev = {"specversion": "1.0", "id": pysecrets.token_hex(16), "source": "/tests/e2e",
               "type": "rotation.requested", "subject": secret,
@@ -358,7 +365,8 @@ secrets:
     def rolcanlogin(self, role):
         return self.pg.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,))[0][0]
 
-    def close(self):
+    def close(self, check=None):
+        """Stops everything; check(proc) runs on each daemon before the directory goes."""
         for d in self.daemons:
             if d.alive():
                 d.signal(signal.SIGTERM)
@@ -369,8 +377,13 @@ secrets:
         if self.broker:
             self.broker.kill()
         self.pg.stop()
-        if not os.environ.get("ROTOR_KEEP_LAB"):
-            shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            for d in self.daemons:
+                if check:
+                    check(d)
+        finally:
+            if not os.environ.get("ROTOR_KEEP_LAB"):
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 def check_clean_exit(proc):

@@ -18,8 +18,7 @@ def test_manual_approval_completes(make_lab):
     # swapped already (gate: retire): production uses green, blue still can log in
     assert json.loads(lab.stored("pg-current"))["role"] == "app_green"
     assert lab.rolcanlogin("app_blue") and lab.rolcanlogin("app_green")
-    types = [e["type"] for e in lab.events() if e["data"].get("rotation_id") == rid]
-    assert "rotation.awaiting-approval" in types
+    lab.wait_event(rid, "rotation.awaiting-approval")
     r = lab.cli("approve", rid, "--by", "alice")
     assert r.returncode == 0
     assert lab.wait_status(rid, ("completed", "failed"))["status"] == "completed"
@@ -43,7 +42,7 @@ def test_reject_after_swap_rolls_back(make_lab):
     assert lab.can_login("app_blue", old)
     assert not lab.rolcanlogin("app_green")
     assert lab.active_slot() == "blue"
-    events = [e for e in lab.events() if e["data"].get("rotation_id") == rid]
+    events = lab.wait_event(rid, "rotation.rolled-back")
     for e in events:
         validate_event(e)
     last = events[-1]

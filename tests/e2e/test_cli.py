@@ -446,7 +446,8 @@ def test_status_reads_the_journal(pg, journal, workdir):
 def test_decisions_are_checked_against_the_state(pg, journal, workdir):
     path = write_config(workdir)
     running = insert_rotation(journal, "running", "deploy")
-    for cmd, why in (("approve", "not waiting for approval"), ("reject", "not waiting for approval"),
+    for cmd, why in (("approve", "it is not waiting for approval"),
+                     ("reject", "it is not waiting for approval"),
                      ("retry", "only a failed rotation can be retried")):
         r = rotor("-c", path, cmd, running, env=env_for(pg))
         assert r.returncode == 1, cmd
@@ -527,3 +528,39 @@ def test_watch_timeout_and_retry_wait(pg, journal, workdir, broker):
     journal.execute("UPDATE rotor.rotations SET status = 'running'")
     r = rotor("-c", path, "watch", rid, "--timeout", "500ms", env=env_for(pg))
     assert r.returncode == 5 and "timed out waiting for rotation" in r.stderr
+
+
+def test_watch_live_view_on_a_terminal(pg, journal, workdir):
+    import pty
+
+    path = write_config(workdir)
+    rid = insert_rotation(journal, "running", "prepare", [("prepare", "started", 1, None, None)])
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([ROTOR, "-c", path, "watch", rid, "--timeout", "30s"], stdout=slave,
+                            stderr=subprocess.PIPE, env={**os.environ, **env_for(pg)})
+    os.close(slave)
+    out = b""
+    deadline = time.time() + 30
+    while b"retire" not in out:  # the first full drawing, before anything changes
+        assert time.time() < deadline, out
+        out += os.read(master, 4096)
+    add_history(journal, rid, "prepare", "completed", 1, 25)
+    add_history(journal, rid, "generate", "failed", 1, 10, "store unreachable")
+    journal.execute("UPDATE rotor.rotations SET status = 'failed', stage = 'generate', seq = 2")
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=30) == 2
+    screen = out.decode()
+    assert "\x1b[9A" in screen, "the view was not redrawn in place"
+    last = screen.rsplit("\x1b[9A", 1)[1]
+    assert re.search(r"prepare\s+\+ done in 25ms", last)
+    assert re.search(r"generate\s+x failed: store unreachable", last)
+    assert re.search(r"retire\s+pending", last)
+    assert "failed at generate" in last

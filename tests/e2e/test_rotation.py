@@ -54,6 +54,7 @@ def test_two_rotations_blue_green_blue(lab):
     assert 88 <= days <= 90
 
     # Every stage of both rotations was journaled and announced, in order.
+    lab.wait_event(second, "rotation.completed")
     events = lab.events()
     for e in events:
         validate_event(e)
