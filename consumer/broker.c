@@ -122,8 +122,8 @@ int broker_start(const rotor_config_t *cfg, broker_t **out, char *err, size_t er
     if (rc == 0 && cfg->kafka.bootstrap_file && *cfg->kafka.bootstrap_file) {
         rc = broker_write_atomic(cfg->kafka.bootstrap_file, b->bootstrap);
         if (rc)
-            snprintf(err, errlen, "embedded broker: cannot write %s: %s",
-                     cfg->kafka.bootstrap_file, strerror(-rc));
+            snprintf(err, errlen, "embedded broker: cannot write %s: %s", cfg->kafka.bootstrap_file,
+                     strerror(-rc));
         else
             b->bootstrap_file = util_strdup(cfg->kafka.bootstrap_file);
     }

@@ -42,9 +42,9 @@ struct kafka_s {
     uv_timer_t deadline;         /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
-    int meta_result;        /* written by the worker thread, read in the after-work callback */
-    int32_t partition_cnt;  /* of the commands topic; -1 until known */
-    kafka_msg_t *held;      /* handed to the owner, not yet done */
+    int meta_result;             /* written by the worker thread, read in the after-work callback */
+    int32_t partition_cnt;       /* of the commands topic; -1 until known */
+    kafka_msg_t *held;           /* handed to the owner, not yet done */
     rd_kafka_message_t *pending; /* fetched while a message was held */
     kafka_state_t state;
     bool close_failed;
@@ -140,8 +140,7 @@ static bool kafka_list_has(const rd_kafka_topic_partition_list_t *parts, const c
 }
 
 /* A message fetched for a partition we lose now belongs to the new owner: drop it uncommitted. */
-static void kafka_drop_pending(kafka_t *k, const rd_kafka_topic_partition_list_t *revoked,
-                               bool all)
+static void kafka_drop_pending(kafka_t *k, const rd_kafka_topic_partition_list_t *revoked, bool all)
 {
     rd_kafka_message_t *m = k->pending;
     if (!m)
@@ -196,8 +195,8 @@ static void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         re = rd_kafka_assign(rk, assigned ? parts : NULL);
     if (e || re) {
         /* After close starts the assignment may already be gone; that is no news. */
-        log_write(k->state == KAFKA_RUNNING ? LOG_WARN : LOG_DEBUG, "kafka.assign.failed",
-                  "reason", e ? rd_kafka_error_string(e) : rd_kafka_err2str(re), NULL);
+        log_write(k->state == KAFKA_RUNNING ? LOG_WARN : LOG_DEBUG, "kafka.assign.failed", "reason",
+                  e ? rd_kafka_error_string(e) : rd_kafka_err2str(re), NULL);
         if (e)
             rd_kafka_error_destroy(e);
     }
@@ -264,8 +263,7 @@ static int kafka_make_consumer(kafka_t *k, const char *brokers, char *err, size_
 static int kafka_subscribe(kafka_t *k, char *err, size_t errlen)
 {
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(topics, k->cfg->kafka.topic_commands,
-                                      RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(topics, k->cfg->kafka.topic_commands, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(k->consumer, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (e) {
@@ -401,9 +399,8 @@ static int kafka_make_producer(kafka_t *k, const char *brokers, char *err, size_
     return 0;
 }
 
-int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len,
-                  const void *value, size_t len, const event_header_t *headers, size_t nheaders,
-                  void *opaque)
+int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len, const void *value,
+                  size_t len, const event_header_t *headers, size_t nheaders, void *opaque)
 {
     if (k->state != KAFKA_RUNNING && k->state != KAFKA_STOPPING)
         return ROTOR_ECANCELED;
@@ -414,8 +411,8 @@ int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len
     /* On success librdkafka owns hdrs; on failure we still do. */
     rd_kafka_resp_err_t e = rd_kafka_producev(
         k->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY((void *)key, key_len),
-        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_HEADERS(hdrs),
-        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(opaque),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     if (!e)
         return 0;
     rd_kafka_headers_destroy(hdrs);
@@ -474,8 +471,8 @@ int32_t kafka_partition_of(kafka_t *k, const char *key)
 {
     if (k->partition_cnt <= 0 || !key)
         return -1;
-    return rd_kafka_msg_partitioner_murmur2(k->cmd_topic, key, strlen(key), k->partition_cnt,
-                                            NULL, NULL);
+    return rd_kafka_msg_partitioner_murmur2(k->cmd_topic, key, strlen(key), k->partition_cnt, NULL,
+                                            NULL);
 }
 
 /* ---- loop integration ---- */

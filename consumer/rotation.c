@@ -157,6 +157,7 @@ struct rotation_s {
     int handles;       /* uv handles not yet closed */
     bool gone;         /* removed from the engine; free when inflight and handles are zero */
     bool draining;     /* retire's drain timer holds a ticket (inflight) */
+    rotor_stage_t finished; /* the stage whose end is being written */
     db_req_t *dbreq;
     int64_t attempt_started_ms;
     long sessions_ended;
@@ -171,7 +172,7 @@ static void step(rotation_t *r);
  * at a chosen point: begin (attempt journaled, effect not started), inside (set-db: password read
  * back, ALTER ROLE not sent), effect (effect done, not journaled), done (journaled, next stage
  * not started). Tests use it to prove recovery from every point. */
-static void crash_point(const rotation_t *r, const char *point)
+static void crash_point_at(const rotation_t *r, rotor_stage_t stage, const char *point)
 {
     static bool loaded;
     static const char *want;
@@ -182,11 +183,16 @@ static void crash_point(const rotation_t *r, const char *point)
     if (!want)
         return;
     char here[64];
-    snprintf(here, sizeof here, "%s:%s", rotor_stage_name(r->row.stage), point);
+    snprintf(here, sizeof here, "%s:%s", rotor_stage_name(stage), point);
     if (strcmp(want, here) == 0) {
         log_warn("crash_point", "point", here, "rotation", r->row.id);
         raise(SIGKILL);
     }
+}
+
+static void crash_point(const rotation_t *r, const char *point)
+{
+    crash_point_at(r, r->row.stage, point);
 }
 
 /* ---- helpers ----------------------------------------------------------------------------- */
@@ -1032,7 +1038,7 @@ static void advance(rotation_t *r, trans_event_t on, json_t *out)
 static void on_effect_persisted(rotation_t *r, int status)
 {
     if (status == 0)
-        crash_point(r, "done");
+        crash_point_at(r, r->finished, "done");
     after_write(r, status);
 }
 
@@ -1048,6 +1054,7 @@ static void effect_done(rotation_t *r, int status, const char *reason)
     /* r->row was updated in place by the effect (version, swapped, old_version); the journal
      * still holds the old values, and r->row.seq is still the token it holds. */
     r->next = r->row;
+    r->finished = r->row.stage;
     json_t *out = json_array();
     json_t *hist;
     if (status == 0) {
@@ -1137,7 +1144,7 @@ static void step(rotation_t *r)
             return;
         }
         if (r->sec->cfg->approval.mode == APPROVAL_AUTO)
-            approve_decided(r, ON_APPROVED, "auto", NULL, after_write);
+            approve_decided(r, ON_APPROVED, "auto", NULL, on_effect_persisted);
         else
             effect_done(r, ROTOR_ETIMEOUT, "no approval decision before the approve timeout");
         return;
@@ -1151,6 +1158,7 @@ static void approve_decided(rotation_t *r, trans_event_t on, const char *actor, 
 {
     uv_timer_stop(&r->timer);
     r->next = r->row;
+    r->finished = STAGE_APPROVE;
     json_t *out = json_array();
     json_t *hist;
     if (on == ON_APPROVED) {

@@ -8,7 +8,7 @@ packages=(
   librdkafka-dev libuv1-dev libjansson-dev libpq-dev libcurl4-openssl-dev libyaml-dev
   libmicrohttpd-dev libcmocka-dev
   postgresql kcat
-  python3 python3-pytest python3-jsonschema python3-psycopg2
+  python3 python3-pytest python3-jsonschema python3-psycopg2 python3-yaml
 )
 
 missing=()

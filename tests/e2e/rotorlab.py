@@ -149,6 +149,7 @@ DEFAULTS = {
     "stages": "{ timeout: 30s, max_attempts: 3, backoff: { initial: 200ms, max: 2s } }",
     "schedule": None,
     "current": "pg-current",
+    "kafka_props": '{ session.timeout.ms: "6000", heartbeat.interval.ms: "500" }',
 }
 
 
@@ -200,7 +201,7 @@ kafka:
   group: rotor
   topics: {{ commands: rotor.commands, events: rotor.events, deadletter: rotor.deadletter }}
   max_message_bytes: 65536
-  properties: {{ session.timeout.ms: "6000", heartbeat.interval.ms: "500" }}
+  properties: {o['kafka_props']}
 journal: {{ dsn_env: ROTOR_JOURNAL_DSN }}
 http: {{ listen: "127.0.0.1:0" }}
 log: {{ level: debug }}

@@ -75,7 +75,7 @@ static int setup(void **state)
     f->cfg.kafka.bootstrap_file = f->bootstrap_file;
     f->cfg.kafka.partitions = 3;
     f->cfg.kafka.max_message_bytes = 1 << 20;
-    f->props[0] = (cfg_kv_t){"session.timeout.ms", "6000"};
+    f->props[0] = (cfg_kv_t){"session.timeout.ms", "4000"};
     f->props[1] = (cfg_kv_t){"heartbeat.interval.ms", "500"};
     f->cfg.kafka.properties = f->props;
     f->cfg.kafka.nproperties = 2;
@@ -413,10 +413,37 @@ static void test_kcat_interop(void **state)
     target = 1;
     assert_true(run_until(c, delivered_target, 10000));
     assert_int_equal(c->ndelivery_errors, 0);
-    char *cons[] = {"kcat", "-b", bootstrap, "-C", "-e", "-q", "-t", "rotor.events", "-f",
-                    "%k|%s|%h\n", NULL};
+    char *cons[] = {"kcat", "-b",           bootstrap, "-C",         "-e", "-q",
+                    "-t",   "rotor.events", "-f",      "%k|%s|%h\n", NULL};
     assert_int_equal(run_kcat(cons, NULL, out, sizeof out), 0);
     assert_non_null(strstr(out, "app-db|{\"type\":\"rotation.completed\"}|idx=0"));
+    ctx_stop(c);
+    free(c);
+}
+
+/* A full producer queue is -ENOBUFS, so the relay knows to retry later, and no report comes. */
+static void test_queue_full(void **state)
+{
+    fixture_t *f = *state;
+    cfg_kv_t props[2] = {{"queue.buffering.max.messages", "1"}, {"linger.ms", "1000"}};
+    rotor_config_t cfg = f->cfg;
+    cfg.kafka.properties = props;
+    cfg.kafka.nproperties = 2;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    char err[256] = "";
+    assert_int_equal(
+        kafka_start(&c->loop, &cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err, sizeof err),
+        0);
+    produce_one(c, "rotor.events", "k", "first", 1);
+    assert_int_equal(
+        kafka_produce(c->k, "rotor.events", "k", 1, "second", 6, NULL, 0, (void *)(intptr_t)2),
+        -ENOBUFS);
+    assert_int_equal(kafka_outq_len(c->k), 1);
+    target = 1;
+    assert_true(run_until(c, delivered_target, 10000));
+    assert_int_equal(c->delivered[1], 1);
+    assert_int_equal(c->delivered[2], 0);
     ctx_stop(c);
     free(c);
 }
@@ -431,8 +458,8 @@ static void test_bad_property(void **state)
     ctx_t *c = util_calloc(1, sizeof *c);
     ctx_init(c);
     char err[256] = "";
-    int rc = kafka_start(&c->loop, &cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err,
-                         sizeof err);
+    int rc =
+        kafka_start(&c->loop, &cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err, sizeof err);
     assert_int_equal(rc, ROTOR_ECONFIG);
     assert_non_null(strstr(err, "no.such.property"));
     uv_close((uv_handle_t *)&c->guard, NULL);
@@ -450,6 +477,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_at_least_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partition_of, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kcat_interop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_property, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -103,7 +103,7 @@ static int tool_consume(int argc, char **argv)
     rotor_config_t cfg;
     tool_config(&cfg);
     cfg.kafka.group = argv[3];
-    cfg_kv_t props[2] = {{"session.timeout.ms", argc > 4 ? argv[4] : "6000"},
+    cfg_kv_t props[2] = {{"session.timeout.ms", argc > 4 ? argv[4] : "4000"},
                          {"heartbeat.interval.ms", "500"}};
     cfg.kafka.properties = props;
     cfg.kafka.nproperties = 2;
