@@ -2,11 +2,11 @@
 # bench/run.sh: builds the benchmarks and prints their ratios against in-process baselines.
 #   bench/run.sh               wall-clock ratios (bench_journal runs beside a private PostgreSQL)
 #   bench/run.sh --callgrind   also instruction-count ratios under valgrind (repeatable figures)
-# BUILD_DIR (default build-bench) is configured and built if needed.
+# BUILD_DIR (default build/) is configured and the bench_* targets built.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-build=${BUILD_DIR:-$root/build-bench}
+build=${BUILD_DIR:-$root/build}
 callgrind=0
 for arg in "$@"; do
   case $arg in

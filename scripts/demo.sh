@@ -226,7 +226,9 @@ secrets:
 YAML
 
 step "Starting rotor run (log: $work/rotor.log)"
-"$rotor" run -c "$cfg" >"$work/rotor.log" 2>&1 &
+# In a session of its own, so that a Ctrl-C reaches only this script, whose trap then stops rotor
+# gracefully. (setsid execs in place here: a background job is no process group leader.)
+setsid "$rotor" run -c "$cfg" >"$work/rotor.log" 2>&1 &
 rotor_pid=$!
 rotor_up() {
   kill -0 "$rotor_pid" 2>/dev/null || die "rotor run exited early"
