@@ -75,7 +75,8 @@ static int ready(void *arg, const char **reason)
     return 1;
 }
 
-/* ---- one input message ------------------------------------------------------------------------ */
+/* ---- one input message ------------------------------------------------------------------------
+ */
 
 static void handle_message(daemon_t *d);
 
@@ -125,9 +126,8 @@ static char *headers_json(const kafka_msg_t *m)
         return NULL;
     json_t *o = json_object();
     for (size_t i = 0; i < m->nheaders; i++) {
-        json_t *v = m->headers[i].value
-                        ? json_stringn(m->headers[i].value, m->headers[i].len)
-                        : json_string("");
+        json_t *v = m->headers[i].value ? json_stringn(m->headers[i].value, m->headers[i].len)
+                                        : json_string("");
         if (v)
             json_object_set_new(o, m->headers[i].name, v);
     }
@@ -142,12 +142,12 @@ static void dead_letter(daemon_t *d, const char *reason)
     char part[16], off[24];
     snprintf(part, sizeof part, "%" PRId32, m->partition);
     snprintf(off, sizeof off, "%" PRId64, m->offset);
-    log_warn("input.dead_lettered", "topic", m->topic, "partition", part, "offset", off,
-             "reason", reason);
+    log_warn("input.dead_lettered", "topic", m->topic, "partition", part, "offset", off, "reason",
+             reason);
     char *hdrs = headers_json(m);
-    int rc = journal_dead_letter(d->journal, d->cfg->kafka.topic_deadletter, m->topic,
-                                 m->partition, m->offset, m->key, m->key_len, m->value, m->len,
-                                 hdrs, reason, on_dead_lettered, d);
+    int rc = journal_dead_letter(d->journal, d->cfg->kafka.topic_deadletter, m->topic, m->partition,
+                                 m->offset, m->key, m->key_len, m->value, m->len, hdrs, reason,
+                                 on_dead_lettered, d);
     free(hdrs);
     if (rc < 0)
         retry_later(d);
@@ -174,8 +174,8 @@ static void handle_message(daemon_t *d)
         return;
     }
     /* The Kafka key must be the managed secret: it is what keeps a secret's events in order. */
-    if (d->ev.subject && (m->key_len != strlen(d->ev.subject) ||
-                          memcmp(m->key, d->ev.subject, m->key_len) != 0)) {
+    if (d->ev.subject &&
+        (m->key_len != strlen(d->ev.subject) || memcmp(m->key, d->ev.subject, m->key_len) != 0)) {
         snprintf(reason, sizeof reason, "Kafka key does not match the event subject \"%.128s\"",
                  d->ev.subject);
         event_clear(&d->ev);
@@ -319,8 +319,7 @@ static void on_engine_ready(engine_t *e, int status, const char *reason, void *a
     }
     d->kafka_cbs = (kafka_callbacks_t){on_message, on_delivery, on_rebalance, on_kafka_closed, d};
     char err[512];
-    if (kafka_start(&d->loop, d->cfg, d->brokers, &d->kafka_cbs, &d->kafka, err, sizeof err) <
-        0) {
+    if (kafka_start(&d->loop, d->cfg, d->brokers, &d->kafka_cbs, &d->kafka, err, sizeof err) < 0) {
         fail(d, "kafka", err);
         return;
     }
@@ -369,9 +368,9 @@ static int start_broker(daemon_t *d)
     }
     d->brokers = util_strdup(broker_bootstrap(d->broker));
     log_info("kafka.embedded_broker", "bootstrap", d->brokers, "bootstrap_file",
-             d->cfg->kafka.bootstrap_file ? d->cfg->kafka.bootstrap_file : "",
-             "note", "in-memory broker for local runs; production uses a Kafka cluster or "
-                     "Azure Event Hubs");
+             d->cfg->kafka.bootstrap_file ? d->cfg->kafka.bootstrap_file : "", "note",
+             "in-memory broker for local runs; production uses a Kafka cluster or "
+             "Azure Event Hubs");
     return 0;
 }
 

@@ -227,8 +227,8 @@ static void migrate_next(journal_t *j)
     /* A migration is several statements: rotor.apply_migration EXECUTEs them and records the
      * version, inside the transaction that holds the advisory lock. */
     const char *params[] = {journal_migrations[j->migration], v};
-    pgc_query(j->conn,
-              "SELECT rotor.apply_migration($1, $2::int)", 2, params, on_migration_applied, j);
+    pgc_query(j->conn, "SELECT rotor.apply_migration($1, $2::int)", 2, params, on_migration_applied,
+              j);
 }
 
 static void on_locked(pgc_conn_t *c, PGresult *res, int status, void *arg)
@@ -334,11 +334,11 @@ void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
 /* ---- rows ------------------------------------------------------------------------------- */
 
 #define ROT_COLUMNS                                                                                \
-    "id::text, secret, stage, status, seq, attempt, from_slot, to_slot, swapped, trigger,"        \
-    " coalesce(request_id, ''), coalesce(reason, ''), coalesce(error, ''),"                      \
-    " coalesce(traceparent, ''), coalesce(version, ''), coalesce(old_version, ''),"              \
-    " coalesce(actor, ''), (extract(epoch from next_at) * 1000)::bigint,"                        \
-    " coalesce((extract(epoch from expires_at) * 1000)::bigint, 0),"                             \
+    "id::text, secret, stage, status, seq, attempt, from_slot, to_slot, swapped, trigger,"         \
+    " coalesce(request_id, ''), coalesce(reason, ''), coalesce(error, ''),"                        \
+    " coalesce(traceparent, ''), coalesce(version, ''), coalesce(old_version, ''),"                \
+    " coalesce(actor, ''), (extract(epoch from next_at) * 1000)::bigint,"                          \
+    " coalesce((extract(epoch from expires_at) * 1000)::bigint, 0),"                               \
     " (extract(epoch from created_at) * 1000)::bigint"
 
 static int row_read(PGresult *res, int i, journal_rot_t *r)
@@ -403,9 +403,8 @@ int journal_load_open(journal_t *j, journal_rows_cb cb, void *arg)
 int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg)
 {
     const char *params[] = {id};
-    return pgc_query(j->conn,
-                     "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE id::text = $1", 1, params,
-                     on_rows, jreq_new(j, (void *)cb, arg, false));
+    return pgc_query(j->conn, "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE id::text = $1", 1,
+                     params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg)
@@ -462,15 +461,15 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
 #define WITH_HISTORY_AND_OUTBOX(h, o)                                                              \
     ", hist AS (INSERT INTO rotor.history (rotation_id, trigger, actor, stage, outcome, attempt,"  \
     "   duration_ms, error, request_id)"                                                           \
-    "  SELECT m.id, x.trigger, x.actor, x.stage, x.outcome, x.attempt, x.duration_ms, x.error,"   \
+    "  SELECT m.id, x.trigger, x.actor, x.stage, x.outcome, x.attempt, x.duration_ms, x.error,"    \
     "   x.request_id"                                                                              \
-    "  FROM m, jsonb_to_record(" h "::jsonb) AS x(trigger text, actor text, stage text,"          \
-    "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"              \
+    "  FROM m, jsonb_to_record(" h "::jsonb) AS x(trigger text, actor text, stage text,"           \
+    "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"               \
     "  WHERE " h " IS NOT NULL)"                                                                   \
     ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"                               \
-    "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"        \
-    "  FROM (SELECT DISTINCT 1 FROM m) AS one, jsonb_to_recordset(coalesce(" o                      \
-    "::jsonb, '[]')) AS x(topic text, key text, value text, headers jsonb))"                      \
+    "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"          \
+    "  FROM (SELECT DISTINCT 1 FROM m) AS one, jsonb_to_recordset(coalesce(" o                     \
+    "::jsonb, '[]')) AS x(topic text, key text, value text, headers jsonb))"                       \
     " SELECT count(*) FROM m"
 
 static void on_write(pgc_conn_t *c, PGresult *res, int status, void *arg)
@@ -510,24 +509,24 @@ static void row_params(const journal_rot_t *r, row_params_t *p)
     fmt_ms(p->expires_at, sizeof p->expires_at, r->expires_at_ms);
 #define OPT(s) ((s)[0] ? (s) : NULL)
     const char *v[] = {
-        r->id,                       /* $1 */
-        r->secret,                   /* $2 */
-        rotor_stage_name(r->stage),  /* $3 */
-        journal_status_name(r->status), /* $4 */
-        p->seq,                      /* $5 */
-        p->attempt,                  /* $6 */
-        rotor_slot_name(r->from_slot), /* $7 */
-        rotor_slot_name(r->to_slot), /* $8 */
-        r->swapped ? "t" : "f",      /* $9 */
-        r->trigger,                  /* $10 */
-        OPT(r->request_id),          /* $11 */
-        OPT(r->reason),              /* $12 */
-        OPT(r->error),               /* $13 */
-        OPT(r->traceparent),         /* $14 */
-        OPT(r->version),             /* $15 */
-        OPT(r->old_version),         /* $16 */
-        OPT(r->actor),               /* $17 */
-        p->next_at,                  /* $18 */
+        r->id,                                   /* $1 */
+        r->secret,                               /* $2 */
+        rotor_stage_name(r->stage),              /* $3 */
+        journal_status_name(r->status),          /* $4 */
+        p->seq,                                  /* $5 */
+        p->attempt,                              /* $6 */
+        rotor_slot_name(r->from_slot),           /* $7 */
+        rotor_slot_name(r->to_slot),             /* $8 */
+        r->swapped ? "t" : "f",                  /* $9 */
+        r->trigger,                              /* $10 */
+        OPT(r->request_id),                      /* $11 */
+        OPT(r->reason),                          /* $12 */
+        OPT(r->error),                           /* $13 */
+        OPT(r->traceparent),                     /* $14 */
+        OPT(r->version),                         /* $15 */
+        OPT(r->old_version),                     /* $16 */
+        OPT(r->actor),                           /* $17 */
+        p->next_at,                              /* $18 */
         r->expires_at_ms ? p->expires_at : NULL, /* $19 */
     };
 #undef OPT
@@ -583,8 +582,8 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
         /* The secret's active slot follows production: completed, or aborted after the swap. */
         ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
         "  last_rotation = m.id FROM m WHERE s.name = m.secret"
-        "  AND (m.status = 'completed' OR (m.status = 'aborted' AND m.swapped)))"
-        WITH_HISTORY_AND_OUTBOX("$20", "$21"),
+        "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
+        "m.swapped)))" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
         21, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
@@ -592,10 +591,11 @@ int journal_note(journal_t *j, const char *id, const char *history, const char *
                  journal_done_cb cb, void *arg)
 {
     const char *params[] = {id, history, outbox};
-    return pgc_query(j->conn,
-                     "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid)"
-                     WITH_HISTORY_AND_OUTBOX("$2", "$3"),
-                     3, params, on_write, jreq_new(j, (void *)cb, arg, true));
+    return pgc_query(
+        j->conn,
+        "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid)" WITH_HISTORY_AND_OUTBOX(
+            "$2", "$3"),
+        3, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 static char *hex_encode(const void *data, size_t len)
@@ -673,8 +673,8 @@ static void on_outbox_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
         rows[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
         rows[i].topic = PQgetvalue(res, i, 1);
         if (!PQgetisnull(res, i, 2)) {
-            bufs[2 * i] = PQunescapeBytea((const unsigned char *)PQgetvalue(res, i, 2),
-                                          &rows[i].key_len);
+            bufs[2 * i] =
+                PQunescapeBytea((const unsigned char *)PQgetvalue(res, i, 2), &rows[i].key_len);
             rows[i].key = bufs[2 * i];
         }
         bufs[2 * i + 1] =
@@ -690,8 +690,7 @@ static void on_outbox_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
     free(q);
 }
 
-int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb,
-                         void *arg)
+int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb, void *arg)
 {
     char after[24], lim[16];
     fmt_ms(after, sizeof after, after_id);

@@ -19,11 +19,11 @@ struct relay_s {
     journal_t *j;
     kafka_t *k;
     uv_timer_t timer;
-    int64_t last_id;  /* highest row handed to the producer */
+    int64_t last_id; /* highest row handed to the producer */
     bool fetching;
-    bool again;       /* a kick arrived during a fetch */
-    int produced;     /* handed to the producer, not yet reported */
-    int64_t *done;    /* delivered, to be marked sent */
+    bool again;    /* a kick arrived during a fetch */
+    int produced;  /* handed to the producer, not yet reported */
+    int64_t *done; /* delivered, to be marked sent */
     int ndone, capdone;
     bool marking;
     bool stopped;
@@ -122,8 +122,8 @@ static void on_marked(void *arg, int status)
     relay_t *r = arg;
     r->marking = false;
     if (status != 0 && status != ROTOR_ECONFLICT)
-        log_warn("relay.mark_failed", "error", rotor_strerror(status),
-                 "note", "rows will be published again: consumers dedupe by event id");
+        log_warn("relay.mark_failed", "error", rotor_strerror(status), "note",
+                 "rows will be published again: consumers dedupe by event id");
     if (r->stopped)
         maybe_free(r);
     else if (r->ndone > 0)

@@ -78,8 +78,9 @@ static int next_stage(const cfg_secret_t *cfg, const journal_rot_t *row, trans_e
 
 static const char *target_name(int to)
 {
-    return to == T_COMPLETED ? "completed" : to == T_ROLLED_BACK ? "rolled_back"
-                                                                 : rotor_stage_name(to);
+    return to == T_COMPLETED     ? "completed"
+           : to == T_ROLLED_BACK ? "rolled_back"
+                                 : rotor_stage_name(to);
 }
 
 char *engine_diagram(void)
@@ -145,18 +146,18 @@ struct engine_s {
 };
 
 struct rotation_s {
-    journal_rot_t row; /* what the journal holds; row.seq is the compare-and-set token */
+    journal_rot_t row;  /* what the journal holds; row.seq is the compare-and-set token */
     journal_rot_t next; /* the row being written, while `writing` */
     engine_t *eng;
     secret_ctx_t *sec;
     uv_timer_t timer;    /* next attempt, soak, approval deadline, drain */
     uv_timer_t deadline; /* the running attempt's timeout */
     bool writing;
-    unsigned token;    /* the current effect; callbacks carrying another token are stale */
-    int inflight;      /* callbacks still to come; the rotation is freed only at zero */
-    int handles;       /* uv handles not yet closed */
-    bool gone;         /* removed from the engine; free when inflight and handles are zero */
-    bool draining;     /* retire's drain timer holds a ticket (inflight) */
+    unsigned token;         /* the current effect; callbacks carrying another token are stale */
+    int inflight;           /* callbacks still to come; the rotation is freed only at zero */
+    int handles;            /* uv handles not yet closed */
+    bool gone;              /* removed from the engine; free when inflight and handles are zero */
+    bool draining;          /* retire's drain timer holds a ticket (inflight) */
     rotor_stage_t finished; /* the stage whose end is being written */
     db_req_t *dbreq;
     int64_t attempt_started_ms;
@@ -234,9 +235,9 @@ static void outbox_add(engine_t *e, json_t *outbox, const char *type, const char
     char *value = event_build(type, e->source, secret, data, traceparent[0] ? traceparent : NULL);
     if (!value)
         return; /* event_build logged the programming error */
-    json_t *o = json_pack("{s:s, s:s, s:s, s:{s:s}}", "topic", e->cfg->kafka.topic_events, "key",
-                          secret, "value", value, "headers", "content-type",
-                          "application/cloudevents+json");
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:{s:s}}", "topic", e->cfg->kafka.topic_events, "key", secret,
+                  "value", value, "headers", "content-type", "application/cloudevents+json");
     json_array_append_new(outbox, o);
     free(value);
 }
@@ -250,9 +251,9 @@ static json_t *rot_data(const journal_rot_t *row)
 static json_t *history(const journal_rot_t *row, const char *outcome, const char *actor,
                        int64_t duration_ms, const char *error, const char *request_id)
 {
-    json_t *h = json_pack("{s:s, s:s, s:s, s:i}", "trigger", row->trigger, "stage",
-                          rotor_stage_name(row->stage), "outcome", outcome, "attempt",
-                          row->attempt);
+    json_t *h =
+        json_pack("{s:s, s:s, s:s, s:i}", "trigger", row->trigger, "stage",
+                  rotor_stage_name(row->stage), "outcome", outcome, "attempt", row->attempt);
     if (actor && *actor)
         json_object_set_new(h, "actor", json_string(actor));
     if (duration_ms >= 0)
@@ -626,8 +627,7 @@ static void prepare_roles_ok(rotation_t *r, long count)
 {
     (void)count;
     store_t *s = r->sec->store;
-    STORE_CALL(r, s->ops->current(s, name_of(r, r->row.from_slot), on_prepare_version,
-                                  eff_new(r)));
+    STORE_CALL(r, s->ops->current(s, name_of(r, r->row.from_slot), on_prepare_version, eff_new(r)));
 }
 
 static void eff_prepare(rotation_t *r)
@@ -690,8 +690,8 @@ static void on_generate_find(void *arg, int status, const char *version, const c
 static void eff_generate(rotation_t *r)
 {
     store_t *s = r->sec->store;
-    STORE_CALL(r, s->ops->find(s, name_of(r, r->row.to_slot), r->row.id, on_generate_find,
-                               eff_new(r)));
+    STORE_CALL(
+        r, s->ops->find(s, name_of(r, r->row.to_slot), r->row.id, on_generate_find, eff_new(r)));
 }
 
 /* set-db and verify both read this rotation's version back from the store first. */
@@ -822,8 +822,8 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
     rotor_secret_t *entry = current_entry(role_of(r, slot), value);
     secret_free(value);
     store_t *s = r->sec->store;
-    int rc = s->ops->write_current(s, r->sec->cfg->store.current, entry, on_current_written,
-                                   eff_new(r));
+    int rc =
+        s->ops->write_current(s, r->sec->cfg->store.current, entry, on_current_written, eff_new(r));
     secret_free(entry);
     if (rc < 0) {
         r->inflight--;
@@ -847,8 +847,8 @@ static void eff_rollback(rotation_t *r)
 {
     if (r->row.swapped && r->sec->cfg->store.current) {
         store_t *s = r->sec->store;
-        STORE_CALL(r, s->ops->get(s, name_of(r, r->row.from_slot), NULL, on_current_value,
-                                  eff_new(r)));
+        STORE_CALL(
+            r, s->ops->get(s, name_of(r, r->row.from_slot), NULL, on_current_value, eff_new(r)));
         return;
     }
     r->row.swapped = false;
@@ -886,8 +886,8 @@ static void on_drained(uv_timer_t *t)
     r->inflight--;
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, retire_sessions_ended);
-    int rc = db_end_sessions(r->eng->loop, r->sec->dsn, role_of(r, r->row.from_slot), on_db, c,
-                             &req);
+    int rc =
+        db_end_sessions(r->eng->loop, r->sec->dsn, role_of(r, r->row.from_slot), on_db, c, &req);
     db_started(r, c, rc, req);
 }
 
@@ -906,8 +906,8 @@ static void eff_retire(rotation_t *r)
 {
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, retire_nologin_done);
-    int rc = db_set_nologin(r->eng->loop, r->sec->dsn, role_of(r, r->row.from_slot), on_db, c,
-                            &req);
+    int rc =
+        db_set_nologin(r->eng->loop, r->sec->dsn, role_of(r, r->row.from_slot), on_db, c, &req);
     db_started(r, c, rc, req);
 }
 
@@ -995,11 +995,10 @@ static void enter_approval(rotation_t *r, json_t *out)
     if (cfg->approval.mode == APPROVAL_MANUAL) {
         d = rot_data(&r->next);
         json_object_set_new(d, "gate", json_string(r->next.swapped ? "retire" : "swap"));
-        json_object_set_new(d, "active_slot",
-                            json_string(rotor_slot_name(r->next.swapped ? r->next.to_slot
-                                                                        : r->next.from_slot)));
-        outbox_add(r->eng, out, "rotation.awaiting-approval", r->row.secret, r->row.traceparent,
-                   d);
+        json_object_set_new(
+            d, "active_slot",
+            json_string(rotor_slot_name(r->next.swapped ? r->next.to_slot : r->next.from_slot)));
+        outbox_add(r->eng, out, "rotation.awaiting-approval", r->row.secret, r->row.traceparent, d);
     }
 }
 
@@ -1076,8 +1075,7 @@ static void effect_done(rotation_t *r, int status, const char *reason)
         const cfg_stage_policy_t *pol = policy(r);
         /* An approval that timed out is not retried by itself: a person has to decide. */
         bool final = r->row.attempt >= pol->max_attempts || r->row.stage == STAGE_APPROVE;
-        util_strlcpy(r->next.error, reason ? reason : rotor_strerror(status),
-                     sizeof r->next.error);
+        util_strlcpy(r->next.error, reason ? reason : rotor_strerror(status), sizeof r->next.error);
         json_t *d = rot_data(&r->row);
         json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
         json_object_set_new(d, "attempt", json_integer(r->row.attempt > 0 ? r->row.attempt : 1));
@@ -1093,8 +1091,8 @@ static void effect_done(rotation_t *r, int status, const char *reason)
             json_object_set_new(f, "error", json_string(r->next.error));
             outbox_add(r->eng, out, "rotation.failed", r->row.secret, r->row.traceparent, f);
         } else {
-            uint64_t delay = backoff_delay(r->row.attempt, pol->backoff_initial_ms,
-                                           pol->backoff_max_ms, 0);
+            uint64_t delay =
+                backoff_delay(r->row.attempt, pol->backoff_initial_ms, pol->backoff_max_ms, 0);
             json_object_set_new(d, "retry_in_ms", json_integer((json_int_t)delay));
             outbox_add(r->eng, out, "stage.failed", r->row.secret, r->row.traceparent, d);
             r->next.status = RS_PENDING;
@@ -1290,8 +1288,7 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
     util_strlcpy(row->request_id, ev->id, sizeof row->request_id);
     const char *reason = data_str(ev, "reason");
     util_strlcpy(row->reason, reason ? reason : "", sizeof row->reason);
-    util_strlcpy(row->traceparent, ev->traceparent ? ev->traceparent : "",
-                 sizeof row->traceparent);
+    util_strlcpy(row->traceparent, ev->traceparent ? ev->traceparent : "", sizeof row->traceparent);
     int64_t now = util_now_ms();
     row->next_at_ms = now;
     row->created_at_ms = now;
@@ -1402,8 +1399,8 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
     const char *why = data_str(c->ev, "reason");
     c->e->pending_cmd = c;
     if (d == DEC_APPROVE || d == DEC_REJECT) {
-        approve_decided(r, d == DEC_APPROVE ? ON_APPROVED : ON_REJECTED, by ? by : "operator",
-                        why, on_cmd_persisted);
+        approve_decided(r, d == DEC_APPROVE ? ON_APPROVED : ON_REJECTED, by ? by : "operator", why,
+                        on_cmd_persisted);
         return;
     }
     r->next = r->row;
@@ -1443,8 +1440,7 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
         snprintf(reason, sizeof reason, "unknown rotation %s", id);
     else
         snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s is out of place", id,
-                 journal_status_name(rows[0].status), rotor_stage_name(rows[0].stage),
-                 c->ev->type);
+                 journal_status_name(rows[0].status), rotor_stage_name(rows[0].stage), c->ev->type);
     cmd_finish(c, ROTOR_EINVALID, reason);
 }
 
@@ -1619,8 +1615,8 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
         e->secrets[i].cfg = s;
         char key[160];
         snprintf(key, sizeof key, "secrets[%zu].database", i);
-        int rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &e->secrets[i].dsn,
-                            err, errlen);
+        int rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &e->secrets[i].dsn, err,
+                            errlen);
         if (rc == 0)
             rc = store_open(e->loop, s, &e->secrets[i].store, err, errlen);
         if (rc < 0) {

@@ -18,8 +18,8 @@ struct schedule_s {
     bool (*owns)(void *arg, const char *secret);
     void *owns_arg;
     uv_timer_t timer;
-    size_t next;   /* secret being checked in this round */
-    bool busy;     /* a journal request is in flight */
+    size_t next; /* secret being checked in this round */
+    bool busy;   /* a journal request is in flight */
     bool stopped;
     bool closed;
 };
@@ -78,9 +78,9 @@ static void request(schedule_t *s, const cfg_secret_t *sec, int64_t due)
     util_format_time(due, due_text, sizeof due_text);
     char reason[128];
     snprintf(reason, sizeof reason, "scheduled rotation due %s", due_text);
-    json_t *data = json_pack("{s:s, s:s, s:s, s:s, s:s}", "secret", sec->name, "trigger",
-                             "schedule", "due", due_text, "requested_by", "rotor-schedule",
-                             "reason", reason);
+    json_t *data =
+        json_pack("{s:s, s:s, s:s, s:s, s:s}", "secret", sec->name, "trigger", "schedule", "due",
+                  due_text, "requested_by", "rotor-schedule", "reason", reason);
     char *value = event_build("rotation.requested", s->source, sec->name, data, NULL);
     if (!value) {
         s->next++;
