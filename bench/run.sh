@@ -24,13 +24,14 @@ results=$(mktemp)
 trap 'rm -f "$results" "$results".*' EXIT
 
 # RESULT lines: bench, subject, baseline, subject ns/op, baseline ns/op, ratio.
-"$build/bench_event" | grep '^RESULT' >>"$results"
-"$build/bench_password" | grep '^RESULT' >>"$results"
-"$build/bench_loop_lag" | tee "$results.info" | grep '^RESULT' >>"$results"
-# With one pool thread the hashes cannot take both cores away from the loop thread.
-UV_THREADPOOL_SIZE=1 "$build/bench_loop_lag" | grep '^RESULT' |
-  sed 's/threadpool/threadpool (1 thread)/g' >>"$results"
-"$root/tests/support/with-postgres" "$build/bench_journal" 2>/dev/null | grep '^RESULT' >>"$results"
+{
+  "$build/bench_event" | grep '^RESULT'
+  "$build/bench_password" | grep '^RESULT'
+  "$build/bench_loop_lag" | tee "$results.info" | grep '^RESULT'
+  # With one pool thread the hashes cannot take both cores away from the loop thread.
+  UV_THREADPOOL_SIZE=1 "$build/bench_loop_lag" | grep '^RESULT' | sed 's/threadpool/threadpool (1 thread)/g'
+  "$root/tests/support/with-postgres" "$build/bench_journal" | grep '^RESULT'
+} >"$results"
 
 # loop_lag rows are worst timer lateness in ns, not a cost per operation.
 printf '%-9s %-46s %-46s %12s %12s %8s\n' bench subject baseline 'subject ns' 'baseline ns' ratio
@@ -49,8 +50,8 @@ ir() {
 echo
 # Callgrind counts user-space instructions only: time spent in system calls (getrandom) is not seen.
 printf '%-9s %16s %16s %8s   (callgrind instructions per operation)\n' bench subject baseline ratio
-for spec in "bench_event 2000" "bench_password 2000"; do
-  set -- $spec
+for b in bench_event bench_password; do
+  set -- "$b" 2000
   none=$(ir "$build/$1" --iterations "$2" --only none)
   base=$(ir "$build/$1" --iterations "$2" --only baseline)
   subj=$(ir "$build/$1" --iterations "$2" --only subject)

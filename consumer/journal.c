@@ -50,6 +50,8 @@ const char *const journal_migrations[] = {
     "CREATE UNIQUE INDEX rotations_one_open ON rotor.rotations (secret)"
     "  WHERE status IN ('pending', 'running', 'waiting', 'failed');"
     "CREATE INDEX rotations_by_secret ON rotor.rotations (secret, created_at DESC);"
+    "CREATE INDEX rotations_by_request ON rotor.rotations (request_id)"
+    "  WHERE request_id IS NOT NULL;"
     "CREATE TABLE rotor.history ("
     "  id bigserial PRIMARY KEY,"
     "  rotation_id uuid NOT NULL REFERENCES rotor.rotations (id),"
@@ -405,6 +407,16 @@ int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg)
     const char *params[] = {id};
     return pgc_query(j->conn, "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE id::text = $1", 1,
                      params, on_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
+int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb, void *arg)
+{
+    const char *params[] = {request_id};
+    return pgc_query(j->conn,
+                     "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE request_id = $1"
+                     " OR id = (SELECT rotation_id FROM rotor.history WHERE request_id = $1"
+                     "          LIMIT 1) LIMIT 1",
+                     1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg)

@@ -81,6 +81,9 @@ typedef void (*journal_rows_cb)(void *arg, int status, const journal_rot_t *rows
 int journal_load_open(journal_t *j, journal_rows_cb cb, void *arg);
 /* One rotation by id (n = 0 when unknown). */
 int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg);
+/* The rotation that a command with this CloudEvent id started or was absorbed into (n = 0 when
+ * the id is new). Input is at-least-once: this is how a redelivered request is recognised. */
+int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb, void *arg);
 /* The open rotation of a secret, if any, else the most recent one (n = 0 when none). */
 int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg);
 

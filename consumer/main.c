@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "daemon.h"
 #include "rotor.h"
+#include "secret.h"
 
 #define CLI_DEFAULT_CONFIG "./rotor.yaml"
 
@@ -207,6 +208,7 @@ static int cli_dispatch(cli_ctx_t *ctx, const cli_command_t *cmd, int argc, char
 int main(int argc, char **argv)
 {
     cli_no_core_dumps();
+    secret_wipe_json_frees();
     cli_ctx_t ctx = {CLI_DEFAULT_CONFIG, NULL};
     argc = cli_take_config(argc, argv, &ctx.config_path);
     if (argc < 0) {

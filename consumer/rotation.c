@@ -10,6 +10,7 @@
 #include "backoff.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "password.h"
 #include "store.h"
 #include "util.h"
@@ -105,9 +106,12 @@ char *engine_diagram(void)
     }
     used += (size_t)snprintf(out + used, cap - used,
                              "    completed --> [*]\n    rolled_back --> [*]\n"
-                             "    note right of prepare: any stage: error -> retry after backoff;"
-                             " attempts spent -> failed; failed + retry -> same stage;"
-                             " abort -> aborted\n");
+                             "    note right of prepare\n"
+                             "        Every stage on an error retries after a backoff\n"
+                             "        and fails once its attempts are spent.\n"
+                             "        rotor retry runs a failed stage again.\n"
+                             "        rotor abort ends an open rotation as aborted.\n"
+                             "    end note\n");
     return out;
 }
 
@@ -1034,8 +1038,29 @@ static void advance(rotation_t *r, trans_event_t on, json_t *out)
         enter_approval(r, out);
 }
 
+/* Counts what a journaled transition did, once it is in the journal. */
+static void count_transition(const rotation_t *r)
+{
+    char labels[96];
+    const char *outcome = r->row.status == RS_PENDING && r->row.stage == r->finished ? "retry"
+                          : r->row.status == RS_FAILED                               ? "failed"
+                                                                                     : "ok";
+    snprintf(labels, sizeof labels, "stage=\"%s\",outcome=\"%s\"", rotor_stage_name(r->finished),
+             outcome);
+    metrics_count("rotor_stage_attempts_total", "Stage attempts that ended, by stage and outcome",
+                  labels, 1);
+    metrics_gauge("rotor_rotations_open", "Rotations open in this process", NULL,
+                  engine_open_count(r->eng) - (journal_status_open(r->row.status) ? 0 : 1));
+    if (!journal_status_open(r->row.status)) {
+        snprintf(labels, sizeof labels, "status=\"%s\"", journal_status_name(r->row.status));
+        metrics_count("rotor_rotations_total", "Rotations that ended, by final status", labels, 1);
+    }
+}
+
 static void on_effect_persisted(rotation_t *r, int status)
 {
+    if (status == 0)
+        count_transition(r);
     if (status == 0)
         crash_point_at(r, r->finished, "done");
     after_write(r, status);
@@ -1349,6 +1374,31 @@ static void on_latest_for_request(void *arg, int status, const journal_rot_t *ro
     create_rotation(c, c->row.from_slot);
 }
 
+/* A request whose id the journal already knows was applied before a crash took its offset
+ * commit: applying it again would start a second rotation. */
+static void on_request_seen(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    cmd_t *c = arg;
+    if (status != 0) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    if (n > 0) {
+        log_info("rotation.request_redelivered", "request", c->ev->id, "rotation", rows[0].id,
+                 "note", "already applied; nothing to do");
+        cmd_finish(c, 0, NULL);
+        return;
+    }
+    rotation_t *open = rotation_of_secret(c->e, c->sec->cfg->name);
+    if (open) {
+        absorb(c, &open->row);
+        return;
+    }
+    if (journal_secret(c->e->journal, c->sec->cfg->name, c->sec->cfg->active, on_secret_for_request,
+                       c) < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
 static void cmd_request(cmd_t *c)
 {
     const char *secret = data_str(c->ev, "secret");
@@ -1365,12 +1415,7 @@ static void cmd_request(cmd_t *c)
         cmd_finish(c, ROTOR_EINVALID, reason);
         return;
     }
-    rotation_t *open = rotation_of_secret(c->e, secret);
-    if (open) {
-        absorb(c, &open->row);
-        return;
-    }
-    if (journal_secret(c->e->journal, secret, c->sec->cfg->active, on_secret_for_request, c) < 0)
+    if (journal_by_request(c->e->journal, c->ev->id, on_request_seen, c) < 0)
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
 }
 

@@ -2,6 +2,8 @@
  * (main.c), which covers these buffers too. */
 #include "secret.h"
 
+#include <jansson.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,4 +40,16 @@ void secret_free(rotor_secret_t *s)
     secret_wipe(s->buf, s->len + 1);
     free(s->buf);
     free(s);
+}
+
+static void wiping_free(void *p)
+{
+    if (p)
+        explicit_bzero(p, malloc_usable_size(p));
+    free(p);
+}
+
+void secret_wipe_json_frees(void)
+{
+    json_set_alloc_funcs(malloc, wiping_free);
 }

@@ -20,6 +20,11 @@ rotor_secret_t *secret_from(const char *src, size_t len);
 /* Wipes and frees s (NULL is fine). */
 void secret_free(rotor_secret_t *s);
 
+/* Makes jansson wipe every block it frees. JSON that carried a password (a store entry, a
+ * version file) leaves copies inside jansson's own buffers, which rotor cannot reach to wipe;
+ * called once at start-up, before any other thread exists. */
+void secret_wipe_json_frees(void);
+
 /* Wipes n bytes at p in a way the compiler cannot elide. */
 void secret_wipe(void *p, size_t n);
 

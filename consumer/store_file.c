@@ -447,9 +447,43 @@ static bool sf_match_value(const sf_req_t *r, const sf_version_t *v, const void 
 
 /* ---- operations (threadpool) ---- */
 
+static bool sf_match_any(const sf_req_t *r, const sf_version_t *v, const void *ctx)
+{
+    (void)r;
+    (void)v;
+    (void)ctx;
+    return true;
+}
+
+/* put writes the version, then the mount file: a crash in between leaves the newest version
+ * without its mount file. find finishes such a put, so that a version reused by a resumed
+ * rotation is current exactly as a new one would be. */
+static void sf_finish_put(sf_req_t *r, const char *id)
+{
+    sf_version_t v;
+    rotor_secret_t *mount = NULL;
+    if (sf_version_load(r, id, &v, NULL) < 0)
+        return;
+    int rc = sf_read_mount(r, &mount);
+    if (rc == ROTOR_ENOTFOUND) {
+        r->status = 0;
+        r->reason[0] = '\0';
+    }
+    if ((rc == 0 || rc == ROTOR_ENOTFOUND) && (!mount || !sf_secret_equal(mount, v.value)))
+        sf_atomic_write(r, r->dir, r->name, v.value->buf, v.value->len);
+    secret_free(mount);
+    sf_version_clear(&v);
+}
+
 static void sf_do_find(sf_req_t *r)
 {
-    sf_scan(r, sf_match_rotation, NULL);
+    if (sf_scan(r, sf_match_rotation, NULL) < 0 || !r->out_version[0])
+        return;
+    char found[SF_ID_LEN + 1];
+    util_strlcpy(found, r->out_version, sizeof found);
+    if (sf_scan(r, sf_match_any, NULL) == 0 && strcmp(r->out_version, found) == 0)
+        sf_finish_put(r, found);
+    util_strlcpy(r->out_version, found, sizeof r->out_version);
 }
 
 static void sf_do_current(sf_req_t *r)

@@ -91,11 +91,14 @@ int64_t util_now_ms(void)
 
 void util_format_time(int64_t epoch_ms, char *buf, size_t len)
 {
-    time_t secs = (time_t)(epoch_ms / 1000);
+    /* Floor division: before 1970 the fraction must still count forward from the second. */
+    int64_t secs_ms = epoch_ms / 1000 - (epoch_ms % 1000 < 0 ? 1 : 0);
+    time_t secs = (time_t)secs_ms;
+    int frac = (int)(epoch_ms - secs_ms * 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
     snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(epoch_ms % 1000));
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 }
 
 /* Exactly n digits at p, or -1: RFC 3339 fields have fixed widths, and sscanf("%2d") would also
@@ -175,6 +178,9 @@ int util_parse_time(const char *text, int64_t *epoch_ms)
     tm.tm_mon -= 1;
     time_t t = timegm(&tm);
     *epoch_ms = ((int64_t)t - offset_s) * 1000 + frac_ms;
+    /* An offset can push year 0000 back into year -1, which RFC 3339 cannot write. */
+    if (*epoch_ms < -62135596800000LL)
+        return ROTOR_EINVALID;
     return 0;
 }
 

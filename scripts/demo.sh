@@ -22,7 +22,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-setup) setup=0 ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "demo: unknown argument: $arg (try --help)" >&2; exit 1 ;;
   esac
 done
@@ -60,10 +60,10 @@ tail_pid=""
 work_made=0
 pgbin=""
 
-as_pg() {
-  # initdb and postgres refuse to run as root.
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
+# initdb and postgres refuse to run as root. An array, not a function: a trap that fires while a
+# function runs inherits the function's redirections, and would print its messages into them.
+as_pg=()
+[ "$(id -u)" -ne 0 ] || as_pg=(runuser -u postgres --)
 
 cleanup() {
   local rc=$?
@@ -78,10 +78,10 @@ cleanup() {
   fi
   # Also after an interrupted start: a server may be up without pg_ctl having said so.
   if [ "$work_made" -eq 1 ] && [ -f "$work/pg/data/postmaster.pid" ]; then
-    as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w -t 20 stop >/dev/null 2>&1 ||
-      as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate -w -t 20 stop >/dev/null 2>&1
+    "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg/data" -m fast -w -t 20 stop >/dev/null 2>&1 ||
+      "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate -w -t 20 stop >/dev/null 2>&1
   fi
-  if [ "$rc" -ne 0 ] && [ "$work_made" -eq 1 ] && [ -f "$work/rotor.log" ]; then
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ] && [ "$rc" -ne 143 ] && [ "$work_made" -eq 1 ] && [ -f "$work/rotor.log" ]; then
     echo "--- last lines of rotor's log ($work/rotor.log) ---" >&2
     tail -n 30 "$work/rotor.log" >&2
   fi
@@ -143,7 +143,7 @@ echo "store dir: $store"
 # ---- PostgreSQL -------------------------------------------------------------------------------
 
 step "Starting a private PostgreSQL in $work/pg"
-as_pg "$pgbin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >"$work/pg/initdb.log" 2>&1 ||
+"${as_pg[@]}" "$pgbin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >"$work/pg/initdb.log" 2>&1 ||
   { cat "$work/pg/initdb.log" >&2; die "initdb failed"; }
 # The superuser is the admin identity (trusted locally); every application role must use SCRAM.
 cat >"$work/pg/data/pg_hba.conf" <<'HBA'
@@ -156,13 +156,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # A free port may be taken between choosing and binding it: try a few.
 for try in 1 2 3; do
   port=$(free_port)
-  if as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -t 60 \
+  if "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -t 60 \
     -o "-p $port -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=scram-sha-256" \
     start >/dev/null 2>&1; then
     break
   fi
   # pg_ctl may time out with a server that is still coming up: make sure none is left behind.
-  as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
   [ "$try" -lt 3 ] || { tail -n 20 "$work/pg/server.log" >&2; die "PostgreSQL did not start"; }
 done
 ok "PostgreSQL $(basename "$(dirname "$pgbin")") on 127.0.0.1:$port, socket in $work/pg"
@@ -300,8 +300,8 @@ brokers=$(cat "$bootstrap")
 count_topic() {
   timeout 30 kcat -b "$brokers" -C -t "$1" -o beginning -e -q -f 'x\n' 2>/dev/null | wc -l
 }
-events=$(count_topic rotor.events)
-deadletters=$(count_topic rotor.deadletter)
+events=$(count_topic rotor.events) || die "kcat could not read rotor.events from $brokers"
+deadletters=$(count_topic rotor.deadletter) || die "kcat could not read rotor.deadletter from $brokers"
 
 step "Summary"
 r1=${rotation_ids[0]} r2=${rotation_ids[1]}
@@ -330,8 +330,9 @@ SELECT CASE WHEN id = :'r1' THEN 1 ELSE 2 END AS "#", id AS "rotation", from_slo
   FROM rotor.rotations WHERE id IN (:'r1', :'r2') ORDER BY created_at;
 SQL
 final=$(active_slot)
+final_login=$(try_login "app_$final" "$store/pg-$final") || die "app_$final cannot log in: $final_login"
 printf '%-28s %s\n' "final active slot / role:" "$final / app_$final"
-printf '%-28s %s\n' "store password logs in:" "$(try_login "app_$final" "$store/pg-$final")"
+printf '%-28s %s\n' "store password logs in:" "$final_login"
 printf '%-28s %s\n' "retired app_blue (after 1):" "${retired_lines[0]}"
 printf '%-28s %s\n' "retired app_green (after 2):" "${retired_lines[1]}"
 printf '%-28s %s\n' "events on rotor.events:" "$events (journal outbox: $outbox)"

@@ -17,11 +17,11 @@ EFFECT_STAGES = [s for s in STAGES if s != "approve"]
 # begin: attempt journaled, effect not started; effect: effect done, not journaled;
 # done: journaled, next stage not started; set-db:inside: password read back, ALTER ROLE not sent.
 CHAINS = {
-    "early": ["prepare:begin", "prepare:effect", "prepare:done", "generate:begin",
-              "generate:effect", "generate:done", "set-db:begin", "set-db:inside",
-              "set-db:effect", "set-db:done"],
-    "late": ["deploy:begin", "deploy:effect", "deploy:done", "verify:begin", "verify:effect",
-             "verify:done", "swap:begin", "swap:effect", "swap:done", "approve:done",
+    # Every point between two stages (done), inside set-db, and the effect points where a
+    # repeated effect could do harm: a second store version, a second verifier, a half swap.
+    "early": ["prepare:begin", "prepare:done", "generate:effect", "generate:done",
+              "set-db:inside", "set-db:effect", "set-db:done"],
+    "late": ["deploy:done", "verify:done", "swap:effect", "swap:done", "approve:done",
              "retire:begin", "retire:effect", "retire:done"],
 }
 

@@ -81,3 +81,32 @@ def test_status_shows_the_rotation(lab):
     doc = json.loads(out)
     text = json.dumps(doc)
     assert rid in text and "completed" in text
+
+
+def test_health_metrics_and_append_only_history(lab):
+    import re
+    import urllib.error
+    import urllib.request
+
+    import psycopg2
+    import pytest
+
+    d = lab.start()
+    port = re.search(r'"msg":"http.listening".*?"port":"(\d+)"', d.text()).group(1)
+    base = f"http://127.0.0.1:{port}"
+    assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
+    assert urllib.request.urlopen(base + "/readyz", timeout=5).status == 200
+    rid = rotate(lab, "blue", "green")
+    metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    assert 'rotor_stage_attempts_total{outcome="ok",stage="set-db"} 1' in metrics, metrics
+    assert 'rotor_rotations_total{status="completed"} 1' in metrics
+    assert 'rotor_input_messages_total{outcome="applied"} 1' in metrics
+    assert "rotor_loop_lag_seconds" in metrics
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(base + "/nope", timeout=5)
+    assert e.value.code == 404
+    # the audit trail cannot be rewritten, not even by the journal's owner
+    with pytest.raises(psycopg2.Error, match="append-only"):
+        lab.pg.query("UPDATE rotor.history SET outcome = 'x' WHERE rotation_id = %s", (rid,))
+    with pytest.raises(psycopg2.Error, match="append-only"):
+        lab.pg.query("DELETE FROM rotor.history")
