@@ -281,9 +281,21 @@ def needed_libraries(binary):
     return re.findall(r"^\s*NEEDED\s+(\S+)", out, re.M)
 
 
-def package_of(soname):
-    out = subprocess.run(["dpkg", "-S", "*/" + soname], capture_output=True, text=True).stdout
-    return out.split(":")[0] if out else None
+def package_of(soname, binary):
+    """The package owning the file the dynamic linker resolves soname to for binary (a bare
+    soname is ambiguous: libm.so.6 is in libc6 and libc6-i386)."""
+    ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"^\s*" + re.escape(soname) + r" => (\S+)", ldd, re.M)
+    if not m:
+        return None
+    path = m.group(1)
+    # merged /usr: dpkg knows a file under one of /lib and /usr/lib
+    for candidate in (path, path.replace("/usr/lib/", "/lib/", 1),
+                      path.replace("/lib/", "/usr/lib/", 1)):
+        out = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True).stdout
+        if out:
+            return out.split(":")[0]
+    return None
 
 
 def test_dockerfile():
@@ -308,7 +320,7 @@ def test_dockerfile():
     for soname in needed_libraries(binary):
         if soname.startswith(("libasan", "libubsan")):
             continue
-        pkg = package_of(soname)
+        pkg = package_of(soname, binary)
         assert pkg is not None, soname
         assert pkg in ("libc6", "libgcc-s1") or pkg.split(":")[0] in apt, (soname, pkg)
 
