@@ -1,0 +1,371 @@
+/* command.c: commands from Kafka: requests (new, absorbed or redelivered) and the decisions
+ * about a rotation (approve, reject, retry, abort). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rotation_int.h"
+#include "util.h"
+
+/* ---- commands ---------------------------------------------------------------------------- */
+
+typedef struct {
+    engine_t *e;
+    engine_cmd_cb cb;
+    void *arg;
+    const event_t *ev;
+    rotation_t *r;
+    secret_ctx_t *sec;
+    journal_rot_t row;
+    int tries;
+} cmd_t;
+
+static void cmd_finish(cmd_t *c, int status, const char *reason)
+{
+    c->cb(c->arg, status, reason);
+    free(c);
+}
+
+static const char *data_str(const event_t *ev, const char *key)
+{
+    return json_string_value(json_object_get(ev->data, key));
+}
+
+static void cmd_request(cmd_t *c);
+
+static void on_cmd_persisted(rotation_t *r, int status);
+
+/* The persisted callback carries only the rotation; commands come one at a time, so the engine
+ * keeps the one whose write is in flight. */
+static void on_cmd_persisted(rotation_t *r, int status)
+{
+    cmd_t *c = r->eng->pending_cmd;
+    r->eng->pending_cmd = NULL;
+    if (status == ROTOR_ECONFLICT) {
+        /* The row moved under us (a stage finished meanwhile): decide again on fresh state. */
+        rot_reload(r);
+        c->cb(c->arg, ROTOR_EDB, "rotation moved on; command will be retried");
+        free(c);
+        return;
+    }
+    cmd_finish(c, status == 0 ? 0 : ROTOR_EDB, status == 0 ? NULL : "journal unavailable");
+    if (status == 0)
+        rot_step(r);
+}
+
+static void on_absorbed(void *arg, int status)
+{
+    cmd_t *c = arg;
+    if (status == 0)
+        log_info("rotation.request_absorbed", "rotation", c->row.id, "secret", c->row.secret,
+                 "request", c->ev->id);
+    cmd_finish(c, status == 0 ? 0 : ROTOR_EDB, status == 0 ? NULL : "journal unavailable");
+}
+
+/* A request for a secret that already has a rotation in flight: recorded, not queued. */
+static void absorb(cmd_t *c, const journal_rot_t *open)
+{
+    c->row = *open;
+    json_t *out = json_array();
+    json_t *d = rot_data(open);
+    json_object_set_new(d, "request_id", json_string(c->ev->id));
+    json_object_set_new(d, "state", json_string(rotor_stage_name(open->stage)));
+    rot_outbox_add(c->e, out, "rotation.absorbed", open->secret, open->traceparent, d);
+    const char *by = data_str(c->ev, "requested_by");
+    json_t *h = rot_history(open, "absorbed", by, -1, NULL, c->ev->id);
+    char *hs = json_dumps(h, JSON_COMPACT), *os = json_dumps(out, JSON_COMPACT);
+    json_decref(h);
+    json_decref(out);
+    int rc = journal_note(c->e->journal, open->id, hs, os, on_absorbed, c);
+    free(hs);
+    free(os);
+    if (rc < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
+static void on_created(void *arg, int status)
+{
+    cmd_t *c = arg;
+    engine_t *e = c->e;
+    if (status == ROTOR_ECONFLICT && ++c->tries < 3) {
+        /* Another rotation is open, or the active slot changed: read the journal and decide. */
+        cmd_request(c);
+        return;
+    }
+    if (status != 0) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    log_info("rotation.created", "rotation", c->row.id, "secret", c->row.secret, "from",
+             rotor_slot_name(c->row.from_slot), "to", rotor_slot_name(c->row.to_slot));
+    rotation_t *r = rot_add(e, c->sec, &c->row);
+    cmd_finish(c, 0, NULL);
+    rot_step(r);
+}
+
+static void create_rotation(cmd_t *c, rotor_slot_t active)
+{
+    const event_t *ev = c->ev;
+    journal_rot_t *row = &c->row;
+    memset(row, 0, sizeof *row);
+    util_uuid4(row->id);
+    util_strlcpy(row->secret, c->sec->cfg->name, sizeof row->secret);
+    row->stage = STAGE_PREPARE;
+    row->status = RS_PENDING;
+    row->seq = 1;
+    row->from_slot = active;
+    row->to_slot = rotor_slot_other(active);
+    const char *trigger = data_str(ev, "trigger");
+    util_strlcpy(row->trigger, trigger ? trigger : "manual", sizeof row->trigger);
+    util_strlcpy(row->request_id, ev->id, sizeof row->request_id);
+    const char *reason = data_str(ev, "reason");
+    util_strlcpy(row->reason, reason ? reason : "", sizeof row->reason);
+    util_strlcpy(row->traceparent, ev->traceparent ? ev->traceparent : "", sizeof row->traceparent);
+    int64_t now = util_now_ms();
+    row->next_at_ms = now;
+    row->created_at_ms = now;
+    /* Fixed at creation so that every stage (store exp, VALID UNTIL) uses the same instant. */
+    row->expires_at_ms = now + (int64_t)c->sec->cfg->validity_ms;
+
+    json_t *out = json_array();
+    json_t *d = rot_data(row);
+    json_object_set_new(d, "from_slot", json_string(rotor_slot_name(row->from_slot)));
+    json_object_set_new(d, "to_slot", json_string(rotor_slot_name(row->to_slot)));
+    json_object_set_new(d, "trigger", json_string(row->trigger));
+    json_object_set_new(d, "request_id", json_string(ev->id));
+    if (row->reason[0])
+        json_object_set_new(d, "reason", json_string(row->reason));
+    rot_outbox_add(c->e, out, "rotation.started", row->secret, row->traceparent, d);
+    json_t *h = rot_history(row, "requested", data_str(ev, "requested_by"), -1, NULL, ev->id);
+    char *hs = json_dumps(h, JSON_COMPACT), *os = json_dumps(out, JSON_COMPACT);
+    json_decref(h);
+    json_decref(out);
+    int rc = journal_create(c->e->journal, row, hs, os, on_created, c);
+    free(hs);
+    free(os);
+    if (rc < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
+static void on_latest_for_request(void *arg, int status, const journal_rot_t *rows, int n);
+
+static void on_secret_for_request(void *arg, int status, rotor_slot_t active, int64_t first,
+                                  int64_t last)
+{
+    (void)first;
+    (void)last;
+    cmd_t *c = arg;
+    if (status != 0) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    c->row.from_slot = active;
+    if (journal_latest(c->e->journal, c->sec->cfg->name, on_latest_for_request, c) < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
+static void on_latest_for_request(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    cmd_t *c = arg;
+    if (status != 0) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    if (n > 0 && journal_status_open(rows[0].status)) {
+        /* Open in the journal but not here (taken over in a rebalance): hold it and absorb. */
+        if (!rot_find(c->e, rows[0].id) && c->e->owns(c->e->owns_arg, rows[0].secret))
+            rot_step(rot_add(c->e, c->sec, &rows[0]));
+        absorb(c, &rows[0]);
+        return;
+    }
+    create_rotation(c, c->row.from_slot);
+}
+
+/* A request whose id the journal already knows was applied before a crash took its offset
+ * commit: applying it again would start a second rotation. */
+static void on_request_seen(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    cmd_t *c = arg;
+    if (status != 0) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    if (n > 0) {
+        log_info("rotation.request_redelivered", "request", c->ev->id, "rotation", rows[0].id,
+                 "note", "already applied; nothing to do");
+        cmd_finish(c, 0, NULL);
+        return;
+    }
+    rotation_t *open = rot_of_secret(c->e, c->sec->cfg->name);
+    if (open) {
+        absorb(c, &open->row);
+        return;
+    }
+    if (journal_secret(c->e->journal, c->sec->cfg->name, c->sec->cfg->active, on_secret_for_request,
+                       c) < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
+static void cmd_request(cmd_t *c)
+{
+    const char *secret = data_str(c->ev, "secret");
+    char reason[256];
+    if (!secret || !(c->sec = rot_secret_ctx(c->e, secret))) {
+        snprintf(reason, sizeof reason, "unknown secret \"%.128s\": not in the configuration",
+                 secret ? secret : "");
+        cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    if (c->ev->subject && strcmp(c->ev->subject, secret) != 0) {
+        snprintf(reason, sizeof reason, "subject \"%.100s\" does not match data.secret \"%.100s\"",
+                 c->ev->subject, secret);
+        cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    if (journal_by_request(c->e->journal, c->ev->id, on_request_seen, c) < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
+/* Decisions about an existing rotation: approve, reject, retry, abort. */
+typedef enum { DEC_APPROVE, DEC_REJECT, DEC_RETRY, DEC_ABORT } decision_t;
+
+static const char *const decision_names[] = {"approve", "reject", "retry", "abort"};
+
+static bool decision_fits(decision_t d, const journal_rot_t *row)
+{
+    switch (d) {
+    case DEC_APPROVE:
+    case DEC_REJECT:
+        return row->stage == STAGE_APPROVE && row->status == RS_WAITING;
+    case DEC_RETRY:
+        return row->status == RS_FAILED;
+    case DEC_ABORT:
+        return journal_status_open(row->status);
+    }
+    return false;
+}
+
+static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
+{
+    const char *by = data_str(c->ev, "by");
+    const char *why = data_str(c->ev, "reason");
+    c->e->pending_cmd = c;
+    if (d == DEC_APPROVE || d == DEC_REJECT) {
+        rot_approve_decided(r, d == DEC_APPROVE ? ON_APPROVED : ON_REJECTED, by ? by : "operator",
+                            why, on_cmd_persisted);
+        return;
+    }
+    r->next = r->row;
+    json_t *out = json_array();
+    json_t *hist;
+    util_strlcpy(r->next.actor, by ? by : "operator", sizeof r->next.actor);
+    if (d == DEC_RETRY) {
+        r->next.status = RS_PENDING;
+        r->next.attempt = 0;
+        r->next.next_at_ms = util_now_ms();
+        r->next.error[0] = '\0';
+        hist = rot_history(&r->row, "retry", r->next.actor, -1, NULL, NULL);
+    } else {
+        rot_stop_effect(r); /* a running effect's result is dropped; its effects are idempotent */
+        r->next.status = RS_ABORTED;
+        json_t *dd = rot_data(&r->row);
+        json_object_set_new(dd, "stage", json_string(rotor_stage_name(r->row.stage)));
+        json_object_set_new(dd, "by", json_string(r->next.actor));
+        if (why)
+            json_object_set_new(dd, "reason", json_string(why));
+        rot_outbox_add(c->e, out, "rotation.aborted", r->row.secret, r->row.traceparent, dd);
+        hist = rot_history(&r->row, "aborted", r->next.actor, -1, why, NULL);
+    }
+    rot_persist(r, hist, out, on_cmd_persisted);
+}
+
+static void on_find_for_decision(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    cmd_t *c = arg;
+    if (status != 0) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    const char *id = data_str(c->ev, "rotation_id");
+    char reason[256];
+    if (n == 0)
+        snprintf(reason, sizeof reason, "unknown rotation %s", id);
+    else
+        snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s is out of place", id,
+                 journal_status_name(rows[0].status), rotor_stage_name(rows[0].stage), c->ev->type);
+    cmd_finish(c, ROTOR_EINVALID, reason);
+}
+
+static void on_cmd_timer(uv_timer_t *t);
+
+static void cmd_decide(cmd_t *c, decision_t d)
+{
+    const char *id = data_str(c->ev, "rotation_id");
+    rotation_t *r = id ? rot_find(c->e, id) : NULL;
+    if (!r) {
+        if (journal_find(c->e->journal, id ? id : "", on_find_for_decision, c) < 0)
+            cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
+    char reason[512];
+    if (c->ev->subject && strcmp(c->ev->subject, r->row.secret) != 0) {
+        snprintf(reason, sizeof reason, "subject \"%.100s\" is not rotation %s's secret \"%s\"",
+                 c->ev->subject, id, r->row.secret);
+        cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    if (r->writing) {
+        /* A stage transition is being written: decide on the state it leaves. */
+        c->e->deferred_cmd = c;
+        uv_timer_start(&c->e->cmd_timer, on_cmd_timer, 20, 0);
+        return;
+    }
+    if (!decision_fits(d, &r->row)) {
+        snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s is out of place", id,
+                 journal_status_name(r->row.status), rotor_stage_name(r->row.stage),
+                 decision_names[d]);
+        cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    apply_decision(c, r, d);
+}
+
+static void cmd_dispatch(cmd_t *c)
+{
+    const char *type = c->ev->type;
+    if (strcmp(type, "rotation.requested") == 0)
+        cmd_request(c);
+    else if (strcmp(type, "rotation.approved") == 0)
+        cmd_decide(c, DEC_APPROVE);
+    else if (strcmp(type, "rotation.rejected") == 0)
+        cmd_decide(c, DEC_REJECT);
+    else if (strcmp(type, "rotation.retry") == 0)
+        cmd_decide(c, DEC_RETRY);
+    else if (strcmp(type, "rotation.abort") == 0)
+        cmd_decide(c, DEC_ABORT);
+    else {
+        char reason[160];
+        snprintf(reason, sizeof reason, "event type %.100s is not a command rotor accepts", type);
+        cmd_finish(c, ROTOR_EINVALID, reason);
+    }
+}
+
+static void on_cmd_timer(uv_timer_t *t)
+{
+    engine_t *e = t->data;
+    cmd_t *c = e->deferred_cmd;
+    e->deferred_cmd = NULL;
+    if (c)
+        cmd_dispatch(c);
+}
+
+int engine_command(engine_t *e, const event_t *ev, engine_cmd_cb cb, void *arg)
+{
+    cmd_t *c = util_calloc(1, sizeof *c);
+    c->e = e;
+    c->cb = cb;
+    c->arg = arg;
+    c->ev = ev;
+    cmd_dispatch(c);
+    return 0;
+}

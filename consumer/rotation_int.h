@@ -1,0 +1,115 @@
+/* rotation_int.h: what the engine's own files share (rotation.c: the state machine and
+ * lifetime; stage.c: each stage's effect through the drivers; command.c: commands from Kafka).
+ * Not for other modules: they use rotation.h. */
+#ifndef ROTOR_ROTATION_INT_H
+#define ROTOR_ROTATION_INT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "db.h"
+#include "deploy.h"
+#include "log.h"
+#include "rotation.h"
+#include "store.h"
+
+/* Where a stage goes when it ends. Targets below 0 are terminal statuses. */
+enum { T_COMPLETED = -1, T_ROLLED_BACK = -2 };
+typedef enum { ON_OK, ON_APPROVED, ON_REJECTED } trans_event_t;
+
+typedef enum { IF_ANY, IF_GATE_SWAP, IF_GATE_RETIRE, IF_SWAPPED, IF_NOT_SWAPPED } trans_guard_t;
+
+typedef struct {
+    const cfg_secret_t *cfg;
+    store_t *store;
+    char *dsn; /* admin DSN (may hold a password): wiped on free */
+} secret_ctx_t;
+
+typedef struct rotation_s rotation_t;
+
+struct engine_s {
+    uv_loop_t *loop;
+    const rotor_config_t *cfg;
+    journal_t *journal;
+    char *source;
+    bool (*owns)(void *arg, const char *secret);
+    void *owns_arg;
+    secret_ctx_t *secrets;
+    size_t nsecrets;
+    rotation_t *rotations;
+    engine_ready_cb ready_cb;
+    void *ready_arg;
+    int registering; /* secrets still being registered at start-up */
+    bool stopping;
+    void (*stop_cb)(void *arg);
+    void *stop_arg;
+    uv_timer_t stop_timer;    /* polls for in-flight work to reach the journal */
+    uv_timer_t stop_deadline; /* bounds that wait */
+    uv_timer_t cmd_timer;     /* re-handles a command that arrived during a write */
+    void *deferred_cmd;       /* that command (a cmd_t) */
+    void *pending_cmd;        /* the command whose journal write is in flight (one at a time) */
+    int handles_open;
+};
+
+struct rotation_s {
+    journal_rot_t row;  /* what the journal holds; row.seq is the compare-and-set token */
+    journal_rot_t next; /* the row being written, while `writing` */
+    engine_t *eng;
+    secret_ctx_t *sec;
+    uv_timer_t timer;    /* next attempt, soak, approval deadline, drain */
+    uv_timer_t deadline; /* the running attempt's timeout */
+    bool writing;
+    unsigned token;         /* the current effect; callbacks carrying another token are stale */
+    int inflight;           /* callbacks still to come; the rotation is freed only at zero */
+    int handles;            /* uv handles not yet closed */
+    bool gone;              /* removed from the engine; free when inflight and handles are zero */
+    bool draining;          /* retire's drain timer holds a ticket (inflight) */
+    rotor_stage_t finished; /* the stage whose end is being written */
+    db_req_t *dbreq;
+    int64_t attempt_started_ms;
+    long sessions_ended;
+    rotation_t *next_rot;
+};
+
+typedef void (*persisted_fn)(rotation_t *r, int status);
+
+/* rotation.c: lifetime and journal writes */
+rotation_t *rot_add(engine_t *e, secret_ctx_t *sec, const journal_rot_t *row);
+void rot_remove(rotation_t *r);
+/* Frees a removed rotation once no callback or handle can reach it any more. */
+void rot_maybe_free(rotation_t *r);
+rotation_t *rot_find(engine_t *e, const char *id);
+rotation_t *rot_of_secret(engine_t *e, const char *secret);
+secret_ctx_t *rot_secret_ctx(engine_t *e, const char *name);
+/* Writes r->next over r->row by compare-and-set; steals hist and outbox. */
+void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then);
+void rot_after_write(rotation_t *r, int status);
+void rot_on_effect_persisted(rotation_t *r, int status);
+void rot_reload(rotation_t *r);
+void rot_step(rotation_t *r);
+void rot_on_timer(uv_timer_t *t);
+void rot_stop_effect(rotation_t *r);
+/* The current attempt's effect ended (status 0 or negative with reason). */
+void rot_effect_done(rotation_t *r, int status, const char *reason);
+void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, const char *why,
+                         persisted_fn then);
+
+/* rotation.c: helpers */
+void rot_crash_point(const rotation_t *r, const char *point);
+const cfg_stage_policy_t *rot_policy(const rotation_t *r);
+const char *rot_role(const rotation_t *r, rotor_slot_t s);
+const char *rot_store_name(const rotation_t *r, rotor_slot_t s);
+void rot_log(log_level_t lvl, const char *msg, const rotation_t *r, const char *k1, const char *v1);
+char *rot_itoa(char *buf, size_t len, long long v);
+/* Adds an event rotor emits to an outbox array; steals data. */
+void rot_outbox_add(engine_t *e, json_t *outbox, const char *type, const char *secret,
+                    const char *traceparent, json_t *data);
+json_t *rot_data(const journal_rot_t *row);
+json_t *rot_history(const journal_rot_t *row, const char *outcome, const char *actor,
+                    int64_t duration_ms, const char *error, const char *request_id);
+
+/* stage.c: starts the effect of r's current stage; it ends in rot_effect_done(). */
+void stage_run(rotation_t *r);
+
+#endif
