@@ -777,7 +777,7 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
         int rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &e->secrets[i].dsn, err,
                             errlen);
         if (rc == 0)
-            rc = store_open(e->loop, s, &e->secrets[i].store, err, errlen);
+            rc = store_open(e->loop, s, &e->deps, &e->secrets[i].store, err, errlen);
         if (rc < 0) {
             e->nsecrets = i + 1;
             engine_free(e);

@@ -35,6 +35,7 @@ struct engine_s {
     char *source;
     bool (*owns)(void *arg, const char *secret);
     void *owns_arg;
+    store_deps_t deps; /* shared by the drivers: HTTP client, Entra credential */
     secret_ctx_t *secrets;
     size_t nsecrets;
     rotation_t *rotations;

@@ -8,17 +8,33 @@
 
 static const struct {
     const char *kind;
-    int (*open)(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err, size_t errlen);
+    int (*open)(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps, store_t **out,
+                char *err, size_t errlen);
 } store_drivers[] = {
     {"file", store_file_open},
+    {"azure-keyvault", store_keyvault_open},
 };
 
-int store_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err, size_t errlen)
+/* Until store_keyvault.c is linked in, the kind is known but not available. */
+__attribute__((weak)) int store_keyvault_open(uv_loop_t *loop, const cfg_secret_t *sec,
+                                              const store_deps_t *deps, store_t **out, char *err,
+                                              size_t errlen)
+{
+    (void)loop;
+    (void)sec;
+    (void)deps;
+    (void)out;
+    snprintf(err, errlen, "store kind azure-keyvault is not built in");
+    return ROTOR_ECONFIG;
+}
+
+int store_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps, store_t **out,
+               char *err, size_t errlen)
 {
     const char *kind = sec->store.kind ? sec->store.kind : "";
     for (size_t i = 0; i < sizeof store_drivers / sizeof store_drivers[0]; i++) {
         if (strcmp(kind, store_drivers[i].kind) == 0)
-            return store_drivers[i].open(loop, sec, out, err, errlen);
+            return store_drivers[i].open(loop, sec, deps, out, err, errlen);
     }
     snprintf(err, errlen, "store kind %s is not supported", kind);
     return ROTOR_ECONFIG;

@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "azure_auth.h"
 #include "config.h"
+#include "http.h"
 #include "secret.h"
 
 typedef struct store_s store_t;
@@ -60,11 +62,21 @@ struct store_s {
     const cfg_secret_t *cfg; /* borrowed; outlives the store */
 };
 
+/* What drivers may share with the rest of the process (borrowed; outlive the store). Either may
+ * be NULL when no configured secret needs it. */
+typedef struct {
+    http_t *http;       /* HTTP client on the loop */
+    azure_cred_t *cred; /* Entra ID credential */
+} store_deps_t;
+
 /* Opens the store configured for sec. Returns 0 and *out or a negative error with err set. */
-int store_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err, size_t errlen);
+int store_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps, store_t **out,
+               char *err, size_t errlen);
 
 /* Driver constructors (store_open dispatches on cfg->store.kind). */
-int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err,
-                    size_t errlen);
+int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps,
+                    store_t **out, char *err, size_t errlen);
+int store_keyvault_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps,
+                        store_t **out, char *err, size_t errlen);
 
 #endif

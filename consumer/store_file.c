@@ -786,9 +786,10 @@ static const store_ops_t store_file_ops = {
     .close = sf_close,
 };
 
-int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, store_t **out, char *err,
-                    size_t errlen)
+int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps,
+                    store_t **out, char *err, size_t errlen)
 {
+    (void)deps; /* files need neither HTTP nor credentials */
     const char *dir = sec->store.dir;
     if (!dir || !*dir) {
         snprintf(err, errlen, "secret %s: store.dir is required for the file store",
