@@ -26,7 +26,8 @@ typedef struct {
     const char *federated_token_file;
     const char *authority_host; /* default https://login.microsoftonline.com */
     const char *imds_endpoint;
-    const char *ca_file;        /* CA bundle for the token endpoints; NULL = system */
+    const char *ca_file;      /* CA bundle for the token endpoints; NULL = system */
+    uint64_t imds_backoff_ms; /* first IMDS retry delay (doubling, more after a 410); 0 = 1 s */
 } azure_cred_opts_t;
 
 /* Picks the first usable credential in DefaultAzureCredential's order: environment (tenant,

@@ -42,6 +42,7 @@ int cli_approve(cli_ctx_t *ctx, int argc, char **argv);
 int cli_reject(cli_ctx_t *ctx, int argc, char **argv);
 int cli_retry(cli_ctx_t *ctx, int argc, char **argv);
 int cli_abort(cli_ctx_t *ctx, int argc, char **argv);
+int cli_complete(cli_ctx_t *ctx, int argc, char **argv);
 int cli_status(cli_ctx_t *ctx, int argc, char **argv);
 int cli_watch(cli_ctx_t *ctx, int argc, char **argv);
 int cli_check(cli_ctx_t *ctx, int argc, char **argv);

@@ -227,9 +227,17 @@ static void cmd_request(cmd_t *c)
 }
 
 /* Decisions about an existing rotation: approve, reject, retry, abort. */
-typedef enum { DEC_APPROVE, DEC_REJECT, DEC_RETRY, DEC_ABORT } decision_t;
+typedef enum {
+    DEC_APPROVE,
+    DEC_REJECT,
+    DEC_RETRY,
+    DEC_ABORT,
+    DEC_STAGE_COMPLETED, /* a pipeline's answers (deploy kind external) */
+    DEC_STAGE_FAILED
+} decision_t;
 
-static const char *const decision_names[] = {"approve", "reject", "retry", "abort"};
+static const char *const decision_names[] = {"approve", "reject",          "retry",
+                                             "abort",   "stage.completed", "stage.failed"};
 
 static bool decision_fits(decision_t d, const journal_rot_t *row)
 {
@@ -241,6 +249,9 @@ static bool decision_fits(decision_t d, const journal_rot_t *row)
         return row->status == RS_FAILED;
     case DEC_ABORT:
         return journal_status_open(row->status);
+    case DEC_STAGE_COMPLETED:
+    case DEC_STAGE_FAILED:
+        return false; /* decided by stage_answer() */
     }
     return false;
 }
@@ -298,6 +309,33 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
 
 static void on_cmd_timer(uv_timer_t *t);
 
+/* A pipeline's answer to stage.requested (deploy kind external): it ends the attempt that
+ * waits for it; the attempt's own journal write records it. An answer nobody waits for (another
+ * stage, a finished attempt, a rotation that is not external) is out of place. */
+static void stage_answer(cmd_t *c, rotation_t *r, decision_t d)
+{
+    const char *stage = data_str(c->ev, "stage");
+    const char *by = data_str(c->ev, "by");
+    rotor_stage_t st;
+    bool fits = stage && rotor_stage_parse(stage, &st) == 0 && st == r->row.stage &&
+                r->row.status == RS_RUNNING && stage_is_external(r);
+    char reason[512];
+    if (fits) {
+        const char *err = data_str(c->ev, "error");
+        snprintf(reason, sizeof reason, "pipeline: %s", err ? err : "failed");
+        rot_log(LOG_INFO, "deploy.external.answer", r, "by", by ? by : "pipeline");
+        fits = stage_external_answer(r, d == DEC_STAGE_COMPLETED ? 0 : ROTOR_EFAIL, reason);
+    }
+    if (!fits) {
+        snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s for %.32s is out of place",
+                 r->row.id, journal_status_name(r->row.status), rotor_stage_name(r->row.stage),
+                 c->ev->type, stage ? stage : "?");
+        cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    cmd_finish(c, 0, NULL);
+}
+
 static void cmd_decide(cmd_t *c, decision_t d)
 {
     const char *id = data_str(c->ev, "rotation_id");
@@ -318,6 +356,10 @@ static void cmd_decide(cmd_t *c, decision_t d)
         /* A stage transition is being written: decide on the state it leaves. */
         c->e->deferred_cmd = c;
         uv_timer_start(&c->e->cmd_timer, on_cmd_timer, 20, 0);
+        return;
+    }
+    if (d == DEC_STAGE_COMPLETED || d == DEC_STAGE_FAILED) {
+        stage_answer(c, r, d);
         return;
     }
     if (!decision_fits(d, &r->row)) {
@@ -343,6 +385,10 @@ static void cmd_dispatch(cmd_t *c)
         cmd_decide(c, DEC_RETRY);
     else if (strcmp(type, "rotation.abort") == 0)
         cmd_decide(c, DEC_ABORT);
+    else if (strcmp(type, "stage.completed") == 0)
+        cmd_decide(c, DEC_STAGE_COMPLETED);
+    else if (strcmp(type, "stage.failed") == 0)
+        cmd_decide(c, DEC_STAGE_FAILED);
     else {
         char reason[160];
         snprintf(reason, sizeof reason, "event type %.100s is not a command rotor accepts", type);

@@ -27,6 +27,8 @@ const config_key_t config_keys[] = {
      "output topic: every stage's started/completed/failed"},
     {"kafka.topics.deadletter", "string", "rotor.deadletter", false,
      "input that cannot be used goes here, with the reason"},
+    {"kafka.topics.keyvault", "string", UNSET, false,
+     "optional input topic: Key Vault events (Event Grid through Event Hubs)"},
     {"kafka.bootstrap_file", "string", "./var/rotor.bootstrap", false,
      "embedded broker: where `rotor run` writes its address for the CLI"},
     {"kafka.partitions", "integer(1..64)", "3", false,
@@ -35,10 +37,25 @@ const config_key_t config_keys[] = {
      "input larger than this is dead-lettered"},
     {"kafka.properties", "map", "{}", false,
      "extra librdkafka properties (string, number or bool values, passed as strings)"},
+    {"kafka.properties_env", "map(env-name)", "{}", false,
+     "librdkafka properties whose value is read from an environment variable: property: VARIABLE"},
+    {"kafka.properties_file", "map(path)", "{}", false,
+     "librdkafka properties whose value is the first line of a file: property: path"},
     {"journal.dsn_env", "env-name", "ROTOR_JOURNAL_DSN", false,
      "environment variable holding the journal DSN (used when dsn_file is not set)"},
     {"journal.dsn_file", "path", UNSET, false,
      "file whose first line is the journal DSN (instead of dsn_env)"},
+    {"azure.tenant_id", "string", UNSET, false, "Entra tenant (else AZURE_TENANT_ID)"},
+    {"azure.client_id", "string", UNSET, false,
+     "app registration or user-assigned managed identity (else AZURE_CLIENT_ID)"},
+    {"azure.authority_host", "url", UNSET, false,
+     "Entra authority (else AZURE_AUTHORITY_HOST, else https://login.microsoftonline.com)"},
+    {"azure.imds_endpoint", "url", UNSET, false,
+     "managed identity endpoint (default http://169.254.169.254, IMDS)"},
+    {"azure.federated_token_file", "path", UNSET, false,
+     "workload identity token file (else AZURE_FEDERATED_TOKEN_FILE)"},
+    {"azure.ca_file", "path", UNSET, false,
+     "CA bundle for the token endpoints (default: the system's)"},
     {"http.listen", "string", "127.0.0.1:9464", false,
      "host:port of /healthz, /readyz and /metrics; \"\" disables"},
     {"log.level", "enum(debug|info|warn|error)", "info", false, "minimum level of log lines"},
@@ -75,10 +92,25 @@ const config_key_t config_keys[] = {
      "query verify runs as the standby role"},
     {"secrets[].database.drain", "duration", "30s", false,
      "retire waits this long before ending the old role's sessions"},
-    {"secrets[].store.kind", "enum(file)", "file", false,
-     "secret store driver (azure-keyvault comes later)"},
+    {"secrets[].database.entra_token", "bool", "false", false,
+     "the admin DSN has no password: rotor logs in with an Entra access token"},
+    {"secrets[].store.kind", "enum(file|azure-keyvault)", "file", false, "secret store driver"},
     {"secrets[].store.dir", "string", "./var/secrets", false,
      "file store: directory laid out like a Key Vault CSI mount"},
+    {"secrets[].store.vault_url", "url", NULL, false,
+     "azure-keyvault: the vault, https://NAME.vault.azure.net (any https URL)"},
+    {"secrets[].store.ca_file", "path", UNSET, false,
+     "azure-keyvault: CA bundle (default: the system's); TLS is always verified"},
+    {"secrets[].store.timeout", "duration", "30s", false, "azure-keyvault: one request, in total"},
+    {"secrets[].store.connect_timeout", "duration", "10s", false,
+     "azure-keyvault: connecting to the vault"},
+    {"secrets[].store.writes_per_10s", "integer(1..300)", "300", false,
+     "azure-keyvault: rotor's own limit of secret writes per vault per 10 seconds"},
+    {"secrets[].store.content_type", "string", "text/plain", false,
+     "azure-keyvault: contentType of the versions rotor writes"},
+    {"secrets[].store.resolve", "resolve", UNSET, false,
+     "azure-keyvault: HOST:PORT:ADDRESS pins the vault host to an address (tests, private "
+     "endpoints)"},
     {"secrets[].store.names.blue", "store-name", NULL, false, "store secret read by the blue slot"},
     {"secrets[].store.names.green", "store-name", NULL, false,
      "store secret read by the green slot"},
@@ -90,7 +122,66 @@ const config_key_t config_keys[] = {
     {"secrets[].password.exclude", "string", "\"\"", false, "characters never used"},
     {"secrets[].validity", "duration", "90d", false,
      "password lifetime: VALID UNTIL and the store's exp are now + validity"},
-    {"secrets[].deploy.kind", "enum(none)", "none", false, "deploy driver"},
+    {"secrets[].deploy.kind", "enum(none|exec|kubernetes|external)", "none", false,
+     "deploy driver; only its own section below may be set"},
+    {"secrets[].deploy.exec.deploy", "string", NULL, false,
+     "exec: command (sh -c) that brings the standby slot up with the new version"},
+    {"secrets[].deploy.exec.swap", "string", NULL, false,
+     "exec: command that points production at the standby slot"},
+    {"secrets[].deploy.exec.retire", "string", UNSET, false,
+     "exec: command that takes the old slot down (none: nothing to do)"},
+    {"secrets[].deploy.exec.rollback", "string", UNSET, false,
+     "exec: command that points production back at the old slot"},
+    {"secrets[].deploy.exec.workdir", "path", UNSET, false,
+     "exec: working directory of the commands (default: rotor's)"},
+    {"secrets[].deploy.exec.timeout", "duration", "5m", false,
+     "exec: one command; then its process group is killed"},
+    {"secrets[].deploy.kubernetes.api_url", "url", UNSET, false,
+     "kubernetes: API server (default: in-cluster, KUBERNETES_SERVICE_HOST/PORT)"},
+    {"secrets[].deploy.kubernetes.token_file", "path",
+     "/var/run/secrets/kubernetes.io/serviceaccount/token", false,
+     "kubernetes: bearer token, re-read as it rotates"},
+    {"secrets[].deploy.kubernetes.ca_file", "path",
+     "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", false,
+     "kubernetes: CA bundle of the API server"},
+    {"secrets[].deploy.kubernetes.namespace", "string", UNSET, false,
+     "kubernetes: namespace (default: the service account's, else default)"},
+    {"secrets[].deploy.kubernetes.deployments.blue", "k8s-name", NULL, false,
+     "kubernetes: Deployment of the blue slot"},
+    {"secrets[].deploy.kubernetes.deployments.green", "k8s-name", NULL, false,
+     "kubernetes: Deployment of the green slot"},
+    {"secrets[].deploy.kubernetes.services.production", "k8s-name", NULL, false,
+     "kubernetes: Service production traffic goes through"},
+    {"secrets[].deploy.kubernetes.services.stage", "k8s-name", UNSET, false,
+     "kubernetes: Service that selects the standby slot"},
+    {"secrets[].deploy.kubernetes.slot_label", "string", "slot", false,
+     "kubernetes: pod label whose value (blue, green) the Services select on"},
+    {"secrets[].deploy.kubernetes.replicas", "integer(1..100)", "2", false,
+     "kubernetes: replicas of a running slot"},
+    {"secrets[].deploy.kubernetes.annotation", "string", "rotor.io/secret-version", false,
+     "kubernetes: pod template annotation that carries the secret version"},
+    {"secrets[].deploy.kubernetes.poll", "duration", "1s", false,
+     "kubernetes: how often rollouts and endpoints are read"},
+    {"secrets[].deploy.external.timeout", "duration", "30m", false,
+     "external: how long to wait for the pipeline's stage.completed or stage.failed"},
+    {"secrets[].probes.verify", "list", "[]", false,
+     "probes of the standby slot, after deploy (verify also logs in as the standby role)"},
+    {"secrets[].probes.production", "list", "[]", false,
+     "probes of production, after swap and through the approval's soak"},
+    {"secrets[].probes.<list>[].kind", "enum(sql|http)", "http", false,
+     "sql: the database probe as the slot's role; http: a request to url"},
+    {"secrets[].probes.<list>[].url", "url", NULL, false, "http: http:// or https:// endpoint"},
+    {"secrets[].probes.<list>[].method", "string", "GET", false, "http: request method"},
+    {"secrets[].probes.<list>[].expect", "list(integer(100..599))", "[200]", false,
+     "http: statuses that count as success"},
+    {"secrets[].probes.<list>[].body_contains", "string", UNSET, false,
+     "http: text the body must contain"},
+    {"secrets[].probes.<list>[].ca_file", "path", UNSET, false,
+     "http: CA bundle for https (default: the system's)"},
+    {"secrets[].probes.<list>[].successes", "integer(1..100)", "1", false,
+     "consecutive successes needed"},
+    {"secrets[].probes.<list>[].timeout", "duration", "5s", false, "one try"},
+    {"secrets[].probes.<list>[].interval", "duration", "1s", false, "wait between tries"},
     {"secrets[].approval.mode", "enum(auto|manual)", "auto", false,
      "auto approves after the soak time; manual waits for `rotor approve`"},
     {"secrets[].approval.soak", "duration", "0s", false,
@@ -350,6 +441,29 @@ static bool path_stage_generic(const char *gen, char *out)
     return true;
 }
 
+/* "secrets[].probes.verify[].url" -> "secrets[].probes.<list>[].url": both lists hold the same
+ * probe, so the table says it once. */
+static bool path_probe_generic(const char *gen, char *out)
+{
+    static const char base[] = "secrets[].probes.";
+    if (strncmp(gen, base, sizeof base - 1) != 0)
+        return false;
+    const char *name = gen + sizeof base - 1;
+    size_t len = strcspn(name, ".[");
+    bool known = (len == 6 && strncmp(name, "verify", 6) == 0) ||
+                 (len == 10 && strncmp(name, "production", 10) == 0);
+    if (!known || name[len] != '[')
+        return false; /* the list itself is a key of its own */
+    snprintf(out, PATH_LEN, "secrets[].probes.<list>%s", name + len);
+    return true;
+}
+
+/* The table's generic form of a key written with a placeholder, if gen has one. */
+static bool path_alias(const char *gen, char *out)
+{
+    return path_stage_generic(gen, out) || path_probe_generic(gen, out);
+}
+
 static const config_key_t *key_find_exact(const char *gen)
 {
     for (size_t i = 0; i < config_nkeys; i++) {
@@ -365,7 +479,7 @@ static const config_key_t *key_find(const char *gen)
         return NULL; /* "<stage>" is the table's placeholder, not a key anyone may write */
     const config_key_t *k = key_find_exact(gen);
     char alt[PATH_LEN];
-    if (!k && path_stage_generic(gen, alt))
+    if (!k && path_alias(gen, alt))
         k = key_find_exact(alt);
     return k;
 }
@@ -387,7 +501,7 @@ static bool key_is_section(const char *gen)
     if (strchr(gen, '<'))
         return false;
     char alt[PATH_LEN];
-    return key_is_prefix_exact(gen) || (path_stage_generic(gen, alt) && key_is_prefix_exact(alt));
+    return key_is_prefix_exact(gen) || (path_alias(gen, alt) && key_is_prefix_exact(alt));
 }
 
 static size_t edit_distance(const char *a, const char *b)
@@ -440,7 +554,7 @@ static bool suggest(const char *parent_gen, const char *name, char *best)
     bool at_stages = strcmp(parent_gen, "stages") == 0;
     char alt[PATH_LEN];
     const char *p = parent_gen;
-    if (path_stage_generic(parent_gen, alt))
+    if (path_alias(parent_gen, alt))
         p = alt, plen = strlen(alt);
     for (size_t i = 0; i < config_nkeys; i++) {
         const char *k = config_keys[i].key;
@@ -455,6 +569,8 @@ static bool suggest(const char *parent_gen, const char *name, char *best)
             }
             continue;
         }
+        if (c[0] == '<')
+            continue; /* a placeholder is no key anyone may write */
         suggest_consider(c, clen, name, best, &best_d);
     }
     return best[0] != '\0';
@@ -486,6 +602,9 @@ static int check_unknown(ctx_t *c, const cn_t *map, size_t i, const char *path, 
     if (strcmp(map->keys[i], "dsn") == 0 &&
         (strcmp(pgen, "journal") == 0 || strcmp(pgen, "secrets[].database") == 0))
         return fail(c, map->key_lines[i], child, "DSNs are never inline: use dsn_env or dsn_file");
+    if (strcmp(map->keys[i], "client_secret") == 0 && strcmp(pgen, "azure") == 0)
+        return fail(c, map->key_lines[i], child,
+                    "client secrets are never in the file: set AZURE_CLIENT_SECRET");
     if (suggest(pgen, map->keys[i], best)) {
         char sug[PATH_LEN];
         path_join(sug, path, best);
@@ -509,7 +628,7 @@ static int check_map(ctx_t *c, const cn_t *map, const char *path)
                 snprintf(item, sizeof item, "%.200s[%zu]", child, j);
                 rc = check_keys(c, v->kids[j], item);
             }
-        } else if (k && strcmp(k->type, "map") == 0 && v->kind == CN_MAP) {
+        } else if (k && strncmp(k->type, "map", 3) == 0 && v->kind == CN_MAP) {
             rc = check_dups(c, v, child);
         } else if (!k && key_is_section(gen)) {
             rc = check_keys(c, v, child);
@@ -756,6 +875,60 @@ static int get_flags(ctx_t *c, const sec_t *s, const char *name, unsigned *out)
     return rc;
 }
 
+/* A plain true or false; *out is untouched when the key is unset. */
+static int get_bool(ctx_t *c, const sec_t *s, const char *name, bool *out)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    if (strcmp(k->type, "bool") != 0)
+        abort();
+    if (!rc && v) {
+        bool t = v->kind == CN_SCALAR && strcmp(v->text, "true") == 0;
+        if (!t && !(v->kind == CN_SCALAR && strcmp(v->text, "false") == 0))
+            rc = fail(c, v->line, path, "expected true or false, got %s", got(v, buf, sizeof buf));
+        else
+            *out = t;
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+/* A non-empty list of integers in the range of a "list(integer(lo..hi))" type; *out is owned by
+ * the caller. */
+static int get_int_list(ctx_t *c, const sec_t *s, const char *name, int **out, size_t *n)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96];
+    int rc = lookup(c, s, name, &k, &v, &tmp, path);
+    long lo = 0, hi = 0;
+    if (sscanf(k->type, "list(integer(%ld..%ld))", &lo, &hi) != 2)
+        abort();
+    if (!rc && v && (v->kind != CN_SEQ || v->n == 0))
+        rc = fail(c, v->line, path, "expected a non-empty list of integers from %ld to %ld, got %s",
+                  lo, hi, got(v, buf, sizeof buf));
+    if (!rc && v)
+        *out = util_calloc(v->n, sizeof **out);
+    for (size_t i = 0; !rc && v && i < v->n; i++) {
+        const cn_t *item = v->kids[i];
+        char *end = NULL, ipath[PATH_LEN];
+        errno = 0;
+        long x = item->kind == CN_SCALAR ? strtol(item->text, &end, 10) : 0;
+        snprintf(ipath, sizeof ipath, "%.200s[%zu]", path, i);
+        if (item->kind != CN_SCALAR || !*item->text || *end || errno || x < lo || x > hi)
+            rc = fail(c, item->line, ipath, "expected an integer from %ld to %ld, got %s", lo, hi,
+                      got(item, buf, sizeof buf));
+        else
+            (*out)[(*n)++] = (int)x;
+    }
+    cn_free(tmp);
+    return rc;
+}
+
 /* The node of an optional key if present, for checks across keys (exactly one of...). */
 static const cn_t *peek(const sec_t *s, const char *name)
 {
@@ -804,6 +977,91 @@ static bool is_store_name(const char *s)
     return chars_in(s, "-", 1, 127);
 }
 
+/* scheme://host...: the host is all that is checked here; the drivers check the rest. */
+static bool is_url(const char *s, bool http_too)
+{
+    const char *rest = strncmp(s, "https://", 8) == 0              ? s + 8
+                       : http_too && strncmp(s, "http://", 7) == 0 ? s + 7
+                                                                   : NULL;
+    return rest && *rest && *rest != '/' && *rest != ':' && !strpbrk(s, " \t\r\n");
+}
+
+/* curl's --resolve form, HOST:PORT:ADDRESS; an IPv6 address may be bracketed. */
+static bool is_resolve(const char *s)
+{
+    const char *c1 = strchr(s, ':');
+    if (!c1 || c1 == s)
+        return false;
+    char *end;
+    long port = strtol(c1 + 1, &end, 10);
+    return isdigit((unsigned char)c1[1]) && *end == ':' && port > 0 && port < 65536 && end[1];
+}
+
+/* Kubernetes' rule for object names (DNS-1123 subdomain). */
+static bool is_k8s_name(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > 253 || !isalnum((unsigned char)s[0]) ||
+        !isalnum((unsigned char)s[len - 1]))
+        return false;
+    for (; *s; s++) {
+        if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' || *s == '.'))
+            return false;
+    }
+    return true;
+}
+
+static bool is_method(const char *s)
+{
+    if (!*s || strlen(s) > 16)
+        return false;
+    for (; *s; s++) {
+        if (!isupper((unsigned char)*s))
+            return false;
+    }
+    return true;
+}
+
+/* Fails when value breaks rule: "what" says what was expected. */
+static int check_value(ctx_t *c, const sec_t *s, const char *name, const char *value,
+                       bool (*rule)(const char *), const char *what)
+{
+    if (!value || rule(value))
+        return 0;
+    char path[PATH_LEN], buf[96];
+    path_join(path, s->path, name);
+    const cn_t *v = peek(s, name);
+    return fail(c, v ? v->line : s->line, path, "expected %s, got %s", what,
+                got(v, buf, sizeof buf));
+}
+
+static bool is_https_url(const char *s)
+{
+    return is_url(s, false);
+}
+
+static bool is_http_url(const char *s)
+{
+    return is_url(s, true);
+}
+
+/* Keys that belong to another kind are an error rather than silently ignored: they show a
+ * mistake in kind or in indentation. */
+static int reject_keys(ctx_t *c, const sec_t *s, const char *const *keys, const char *their_kind,
+                       const char *kind)
+{
+    for (; *keys; keys++) {
+        const cn_t *v = peek(s, *keys);
+        if (!v)
+            continue;
+        char path[PATH_LEN];
+        path_join(path, s->path, *keys);
+        return fail(c, v->line, path, "expected kind %s for this key, got kind %s", their_kind,
+                    kind);
+    }
+    return 0;
+}
+
 static bool is_listen(const char *s)
 {
     if (!*s)
@@ -838,32 +1096,67 @@ static int get_dsn_pair(ctx_t *c, const sec_t *s, char **env, char **file, bool 
 
 /* ---- sections ---- */
 
-static int load_properties(ctx_t *c, const sec_t *kafka, rotor_config_t *cfg)
+/* How a property map's values are read: as they are, or as a variable name or a path. */
+typedef enum { KV_VALUE, KV_ENV, KV_FILE } kv_kind_t;
+
+static int check_kv_value(ctx_t *c, const cn_t *v, const char *child, kv_kind_t kind)
+{
+    /* Values are never echoed: sasl.password and friends live here, and someone may write a
+     * password where a variable name was expected. */
+    if (v->kind != CN_SCALAR || cn_is_null(v))
+        return fail(c, v->line, child, "expected a string, number or boolean, got %s",
+                    v->kind == CN_SCALAR ? "null" : "a mapping or list");
+    if (kind == KV_ENV && !is_env_name(v->text))
+        return fail(c, v->line, child,
+                    "expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), got "
+                    "something else (not shown: it may be a secret)");
+    if (kind == KV_FILE && !*v->text)
+        return fail(c, v->line, child, "expected a path, got \"\"");
+    return 0;
+}
+
+/* A property set in two maps would leave librdkafka with whichever came last. */
+static int check_kv_unique(ctx_t *c, const cn_t *v, size_t i, const char *child,
+                           const rotor_config_t *cfg)
+{
+    const cfg_kv_t *maps[] = {cfg->kafka.properties, cfg->kafka.properties_env};
+    const size_t ns[] = {cfg->kafka.nproperties, cfg->kafka.nproperties_env};
+    static const char *const names[] = {"kafka.properties", "kafka.properties_env"};
+    for (int m = 0; m < 2; m++) {
+        for (size_t j = 0; j < ns[m]; j++) {
+            if (strcmp(maps[m][j].key, v->keys[i]) == 0)
+                return fail(c, v->key_lines[i], child,
+                            "expected a property set in one place, got it also in %s", names[m]);
+        }
+    }
+    return 0;
+}
+
+static int load_properties(ctx_t *c, const sec_t *kafka, const char *name, kv_kind_t kind,
+                           rotor_config_t *cfg, cfg_kv_t **out, size_t *n)
 {
     const config_key_t *k;
     const cn_t *v;
     cn_t *tmp;
     char path[PATH_LEN];
-    int rc = lookup(c, kafka, "properties", &k, &v, &tmp, path);
+    int rc = lookup(c, kafka, name, &k, &v, &tmp, path);
     char buf[96];
     if (!rc && v->kind != CN_MAP)
         rc = fail(c, v->line, path, "expected a mapping of librdkafka properties, got %s",
                   got(v, buf, sizeof buf));
     if (!rc && v->kind == CN_MAP) {
-        cfg->kafka.properties = util_calloc(v->n, sizeof *cfg->kafka.properties);
+        *out = util_calloc(v->n, sizeof **out);
         for (size_t i = 0; !rc && i < v->n; i++) {
             char child[PATH_LEN];
             path_join(child, path, v->keys[i]);
-            /* Values are never echoed: sasl.password and friends live here. */
-            if (v->kids[i]->kind != CN_SCALAR || cn_is_null(v->kids[i])) {
-                rc =
-                    fail(c, v->kids[i]->line, child, "expected a string, number or boolean, got %s",
-                         v->kids[i]->kind == CN_SCALAR ? "null" : "a mapping or list");
+            rc = check_kv_value(c, v->kids[i], child, kind);
+            if (!rc && kind != KV_VALUE)
+                rc = check_kv_unique(c, v, i, child, cfg);
+            if (rc)
                 break;
-            }
-            cfg->kafka.properties[i].key = util_strdup(v->keys[i]);
-            cfg->kafka.properties[i].value = util_strdup(v->kids[i]->text);
-            cfg->kafka.nproperties++;
+            (*out)[i].key = util_strdup(v->keys[i]);
+            (*out)[i].value = util_strdup(v->kids[i]->text);
+            (*n)++;
         }
     }
     cn_free(tmp);
@@ -907,15 +1200,51 @@ static int load_kafka(ctx_t *c, const sec_t *root, rotor_config_t *cfg)
     if (!rc)
         rc = check_topic(c, &topics, "deadletter", cfg->kafka.topic_deadletter);
     if (!rc)
+        rc = get_str(c, &topics, "keyvault", false, &cfg->kafka.topic_keyvault);
+    if (!rc && cfg->kafka.topic_keyvault)
+        rc = check_topic(c, &topics, "keyvault", cfg->kafka.topic_keyvault);
+    if (!rc)
         rc = get_str(c, &kafka, "bootstrap_file", false, &cfg->kafka.bootstrap_file);
     if (!rc)
         rc = get_int(c, &kafka, "partitions", &partitions);
     if (!rc)
         rc = get_int(c, &kafka, "max_message_bytes", &max_bytes);
     if (!rc)
-        rc = load_properties(c, &kafka, cfg);
+        rc = load_properties(c, &kafka, "properties", KV_VALUE, cfg, &cfg->kafka.properties,
+                             &cfg->kafka.nproperties);
+    if (!rc)
+        rc = load_properties(c, &kafka, "properties_env", KV_ENV, cfg, &cfg->kafka.properties_env,
+                             &cfg->kafka.nproperties_env);
+    if (!rc)
+        rc = load_properties(c, &kafka, "properties_file", KV_FILE, cfg,
+                             &cfg->kafka.properties_file, &cfg->kafka.nproperties_file);
     cfg->kafka.partitions = (int)partitions;
     cfg->kafka.max_message_bytes = (size_t)max_bytes;
+    return rc;
+}
+
+static int load_azure(ctx_t *c, const sec_t *root, rotor_config_t *cfg)
+{
+    sec_t az;
+    int rc = sec_child(c, root, "azure", &az);
+    if (!rc)
+        rc = get_str(c, &az, "tenant_id", false, &cfg->azure.tenant_id);
+    if (!rc)
+        rc = get_str(c, &az, "client_id", false, &cfg->azure.client_id);
+    if (!rc)
+        rc = get_str(c, &az, "authority_host", false, &cfg->azure.authority_host);
+    if (!rc)
+        rc = check_value(c, &az, "authority_host", cfg->azure.authority_host, is_https_url,
+                         "an https:// URL such as https://login.microsoftonline.com");
+    if (!rc)
+        rc = get_str(c, &az, "imds_endpoint", false, &cfg->azure.imds_endpoint);
+    if (!rc)
+        rc = check_value(c, &az, "imds_endpoint", cfg->azure.imds_endpoint, is_http_url,
+                         "an http:// or https:// URL such as http://169.254.169.254");
+    if (!rc)
+        rc = get_str(c, &az, "federated_token_file", false, &cfg->azure.federated_token_file);
+    if (!rc)
+        rc = get_str(c, &az, "ca_file", false, &cfg->azure.ca_file);
     return rc;
 }
 
@@ -926,6 +1255,8 @@ static int load_misc(ctx_t *c, const sec_t *root, rotor_config_t *cfg)
     int rc = sec_child(c, root, "journal", &journal);
     if (!rc)
         rc = get_dsn_pair(c, &journal, &cfg->journal.dsn_env, &cfg->journal.dsn_file, true);
+    if (!rc)
+        rc = load_azure(c, root, cfg);
     if (!rc)
         rc = sec_child(c, root, "http", &http);
     if (!rc)
@@ -1031,6 +1362,8 @@ static int load_database(ctx_t *c, const sec_t *item, cfg_secret_t *s)
         rc = get_str(c, &db, "probe", false, &s->database.probe);
     if (!rc)
         rc = get_dur(c, &db, "drain", false, &s->database.drain_ms);
+    if (!rc)
+        rc = get_bool(c, &db, "entra_token", &s->database.entra_token);
     return rc;
 }
 
@@ -1063,27 +1396,10 @@ static int check_store_names_distinct(ctx_t *c, const sec_t *names, const cfg_se
     return 0;
 }
 
-static int load_store(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+static int load_store_names(ctx_t *c, const sec_t *store, cfg_secret_t *s)
 {
-    sec_t store, names;
-    int kind = 0;
-    int rc = sec_child(c, item, "store", &store);
-    const cn_t *k = peek(&store, "kind");
-    if (!rc && k && k->kind == CN_SCALAR && strcmp(k->text, "azure-keyvault") == 0) {
-        char path[PATH_LEN];
-        path_join(path, store.path, "kind");
-        return fail(
-            c, k->line, path,
-            "expected file, got \"azure-keyvault\" (not supported yet: use the file store)");
-    }
-    if (!rc)
-        rc = get_enum(c, &store, "kind", &kind);
-    if (!rc)
-        s->store.kind = util_strdup("file");
-    if (!rc)
-        rc = get_str(c, &store, "dir", false, &s->store.dir);
-    if (!rc)
-        rc = sec_child(c, &store, "names", &names);
+    sec_t names;
+    int rc = sec_child(c, store, "names", &names);
     if (!rc)
         rc = get_str(c, &names, "blue", false, &s->store.names[SLOT_BLUE]);
     if (!rc)
@@ -1098,6 +1414,63 @@ static int load_store(ctx_t *c, const sec_t *item, cfg_secret_t *s)
         rc = check_store_name(c, &names, "current", s->store.current);
     if (!rc)
         rc = check_store_names_distinct(c, &names, s);
+    return rc;
+}
+
+static const char *const keyvault_keys[] = {
+    "vault_url",      "ca_file",      "timeout", "connect_timeout",
+    "writes_per_10s", "content_type", "resolve", NULL};
+
+static int load_keyvault(ctx_t *c, const sec_t *store, cfg_secret_t *s)
+{
+    static const char *const file_keys[] = {"dir", NULL};
+    long writes = 0;
+    int rc = reject_keys(c, store, file_keys, "file", "azure-keyvault");
+    if (!rc)
+        rc = get_str(c, store, "vault_url", false, &s->store.vault_url);
+    /* Only the scheme here: whether the host is a vault is Key Vault's challenge to answer. */
+    if (!rc)
+        rc = check_value(c, store, "vault_url", s->store.vault_url, is_https_url,
+                         "an https:// URL such as https://NAME.vault.azure.net");
+    if (!rc)
+        rc = get_str(c, store, "ca_file", false, &s->store.ca_file);
+    if (!rc)
+        rc = get_dur(c, store, "timeout", true, &s->store.timeout_ms);
+    if (!rc)
+        rc = get_dur(c, store, "connect_timeout", true, &s->store.connect_timeout_ms);
+    if (!rc)
+        rc = get_int(c, store, "writes_per_10s", &writes);
+    s->store.writes_per_10s = (int)writes;
+    if (!rc)
+        rc = get_str(c, store, "content_type", false, &s->store.content_type);
+    if (!rc)
+        rc = get_str(c, store, "resolve", false, &s->store.resolve);
+    if (!rc)
+        rc = check_value(c, store, "resolve", s->store.resolve, is_resolve,
+                         "HOST:PORT:ADDRESS (curl's --resolve form)");
+    return rc;
+}
+
+static int load_store(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    static const char *const kinds[] = {"file", "azure-keyvault"};
+    sec_t store;
+    int kind = 0;
+    int rc = sec_child(c, item, "store", &store);
+    if (!rc)
+        rc = get_enum(c, &store, "kind", &kind);
+    if (rc)
+        return rc;
+    s->store.kind = util_strdup(kinds[kind]);
+    s->store.kind_id = kind ? STORE_KEYVAULT : STORE_FILE;
+    if (s->store.kind_id == STORE_KEYVAULT)
+        rc = load_keyvault(c, &store, s);
+    else
+        rc = reject_keys(c, &store, keyvault_keys, "azure-keyvault", "file");
+    if (!rc && s->store.kind_id == STORE_FILE)
+        rc = get_str(c, &store, "dir", false, &s->store.dir);
+    if (!rc)
+        rc = load_store_names(c, &store, s);
     return rc;
 }
 
@@ -1153,6 +1526,196 @@ static int load_password(ctx_t *c, const sec_t *item, cfg_secret_t *s)
     s->password.length = (int)length;
     if (!rc)
         rc = check_password(c, &pw, s);
+    return rc;
+}
+
+static int load_exec(ctx_t *c, const sec_t *deploy, cfg_secret_t *s)
+{
+    sec_t ex;
+    int rc = sec_child(c, deploy, "exec", &ex);
+    if (!rc)
+        rc = get_str(c, &ex, "deploy", false, &s->deploy.exec.deploy);
+    if (!rc)
+        rc = get_str(c, &ex, "swap", false, &s->deploy.exec.swap);
+    if (!rc)
+        rc = get_str(c, &ex, "retire", false, &s->deploy.exec.retire);
+    if (!rc)
+        rc = get_str(c, &ex, "rollback", false, &s->deploy.exec.rollback);
+    if (!rc)
+        rc = get_str(c, &ex, "workdir", false, &s->deploy.exec.workdir);
+    if (!rc)
+        rc = get_dur(c, &ex, "timeout", true, &s->deploy.exec.timeout_ms);
+    return rc;
+}
+
+/* Two names from one section that must differ (a slot each, or production and stage). */
+static int get_name_pair(ctx_t *c, const sec_t *sec, const char *const keys[2], char **out[2])
+{
+    int rc = 0;
+    for (int i = 0; !rc && i < 2; i++) {
+        rc = get_str(c, sec, keys[i], false, out[i]);
+        if (!rc)
+            rc = check_value(c, sec, keys[i], *out[i], is_k8s_name,
+                             "a Kubernetes name (lower-case [a-z0-9.-], at most 253)");
+    }
+    if (!rc && *out[0] && *out[1] && strcmp(*out[0], *out[1]) == 0) {
+        char path[PATH_LEN];
+        path_join(path, sec->path, keys[1]);
+        rc = fail(c, peek(sec, keys[1])->line, path,
+                  "expected a name other than %s's, got the same \"%s\"", keys[0], *out[1]);
+    }
+    return rc;
+}
+
+static int load_kubernetes(ctx_t *c, const sec_t *deploy, cfg_secret_t *s)
+{
+    static const char *const slots[2] = {"blue", "green"};
+    static const char *const services[2] = {"production", "stage"};
+    sec_t k8s, deps, svcs;
+    long replicas = 0;
+    int rc = sec_child(c, deploy, "kubernetes", &k8s);
+    if (!rc)
+        rc = get_str(c, &k8s, "api_url", false, &s->deploy.kubernetes.api_url);
+    if (!rc)
+        rc = check_value(c, &k8s, "api_url", s->deploy.kubernetes.api_url, is_https_url,
+                         "an https:// URL");
+    if (!rc)
+        rc = get_str(c, &k8s, "token_file", false, &s->deploy.kubernetes.token_file);
+    if (!rc)
+        rc = get_str(c, &k8s, "ca_file", false, &s->deploy.kubernetes.ca_file);
+    if (!rc)
+        rc = get_str(c, &k8s, "namespace", false, &s->deploy.kubernetes.namespace);
+    if (!rc)
+        rc = sec_child(c, &k8s, "deployments", &deps);
+    if (!rc)
+        rc = get_name_pair(c, &deps, slots,
+                           (char **[2]){&s->deploy.kubernetes.deployments[SLOT_BLUE],
+                                        &s->deploy.kubernetes.deployments[SLOT_GREEN]});
+    if (!rc)
+        rc = sec_child(c, &k8s, "services", &svcs);
+    if (!rc)
+        rc = get_name_pair(c, &svcs, services,
+                           (char **[2]){&s->deploy.kubernetes.service_production,
+                                        &s->deploy.kubernetes.service_stage});
+    if (!rc)
+        rc = get_str(c, &k8s, "slot_label", false, &s->deploy.kubernetes.slot_label);
+    if (!rc)
+        rc = get_int(c, &k8s, "replicas", &replicas);
+    s->deploy.kubernetes.replicas = (int)replicas;
+    if (!rc)
+        rc = get_str(c, &k8s, "annotation", false, &s->deploy.kubernetes.annotation);
+    if (!rc)
+        rc = get_dur(c, &k8s, "poll", true, &s->deploy.kubernetes.poll_ms);
+    return rc;
+}
+
+static int load_deploy(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    static const char *const kinds[] = {"none", "exec", "kubernetes", "external"};
+    static const cfg_deploy_kind_t ids[] = {DEPLOY_NONE, DEPLOY_EXEC, DEPLOY_KUBERNETES,
+                                            DEPLOY_EXTERNAL};
+    sec_t deploy, ext;
+    int kind = 0;
+    int rc = sec_child(c, item, "deploy", &deploy);
+    if (!rc)
+        rc = get_enum(c, &deploy, "kind", &kind);
+    if (rc)
+        return rc;
+    s->deploy.kind = util_strdup(kinds[kind]);
+    s->deploy.kind_id = ids[kind];
+    /* Each driver's section is named after its kind, and only that one may be present. */
+    for (int i = 1; !rc && i < 4; i++) {
+        const char *const one[] = {kinds[i], NULL};
+        if (i != kind)
+            rc = reject_keys(c, &deploy, one, kinds[i], kinds[kind]);
+    }
+    if (!rc && ids[kind] == DEPLOY_EXEC)
+        rc = load_exec(c, &deploy, s);
+    if (!rc && ids[kind] == DEPLOY_KUBERNETES)
+        rc = load_kubernetes(c, &deploy, s);
+    if (!rc && ids[kind] == DEPLOY_EXTERNAL)
+        rc = sec_child(c, &deploy, "external", &ext);
+    if (!rc && ids[kind] == DEPLOY_EXTERNAL)
+        rc = get_dur(c, &ext, "timeout", true, &s->deploy.external.timeout_ms);
+    return rc;
+}
+
+static int load_probe_http(ctx_t *c, const sec_t *ps, cfg_probe_t *p)
+{
+    int rc = get_str(c, ps, "url", false, &p->url);
+    if (!rc)
+        rc = check_value(c, ps, "url", p->url, is_http_url, "an http:// or https:// URL");
+    if (!rc)
+        rc = get_str(c, ps, "method", false, &p->method);
+    if (!rc)
+        rc = check_value(c, ps, "method", p->method, is_method,
+                         "an upper-case HTTP method such as GET");
+    if (!rc)
+        rc = get_int_list(c, ps, "expect", &p->expect, &p->nexpect);
+    if (!rc)
+        rc = get_str(c, ps, "body_contains", false, &p->body_contains);
+    if (!rc)
+        rc = get_str(c, ps, "ca_file", false, &p->ca_file);
+    return rc;
+}
+
+static int load_probe(ctx_t *c, const sec_t *ps, cfg_probe_t *p)
+{
+    static const char *const http_keys[] = {"url",           "method",  "expect",
+                                            "body_contains", "ca_file", NULL};
+    int kind = 0;
+    long successes = 0;
+    int rc = get_enum(c, ps, "kind", &kind);
+    p->kind = kind ? PROBE_HTTP : PROBE_SQL;
+    if (!rc)
+        rc = p->kind == PROBE_HTTP ? load_probe_http(c, ps, p)
+                                   : reject_keys(c, ps, http_keys, "http", "sql");
+    if (!rc)
+        rc = get_int(c, ps, "successes", &successes);
+    p->successes = (int)successes;
+    if (!rc)
+        rc = get_dur(c, ps, "timeout", true, &p->timeout_ms);
+    if (!rc)
+        rc = get_dur(c, ps, "interval", true, &p->interval_ms);
+    return rc;
+}
+
+static int load_probe_list(ctx_t *c, const sec_t *probes, const char *name, cfg_probe_t **out,
+                           size_t *n)
+{
+    const config_key_t *k;
+    const cn_t *v;
+    cn_t *tmp;
+    char path[PATH_LEN], buf[96];
+    int rc = lookup(c, probes, name, &k, &v, &tmp, path);
+    if (!rc && v->kind != CN_SEQ)
+        rc = fail(c, v->line, path, "expected a list of probes, got %s", got(v, buf, sizeof buf));
+    if (!rc && v->n)
+        *out = util_calloc(v->n, sizeof **out);
+    for (size_t i = 0; !rc && i < v->n; i++) {
+        sec_t ps = {.map = v->kids[i], .line = v->kids[i]->line};
+        snprintf(ps.path, sizeof ps.path, "%.200s[%zu]", path, i);
+        if (v->kids[i]->kind != CN_MAP) {
+            rc = fail(c, v->kids[i]->line, ps.path, "expected a mapping, got %s",
+                      got(v->kids[i], buf, sizeof buf));
+            break;
+        }
+        (*n)++;
+        rc = load_probe(c, &ps, &(*out)[i]);
+    }
+    cn_free(tmp);
+    return rc;
+}
+
+static int load_probes(ctx_t *c, const sec_t *item, cfg_secret_t *s)
+{
+    sec_t probes;
+    int rc = sec_child(c, item, "probes", &probes);
+    if (!rc)
+        rc = load_probe_list(c, &probes, "verify", &s->probes.verify, &s->probes.nverify);
+    if (!rc)
+        rc = load_probe_list(c, &probes, "production", &s->probes.production,
+                             &s->probes.nproduction);
     return rc;
 }
 
@@ -1262,14 +1825,10 @@ static int load_secret(ctx_t *c, const sec_t *item, const cfg_stage_policy_t *st
         rc = load_password(c, item, s);
     if (!rc)
         rc = get_dur(c, item, "validity", true, &s->validity_ms);
-    if (!rc) {
-        sec_t deploy;
-        int kind = 0;
-        rc = sec_child(c, item, "deploy", &deploy);
-        if (!rc)
-            rc = get_enum(c, &deploy, "kind", &kind);
-        s->deploy.kind = rc ? NULL : util_strdup("none");
-    }
+    if (!rc)
+        rc = load_deploy(c, item, s);
+    if (!rc)
+        rc = load_probes(c, item, s);
     if (!rc)
         rc = load_approval(c, item, s);
     if (!rc)
@@ -1396,6 +1955,37 @@ int config_load(const char *path, rotor_config_t **out, char *err, size_t errlen
     return rc;
 }
 
+static void deploy_fields_free(cfg_secret_t *s)
+{
+    free(s->deploy.exec.deploy);
+    free(s->deploy.exec.swap);
+    free(s->deploy.exec.retire);
+    free(s->deploy.exec.rollback);
+    free(s->deploy.exec.workdir);
+    free(s->deploy.kubernetes.api_url);
+    free(s->deploy.kubernetes.token_file);
+    free(s->deploy.kubernetes.ca_file);
+    free(s->deploy.kubernetes.namespace);
+    free(s->deploy.kubernetes.deployments[0]);
+    free(s->deploy.kubernetes.deployments[1]);
+    free(s->deploy.kubernetes.service_production);
+    free(s->deploy.kubernetes.service_stage);
+    free(s->deploy.kubernetes.slot_label);
+    free(s->deploy.kubernetes.annotation);
+}
+
+static void probes_free(cfg_probe_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(p[i].url);
+        free(p[i].method);
+        free(p[i].expect);
+        free(p[i].body_contains);
+        free(p[i].ca_file);
+    }
+    free(p);
+}
+
 static void secret_fields_free(cfg_secret_t *s)
 {
     free(s->name);
@@ -1409,8 +1999,15 @@ static void secret_fields_free(cfg_secret_t *s)
     free(s->store.names[0]);
     free(s->store.names[1]);
     free(s->store.current);
+    free(s->store.vault_url);
+    free(s->store.ca_file);
+    free(s->store.content_type);
+    free(s->store.resolve);
     free(s->password.exclude);
     free(s->deploy.kind);
+    deploy_fields_free(s);
+    probes_free(s->probes.verify, s->probes.nverify);
+    probes_free(s->probes.production, s->probes.nproduction);
     free(s->schedule.cron);
 }
 
@@ -1424,16 +2021,20 @@ void config_free(rotor_config_t *cfg)
     free(cfg->kafka.topic_commands);
     free(cfg->kafka.topic_events);
     free(cfg->kafka.topic_deadletter);
+    free(cfg->kafka.topic_keyvault);
     free(cfg->kafka.bootstrap_file);
-    for (size_t i = 0; i < cfg->kafka.nproperties; i++) {
-        free(cfg->kafka.properties[i].key);
-        /* A property value may be a password (sasl.password). */
-        secret_wipe(cfg->kafka.properties[i].value, strlen(cfg->kafka.properties[i].value));
-        free(cfg->kafka.properties[i].value);
-    }
-    free(cfg->kafka.properties);
+    /* A property value may be a password (sasl.password). */
+    config_kv_free(cfg->kafka.properties, cfg->kafka.nproperties);
+    config_kv_free(cfg->kafka.properties_env, cfg->kafka.nproperties_env);
+    config_kv_free(cfg->kafka.properties_file, cfg->kafka.nproperties_file);
     free(cfg->journal.dsn_env);
     free(cfg->journal.dsn_file);
+    free(cfg->azure.tenant_id);
+    free(cfg->azure.client_id);
+    free(cfg->azure.authority_host);
+    free(cfg->azure.imds_endpoint);
+    free(cfg->azure.federated_token_file);
+    free(cfg->azure.ca_file);
     free(cfg->http.listen);
     free(cfg->log.level);
     for (size_t i = 0; i < cfg->nsecrets; i++)
@@ -1501,5 +2102,64 @@ int config_dsn(const char *dsn_env, const char *dsn_file, const char *what_key, 
         return ROTOR_ECONFIG;
     }
     *out = util_strdup(v);
+    return 0;
+}
+
+void config_kv_free(cfg_kv_t *kv, size_t n)
+{
+    for (size_t i = 0; kv && i < n; i++) {
+        free(kv[i].key);
+        if (kv[i].value)
+            secret_wipe(kv[i].value, strlen(kv[i].value));
+        free(kv[i].value);
+    }
+    free(kv);
+}
+
+static int property_from_env(const cfg_kv_t *p, char **value, char *err, size_t errlen)
+{
+    const char *v = getenv(p->value);
+    if (v && *v) {
+        *value = util_strdup(v);
+        return 0;
+    }
+    snprintf(err, errlen, "kafka.properties_env.%s: environment variable %s is %s", p->key,
+             p->value, v ? "empty" : "not set");
+    return ROTOR_ECONFIG;
+}
+
+int config_kafka_properties(const rotor_config_t *cfg, cfg_kv_t **out, size_t *n, char *err,
+                            size_t errlen)
+{
+    char dummy[1], what[PATH_LEN];
+    if (!err || !errlen)
+        err = dummy, errlen = sizeof dummy;
+    const size_t total =
+        cfg->kafka.nproperties + cfg->kafka.nproperties_env + cfg->kafka.nproperties_file;
+    cfg_kv_t *kv = util_calloc(total ? total : 1, sizeof *kv);
+    size_t k = 0;
+    int rc = 0;
+    *out = NULL;
+    *n = 0;
+    for (size_t i = 0; i < cfg->kafka.nproperties; i++, k++) {
+        kv[k].key = util_strdup(cfg->kafka.properties[i].key);
+        kv[k].value = util_strdup(cfg->kafka.properties[i].value);
+    }
+    for (size_t i = 0; !rc && i < cfg->kafka.nproperties_env; i++, k++) {
+        kv[k].key = util_strdup(cfg->kafka.properties_env[i].key);
+        rc = property_from_env(&cfg->kafka.properties_env[i], &kv[k].value, err, errlen);
+    }
+    for (size_t i = 0; !rc && i < cfg->kafka.nproperties_file; i++, k++) {
+        const cfg_kv_t *p = &cfg->kafka.properties_file[i];
+        kv[k].key = util_strdup(p->key);
+        snprintf(what, sizeof what, "kafka.properties_file.%.200s", p->key);
+        rc = dsn_from_file(p->value, what, &kv[k].value, err, errlen);
+    }
+    if (rc) {
+        config_kv_free(kv, k);
+        return ROTOR_ECONFIG;
+    }
+    *out = kv;
+    *n = k;
     return 0;
 }

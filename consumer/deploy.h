@@ -20,11 +20,11 @@ typedef struct deploy_req_s deploy_req_t;
 /* What an action is about; all borrowed for the call (copied where kept). Never a password. */
 typedef struct {
     const char *rotation_id;
-    const char *secret;      /* managed secret name */
-    rotor_slot_t slot;       /* the slot the action brings up, points at, or retires */
-    const char *role;        /* that slot's database role */
-    const char *store_name;  /* that slot's secret name in the store */
-    const char *version;     /* the store version the slot must read ("" if not known) */
+    const char *secret;     /* managed secret name */
+    rotor_slot_t slot;      /* the slot the action brings up, points at, or retires */
+    const char *role;       /* that slot's database role */
+    const char *store_name; /* that slot's secret name in the store */
+    const char *version;    /* the store version the slot must read ("" if not known) */
 } deploy_ctx_t;
 
 typedef void (*deploy_cb)(void *arg, int status, const char *reason);
@@ -60,8 +60,7 @@ struct deploy_s {
 
 /* Opens the driver configured for sec; *out is NULL for kinds without a driver (none,
  * external). Returns 0 or a negative error with err set. */
-int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err,
-                size_t errlen);
+int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err, size_t errlen);
 
 /* The drivers' constructors, which deploy_open dispatches to (same contract). sec is borrowed
  * and must outlive the driver; the caller owns *out and frees it with ops->close. */

@@ -171,23 +171,32 @@ static char *event_attr(const json_t *env, const char *name)
     return util_strdup(json_string_value(json_object_get(env, name)));
 }
 
+json_t *event_load_envelope(const void *value, size_t len, const event_header_t *headers,
+                            size_t nheaders, size_t max_bytes, char *reason, size_t reasonlen)
+{
+    if (reason && reasonlen)
+        reason[0] = '\0';
+    if (len > max_bytes) {
+        event_fail(reason, reasonlen, "message of %zu bytes exceeds the limit of %zu", len,
+                   max_bytes);
+        return NULL;
+    }
+    if (!value || len == 0) {
+        event_fail(reason, reasonlen, "empty message");
+        return NULL;
+    }
+    bool structured = event_header_is(event_header(headers, nheaders, "content-type", true),
+                                      "application/cloudevents+json");
+    return !structured && event_header(headers, nheaders, "ce_specversion", false)
+               ? event_from_binary(value, len, headers, nheaders, reason, reasonlen)
+               : event_load(value, len, reason, reasonlen);
+}
+
 int event_parse(const void *value, size_t len, const event_header_t *headers, size_t nheaders,
                 size_t max_bytes, event_t *ev, char *reason, size_t reasonlen)
 {
     memset(ev, 0, sizeof *ev);
-    if (reason && reasonlen)
-        reason[0] = '\0';
-    if (len > max_bytes)
-        return event_fail(reason, reasonlen, "message of %zu bytes exceeds the limit of %zu", len,
-                          max_bytes);
-    if (!value || len == 0)
-        return event_fail(reason, reasonlen, "empty message");
-
-    bool structured = event_header_is(event_header(headers, nheaders, "content-type", true),
-                                      "application/cloudevents+json");
-    json_t *env = !structured && event_header(headers, nheaders, "ce_specversion", false)
-                      ? event_from_binary(value, len, headers, nheaders, reason, reasonlen)
-                      : event_load(value, len, reason, reasonlen);
+    json_t *env = event_load_envelope(value, len, headers, nheaders, max_bytes, reason, reasonlen);
     if (!env)
         return ROTOR_EINVALID;
 

@@ -37,6 +37,15 @@ int event_parse(const void *value, size_t len, const event_header_t *headers, si
 
 void event_clear(event_t *ev);
 
+/* Reads a message's envelope without choosing a schema, for CloudEvents outside rotor's
+ * catalogue (Key Vault's, through kv_event.c). Binary mode (ce_specversion header, unless
+ * content-type says structured) gives an object of the ce_* attributes with the value as "data";
+ * otherwise the value as it stands, any JSON value (Event Grid batches events in an array).
+ * Checks the size limit first, as event_parse does. Returns a new reference the caller owns, or
+ * NULL with the one-line reason. */
+json_t *event_load_envelope(const void *value, size_t len, const event_header_t *headers,
+                            size_t nheaders, size_t max_bytes, char *reason, size_t reasonlen);
+
 /* Builds a structured-mode CloudEvent of type with a fresh id and the current time.
  * source is e.g. "/rotor/<host>"; subject the secret name; traceparent may be NULL.
  * Steals data (an object). Returns malloc'ed compact JSON the caller frees, or NULL if type has

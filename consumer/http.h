@@ -12,32 +12,32 @@ typedef struct http_s http_t;
 typedef struct http_req_s http_req_t;
 
 typedef struct {
-    const char *method;            /* "GET", "PUT", "PATCH", "POST", "DELETE" */
-    const char *url;               /* borrowed for the call (copied) */
-    const char *const *headers;    /* "Name: value" strings, NULL-terminated; copied */
-    const char *body;              /* may be NULL; copied into a buffer wiped after the request
-                                    * (a body can carry a password) */
+    const char *method;         /* "GET", "PUT", "PATCH", "POST", "DELETE" */
+    const char *url;            /* borrowed for the call (copied) */
+    const char *const *headers; /* "Name: value" strings, NULL-terminated; copied */
+    const char *body;           /* may be NULL; copied into a buffer wiped after the request
+                                 * (a body can carry a password) */
     size_t body_len;
-    const char *ca_file;           /* CA bundle to verify the server with; NULL = system store */
-    uint64_t timeout_ms;           /* whole request; 0 = 30 s */
-    uint64_t connect_timeout_ms;   /* 0 = 10 s */
-    const char *resolve;           /* optional "host:port:address" pin (curl's CURLOPT_RESOLVE), so
-                                    * a test can give 127.0.0.1 a vault-like name; copied */
+    const char *ca_file;         /* CA bundle to verify the server with; NULL = system store */
+    uint64_t timeout_ms;         /* whole request; 0 = 30 s */
+    uint64_t connect_timeout_ms; /* 0 = 10 s */
+    const char *resolve;         /* optional "host:port:address" pin (curl's CURLOPT_RESOLVE), so
+                                  * a test can give 127.0.0.1 a vault-like name; copied */
 } http_request_t;
 
 typedef struct {
-    long status;            /* HTTP status; 0 when the request failed before a response */
-    const char *body;       /* response body, NUL-terminated (borrowed during the callback, then
-                             * wiped: it can carry a password) */
+    long status;      /* HTTP status; 0 when the request failed before a response */
+    const char *body; /* response body, NUL-terminated (borrowed during the callback, then
+                       * wiped: it can carry a password) */
     size_t body_len;
     /* Response headers rotor needs (borrowed during the callback; NULL when absent). */
     const char *www_authenticate;
     const char *retry_after;
-    const char *retry_after_ms;       /* "retry-after-ms" */
-    const char *x_ms_retry_after_ms;  /* "x-ms-retry-after-ms" */
+    const char *retry_after_ms;      /* "retry-after-ms" */
+    const char *x_ms_retry_after_ms; /* "x-ms-retry-after-ms" */
     const char *content_type;
     const char *location;
-    const char *error;      /* transport error (curl's message) when status is 0 */
+    const char *error; /* transport error (curl's message) when status is 0 */
 } http_response_t;
 
 /* status: 0 when a response arrived (whatever its HTTP status), ROTOR_ETIMEOUT, ROTOR_ECANCELED,

@@ -61,6 +61,12 @@ static const cli_command_t cli_commands[] = {
      "Publishes rotation.abort for rotation ID, which must not have ended.\n"
      "  --by NAME           who aborts (default: $USER@hostname)\n"
      "  --reason TEXT       why\n" CLI_WAIT_OPTS CLI_EXIT_CODES},
+    {"complete", cli_complete, "answer rotor's stage.requested (deploy kind external)",
+     "Usage: rotor complete ID STAGE [--failed REASON] [--by NAME]\n"
+     "Publishes stage.completed (or, with --failed, stage.failed) for STAGE of rotation ID,\n"
+     "which must be running that stage and waiting for a pipeline (deploy kind external).\n"
+     "  --failed REASON     the pipeline failed the stage; the rotation retries or fails\n"
+     "  --by NAME           who answers (default: $USER@hostname)\n"},
     {"status", cli_status, "show the managed secrets, a secret or rotation ID",
      "Usage: rotor status [SECRET|ID] [--json]\n"
      "Without an argument: one line per configured secret (active slot and role, open\n"

@@ -235,6 +235,7 @@ void rot_stop_effect(rotation_t *r)
         r->dbreq = NULL;
         db_cancel(q);
     }
+    stage_cancel_deploy(r);
 }
 
 /* Removes r from the engine. Its memory goes when the last callback and handle are done. */
@@ -399,11 +400,19 @@ void rot_reload(rotation_t *r)
 
 /* ---- attempts ------------------------------------------------------------------------------ */
 
+/* An attempt's bound: the stage's timeout, or the pipeline's when a pipeline does the work. */
+static uint64_t attempt_timeout(const rotation_t *r)
+{
+    uint64_t t = rot_policy(r)->timeout_ms;
+    uint64_t ext = r->sec->cfg->deploy.external.timeout_ms;
+    return stage_is_external(r) && ext > t ? ext : t;
+}
+
 static void on_deadline(uv_timer_t *t)
 {
     rotation_t *r = t->data;
     char timeout[32];
-    util_format_duration(rot_policy(r)->timeout_ms, timeout, sizeof timeout);
+    util_format_duration(attempt_timeout(r), timeout, sizeof timeout);
     char reason[96];
     snprintf(reason, sizeof reason, "stage %s timed out after %s", rotor_stage_name(r->row.stage),
              timeout);
@@ -424,12 +433,30 @@ static void on_attempt_started(rotation_t *r, int status)
     rot_crash_point(r, "begin");
     r->attempt_started_ms = util_now_ms();
     r->sessions_ended = -1;
-    uv_timer_start(&r->deadline, on_deadline, rot_policy(r)->timeout_ms, 0);
+    uv_timer_start(&r->deadline, on_deadline, attempt_timeout(r), 0);
     rot_log(LOG_INFO, "stage.started", r, NULL, NULL);
     stage_run(r);
 }
 
 static void enter_approval(rotation_t *r, json_t *out);
+
+/* deploy kind external: the attempt's start asks the pipeline to act, in the same statement
+ * that journals the start, so the request is published exactly when the attempt exists. */
+static void add_stage_requested(rotation_t *r, json_t *out)
+{
+    deploy_ctx_t ctx;
+    stage_deploy_ctx(r, &ctx);
+    json_t *d = rot_data(&r->next);
+    json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
+    json_object_set_new(d, "attempt", json_integer(r->next.attempt));
+    json_object_set_new(d, "slot", json_string(rotor_slot_name(ctx.slot)));
+    json_object_set_new(d, "role", json_string(ctx.role));
+    json_object_set_new(d, "store_name", json_string(ctx.store_name));
+    if (ctx.version && *ctx.version)
+        json_object_set_new(d, "version", json_string(ctx.version));
+    json_object_set_new(d, "timeout_ms", json_integer((json_int_t)attempt_timeout(r)));
+    rot_outbox_add(r->eng, out, "stage.requested", r->row.secret, r->row.traceparent, d);
+}
 
 static void start_attempt(rotation_t *r)
 {
@@ -455,6 +482,8 @@ static void start_attempt(rotation_t *r)
     json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
     json_object_set_new(d, "attempt", json_integer(r->next.attempt));
     rot_outbox_add(r->eng, out, "stage.started", r->row.secret, r->row.traceparent, d);
+    if (stage_is_external(r))
+        add_stage_requested(r, out);
     rot_persist(r, rot_history(&r->next, "started", NULL, -1, NULL, NULL), out, on_attempt_started);
 }
 
@@ -778,6 +807,8 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
                             errlen);
         if (rc == 0)
             rc = store_open(e->loop, s, &e->deps, &e->secrets[i].store, err, errlen);
+        if (rc == 0)
+            rc = deploy_open(e->loop, s, &e->secrets[i].deploy, err, errlen);
         if (rc < 0) {
             e->nsecrets = i + 1;
             engine_free(e);
@@ -868,6 +899,8 @@ void engine_free(engine_t *e)
     for (size_t i = 0; i < e->nsecrets; i++) {
         if (e->secrets[i].store)
             e->secrets[i].store->ops->close(e->secrets[i].store);
+        if (e->secrets[i].deploy)
+            e->secrets[i].deploy->ops->close(e->secrets[i].deploy);
         if (e->secrets[i].dsn) {
             secret_wipe(e->secrets[i].dsn, strlen(e->secrets[i].dsn));
             free(e->secrets[i].dsn);

@@ -23,7 +23,8 @@ typedef enum { IF_ANY, IF_GATE_SWAP, IF_GATE_RETIRE, IF_SWAPPED, IF_NOT_SWAPPED 
 typedef struct {
     const cfg_secret_t *cfg;
     store_t *store;
-    char *dsn; /* admin DSN (may hold a password): wiped on free */
+    deploy_t *deploy; /* NULL for the kinds without a driver (none, external) */
+    char *dsn;        /* admin DSN (may hold a password): wiped on free */
 } secret_ctx_t;
 
 typedef struct rotation_s rotation_t;
@@ -68,6 +69,8 @@ struct rotation_s {
     bool draining;          /* retire's drain timer holds a ticket (inflight) */
     rotor_stage_t finished; /* the stage whose end is being written */
     db_req_t *dbreq;
+    deploy_req_t *deployreq;         /* the deploy driver's request in flight */
+    void (*ext_next)(rotation_t *r); /* external: what follows the pipeline's answer */
     int64_t attempt_started_ms;
     long sessions_ended;
     rotation_t *next_rot;
@@ -112,5 +115,15 @@ json_t *rot_history(const journal_rot_t *row, const char *outcome, const char *a
 
 /* stage.c: starts the effect of r's current stage; it ends in rot_effect_done(). */
 void stage_run(rotation_t *r);
+/* stage.c: what a deploy action of r's current stage is about (the slot, its role, store name
+ * and version). Borrowed pointers into r. */
+void stage_deploy_ctx(const rotation_t *r, deploy_ctx_t *ctx);
+/* stage.c: true when r's current stage hands a deploy action to a pipeline (kind external). */
+bool stage_is_external(const rotation_t *r);
+/* stage.c: a pipeline's answer for r's current stage. Returns false when r is not waiting for
+ * one (the answer is out of place). */
+bool stage_external_answer(rotation_t *r, int status, const char *reason);
+/* stage.c: stops a deploy request or an external wait of the current effect. */
+void stage_cancel_deploy(rotation_t *r);
 
 #endif

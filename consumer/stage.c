@@ -105,11 +105,169 @@ static void effect_ok(rotation_t *r, long count)
     rot_effect_done(r, 0, NULL);
 }
 
+/* ---- deploy actions: the driver's part of deploy, swap, retire and rollback ---------------- */
+
+typedef void (*deploy_next_fn)(rotation_t *r);
+
+bool stage_is_external(const rotation_t *r)
+{
+    rotor_stage_t st = r->row.stage;
+    return r->sec->cfg->deploy.kind_id == DEPLOY_EXTERNAL &&
+           (st == STAGE_DEPLOY || st == STAGE_SWAP || st == STAGE_RETIRE || st == STAGE_ROLLBACK);
+}
+
+void stage_deploy_ctx(const rotation_t *r, deploy_ctx_t *ctx)
+{
+    /* deploy and swap bring the new slot in; retire and rollback are about the old one */
+    rotor_stage_t st = r->row.stage;
+    rotor_slot_t slot = st == STAGE_DEPLOY || st == STAGE_SWAP ? r->row.to_slot : r->row.from_slot;
+    ctx->rotation_id = r->row.id;
+    ctx->secret = r->row.secret;
+    ctx->slot = slot;
+    ctx->role = rot_role(r, slot);
+    ctx->store_name = rot_store_name(r, slot);
+    ctx->version = slot == r->row.to_slot ? r->row.version : r->row.old_version;
+}
+
+typedef struct {
+    eff_t *x;
+    deploy_next_fn next;
+} depctx_t;
+
+static void on_deploy_done(void *arg, int status, const char *reason)
+{
+    depctx_t *c = arg;
+    deploy_next_fn next = c->next;
+    rotation_t *r = c->x->r;
+    if (c->x->token == r->token)
+        r->deployreq = NULL;
+    r = eff_take(c->x);
+    free(c);
+    if (!r)
+        return;
+    if (status < 0)
+        rot_effect_done(r, status, reason ? reason : rotor_strerror(status));
+    else
+        next(r);
+}
+
+/* Runs the deploy driver's action for r's stage, then next: `none` has nothing to do; `external`
+ * waits for the pipeline's answer to the stage.requested published when the attempt started. */
+static void deploy_action(rotation_t *r, deploy_next_fn next)
+{
+    if (stage_is_external(r)) {
+        r->ext_next = next;
+        rot_log(LOG_INFO, "deploy.external.waiting", r, "note",
+                "waiting for the pipeline's stage.completed or stage.failed");
+        return;
+    }
+    deploy_t *d = r->sec->deploy;
+    if (!d) {
+        next(r);
+        return;
+    }
+    deploy_ctx_t ctx;
+    stage_deploy_ctx(r, &ctx);
+    int (*op)(deploy_t *, const deploy_ctx_t *, deploy_cb, void *, deploy_req_t **) =
+        r->row.stage == STAGE_DEPLOY   ? d->ops->deploy
+        : r->row.stage == STAGE_SWAP   ? d->ops->swap
+        : r->row.stage == STAGE_RETIRE ? d->ops->retire
+                                       : d->ops->rollback;
+    depctx_t *c = util_malloc(sizeof *c);
+    c->x = eff_new(r);
+    c->next = next;
+    deploy_req_t *req = NULL;
+    int rc = op(d, &ctx, on_deploy_done, c, &req);
+    if (rc < 0) {
+        r->inflight--;
+        free(c->x);
+        free(c);
+        rot_effect_done(r, rc, "deploy driver request failed to start");
+        return;
+    }
+    r->deployreq = req;
+}
+
+bool stage_external_answer(rotation_t *r, int status, const char *reason)
+{
+    deploy_next_fn next = r->ext_next;
+    if (!next)
+        return false;
+    r->ext_next = NULL;
+    if (status < 0)
+        rot_effect_done(r, status, reason);
+    else
+        next(r);
+    return true;
+}
+
+void stage_cancel_deploy(rotation_t *r)
+{
+    r->ext_next = NULL;
+    if (r->deployreq) {
+        deploy_req_t *q = r->deployreq;
+        r->deployreq = NULL;
+        r->sec->deploy->ops->cancel(q);
+    }
+}
+
+/* prepare's last check: what the deploy driver observes agrees with the journal's active slot
+ * (a driver that cannot tell, or kinds without a driver, pass). */
+static void on_observed(void *arg, int status, int observed, const char *reason)
+{
+    depctx_t *c = arg;
+    rotation_t *r = c->x->r;
+    if (c->x->token == r->token)
+        r->deployreq = NULL;
+    r = eff_take(c->x);
+    free(c);
+    if (!r)
+        return;
+    if (status < 0) {
+        rot_effect_done(r, status, reason);
+        return;
+    }
+    if (observed >= 0 && observed != (int)r->row.from_slot) {
+        char why[256];
+        snprintf(why, sizeof why,
+                 "the deploy driver observes production on %s but the journal's active slot is %s",
+                 rotor_slot_name((rotor_slot_t)observed), rotor_slot_name(r->row.from_slot));
+        rot_effect_done(r, ROTOR_EFAIL, why);
+        return;
+    }
+    rot_effect_done(r, 0, NULL);
+}
+
+static void prepare_observe(rotation_t *r)
+{
+    deploy_t *d = r->sec->deploy;
+    if (!d || !d->ops->observe) {
+        rot_effect_done(r, 0, NULL);
+        return;
+    }
+    deploy_ctx_t ctx;
+    stage_deploy_ctx(r, &ctx);
+    ctx.slot = r->row.from_slot;
+    depctx_t *c = util_malloc(sizeof *c);
+    c->x = eff_new(r);
+    c->next = NULL;
+    deploy_req_t *req = NULL;
+    int rc = d->ops->observe(d, &ctx, on_observed, c, &req);
+    if (rc < 0) {
+        r->inflight--;
+        free(c->x);
+        free(c);
+        rot_effect_done(r, rc, "deploy driver request failed to start");
+        return;
+    }
+    r->deployreq = req;
+}
+
 /* prepare: roles, the active slot's current version, and what the store says is current. */
 static void prepare_current_entry(rotation_t *r, int status, rotor_secret_t *value)
 {
     if (status == ROTOR_ENOTFOUND || !value) {
-        rot_effect_done(r, 0, NULL); /* no `current` entry yet: nothing to disagree with */
+        prepare_observe(r); /* no `current` entry yet: nothing to disagree with */
         return;
     }
     json_error_t jerr;
@@ -134,7 +292,7 @@ static void prepare_current_entry(rotation_t *r, int status, rotor_secret_t *val
         return;
     }
     json_decref(doc);
-    rot_effect_done(r, 0, NULL);
+    prepare_observe(r);
 }
 
 static void on_prepare_current_value(void *arg, int status, rotor_secret_t *value,
@@ -166,7 +324,7 @@ static void on_prepare_version(void *arg, int status, const char *version, const
     util_strlcpy(r->row.old_version, version ? version : "", sizeof r->row.old_version);
     const char *current = r->sec->cfg->store.current;
     if (!current) {
-        rot_effect_done(r, 0, NULL);
+        prepare_observe(r);
         return;
     }
     store_t *s = r->sec->store;
@@ -303,9 +461,14 @@ static void eff_verify(rotation_t *r)
 }
 
 /* deploy `none`: nothing to bring up; the credential alone rotates. */
-static void eff_deploy(rotation_t *r)
+static void deployed(rotation_t *r)
 {
     rot_effect_done(r, 0, NULL);
+}
+
+static void eff_deploy(rotation_t *r)
+{
+    deploy_action(r, deployed);
 }
 
 /* The `current` entry: {"role": ..., "password": ...}, built straight into a wiped buffer (a
@@ -383,7 +546,8 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
     }
 }
 
-static void eff_swap(rotation_t *r)
+/* swap, after the driver pointed production at the new slot: the store's `current` entry. */
+static void swap_current(rotation_t *r)
 {
     if (!r->sec->cfg->store.current) {
         /* Without a `current` entry there is nothing to point at: the application chooses its
@@ -395,7 +559,13 @@ static void eff_swap(rotation_t *r)
     read_new_version(r, on_current_value);
 }
 
-static void eff_rollback(rotation_t *r)
+static void eff_swap(rotation_t *r)
+{
+    deploy_action(r, swap_current);
+}
+
+/* rollback, after the driver pointed production back at the old slot. */
+static void rollback_current(rotation_t *r)
 {
     if (r->row.swapped && r->sec->cfg->store.current) {
         store_t *s = r->sec->store;
@@ -408,6 +578,11 @@ static void eff_rollback(rotation_t *r)
     dbctx_t *c = dbctx(r, effect_ok);
     int rc = db_set_nologin(r->eng->loop, r->sec->dsn, rot_role(r, r->row.to_slot), on_db, c, &req);
     db_started(r, c, rc, req);
+}
+
+static void eff_rollback(rotation_t *r)
+{
+    deploy_action(r, rollback_current);
 }
 
 /* retire: NOLOGIN for the old role now (no new sessions), end its remaining sessions after the
@@ -431,16 +606,22 @@ static void retire_sessions_ended(rotation_t *r, long count)
                                   on_retire_disabled, eff_new(r)));
 }
 
-static void on_drained(uv_timer_t *t)
+/* After the drain and the driver's scale-down, no one should hold a session of the old role. */
+static void retire_end_sessions(rotation_t *r)
 {
-    rotation_t *r = t->data;
-    r->draining = false;
-    r->inflight--;
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, retire_sessions_ended);
     int rc =
         db_end_sessions(r->eng->loop, r->sec->dsn, rot_role(r, r->row.from_slot), on_db, c, &req);
     db_started(r, c, rc, req);
+}
+
+static void on_drained(uv_timer_t *t)
+{
+    rotation_t *r = t->data;
+    r->draining = false;
+    r->inflight--;
+    deploy_action(r, retire_end_sessions);
 }
 
 static void retire_nologin_done(rotation_t *r, long count)

@@ -7,9 +7,12 @@ packages=(
   build-essential cmake pkg-config clang-format
   librdkafka-dev libuv1-dev libjansson-dev libpq-dev libcurl4-openssl-dev libyaml-dev
   libmicrohttpd-dev libcmocka-dev
-  postgresql kcat
+  postgresql kcat openssl
   python3 python3-pytest python3-jsonschema python3-psycopg2 python3-yaml
 )
+# kubectl for the Kubernetes emulator's checks; another package (Google Cloud SDK's kubectl) may
+# already own /usr/bin/kubectl, and dpkg refuses to install both.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -24,3 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian's postgresql package starts a cluster of its own; rotor's tests and local run start their
 # own servers in private directories and never use it.
+
+# The Key Vault emulator and its checks with the Azure SDK for JavaScript (tests/emulators/keyvault)
+# need node >= 20 and npm; NodeSource's nodejs package provides both (Debian 12's nodejs is 18).
+kvemu_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/emulators/keyvault"
+if [ ! -d "$kvemu_dir/node_modules" ] && command -v npm >/dev/null; then
+  npm ci --prefix "$kvemu_dir" --no-audit --no-fund
+fi

@@ -149,6 +149,8 @@ DEFAULTS = {
     "stages": "{ timeout: 30s, max_attempts: 3, backoff: { initial: 200ms, max: 2s } }",
     "schedule": None,
     "current": "pg-current",
+    "deploy": "{ kind: none }",
+    "probe": "select count(*) from app.users",
     "kafka_props": '{ session.timeout.ms: "6000", heartbeat.interval.ms: "500" }',
 }
 
@@ -211,12 +213,12 @@ secrets:
   - name: app-db
     active: blue
     database: {{ dsn_env: APP_DB_ADMIN_DSN, roles: {{ blue: app_blue, green: app_green }},
-                probe: "select count(*) from app.users", drain: {o['drain']} }}
+                probe: "{o['probe']}", drain: {o['drain']} }}
     store: {{ kind: file, dir: {self.secrets_dir},
              names: {{ blue: pg-blue, green: pg-green{current} }} }}
     password: {{ length: 32, classes: [upper, lower, digit], exclude: "\\"'\\\\@:/ " }}
     validity: 90d
-    deploy: {{ kind: none }}
+    deploy: {o['deploy']}
     approval: {o['approval']}{schedule}
 """
         with open(self.config, "w") as f:

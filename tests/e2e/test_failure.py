@@ -39,14 +39,10 @@ def test_failed_prepare_then_retry_completes(make_lab):
 
 
 def test_hanging_stage_times_out_then_abort(make_lab):
-    lab = make_lab(stages="{ timeout: 30s, max_attempts: 2, backoff: { initial: 100ms, "
-                          "max: 200ms }, verify: { timeout: 1s } }")
     # the probe takes longer than verify's timeout
-    with open(lab.config) as f:
-        text = f.read()
-    with open(lab.config, "w") as f:
-        f.write(text.replace('probe: "select count(*) from app.users"',
-                             'probe: "select pg_sleep(5)"'))
+    lab = make_lab(stages="{ timeout: 30s, max_attempts: 2, backoff: { initial: 100ms, "
+                          "max: 200ms }, verify: { timeout: 1s } }",
+                   probe="select pg_sleep(5)")
     d = lab.start()
     rid = lab.rotation_for(lab.request())["id"]
     row = lab.wait_status(rid, "failed", timeout=60)

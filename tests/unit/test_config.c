@@ -69,6 +69,15 @@ static void assert_defaults(const rotor_config_t *c)
     assert_int_equal(c->kafka.partitions, 3);
     assert_int_equal(c->kafka.max_message_bytes, 1048576);
     assert_int_equal(c->kafka.nproperties, 0);
+    assert_int_equal(c->kafka.nproperties_env, 0);
+    assert_int_equal(c->kafka.nproperties_file, 0);
+    assert_null(c->kafka.topic_keyvault);
+    assert_null(c->azure.tenant_id);
+    assert_null(c->azure.client_id);
+    assert_null(c->azure.authority_host);
+    assert_null(c->azure.imds_endpoint);
+    assert_null(c->azure.federated_token_file);
+    assert_null(c->azure.ca_file);
     assert_string_equal(c->journal.dsn_env, "ROTOR_JOURNAL_DSN");
     assert_null(c->journal.dsn_file);
     assert_string_equal(c->http.listen, "127.0.0.1:9464");
@@ -85,7 +94,11 @@ static void assert_defaults(const rotor_config_t *c)
     assert_string_equal(s->database.roles[SLOT_GREEN], "app_green");
     assert_string_equal(s->database.probe, "select 1");
     assert_int_equal(s->database.drain_ms, 30000);
+    assert_false(s->database.entra_token);
     assert_string_equal(s->store.kind, "file");
+    assert_int_equal(s->store.kind_id, STORE_FILE);
+    assert_null(s->store.vault_url);
+    assert_null(s->store.resolve);
     assert_string_equal(s->store.dir, "./var/secrets");
     assert_string_equal(s->store.names[SLOT_BLUE], "pg-blue");
     assert_string_equal(s->store.names[SLOT_GREEN], "pg-green");
@@ -95,6 +108,12 @@ static void assert_defaults(const rotor_config_t *c)
     assert_string_equal(s->password.exclude, "");
     assert_int_equal(s->validity_ms, DAY_MS(90));
     assert_string_equal(s->deploy.kind, "none");
+    assert_int_equal(s->deploy.kind_id, DEPLOY_NONE);
+    assert_null(s->deploy.exec.deploy);
+    assert_null(s->deploy.kubernetes.deployments[SLOT_BLUE]);
+    assert_int_equal(s->probes.nverify, 0);
+    assert_null(s->probes.verify);
+    assert_int_equal(s->probes.nproduction, 0);
     assert_int_equal(s->approval.mode, APPROVAL_AUTO);
     assert_int_equal(s->approval.soak_ms, 0);
     assert_int_equal(s->approval.gate, GATE_RETIRE);
@@ -225,6 +244,176 @@ static void test_overrides_and_lookups(void **state)
     config_free(c);
 }
 
+static rotor_config_t *load_example(const char *name)
+{
+    char path[1200], err[512];
+    snprintf(path, sizeof path, "%s/examples/%s", source_dir(), name);
+    rotor_config_t *c = NULL;
+    int rc = config_load(path, &c, err, sizeof err);
+    if (rc)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    return c;
+}
+
+static const cfg_kv_t *kv_find(const cfg_kv_t *kv, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(kv[i].key, key) == 0)
+            return &kv[i];
+    }
+    return NULL;
+}
+
+static void test_example_keyvault(void **state)
+{
+    (void)state;
+    rotor_config_t *c = load_example("keyvault.yaml");
+    assert_string_equal(c->kafka.topic_keyvault, "keyvault.events");
+    const cfg_kv_t *user = kv_find(c->kafka.properties, c->kafka.nproperties, "sasl.username");
+    assert_non_null(user);
+    assert_string_equal(user->value, "$ConnectionString");
+    assert_string_equal(
+        kv_find(c->kafka.properties, c->kafka.nproperties, "request.timeout.ms")->value, "60000");
+    assert_string_equal(
+        kv_find(c->kafka.properties, c->kafka.nproperties, "session.timeout.ms")->value, "30000");
+    assert_string_equal(
+        kv_find(c->kafka.properties, c->kafka.nproperties, "metadata.max.age.ms")->value, "180000");
+    assert_string_equal(
+        kv_find(c->kafka.properties, c->kafka.nproperties, "socket.keepalive.enable")->value,
+        "true");
+    assert_null(kv_find(c->kafka.properties, c->kafka.nproperties, "sasl.password"));
+    assert_int_equal(c->kafka.nproperties_env, 1);
+    assert_string_equal(c->kafka.properties_env[0].key, "sasl.password");
+    assert_string_equal(c->kafka.properties_env[0].value, "EVENTHUBS_CONNECTION_STRING");
+    assert_string_equal(c->azure.authority_host, "https://login.microsoftonline.com");
+    const cfg_secret_t *s = &c->secrets[0];
+    assert_true(s->database.entra_token);
+    assert_int_equal(s->store.kind_id, STORE_KEYVAULT);
+    assert_string_equal(s->store.kind, "azure-keyvault");
+    assert_string_equal(s->store.vault_url, "https://rotor-kv.vault.azure.net");
+    assert_null(s->store.dir);
+    assert_int_equal(s->store.timeout_ms, 30000);
+    assert_int_equal(s->store.connect_timeout_ms, 10000);
+    assert_int_equal(s->store.writes_per_10s, 300);
+    assert_string_equal(s->store.content_type, "text/plain");
+    assert_int_equal(s->deploy.kind_id, DEPLOY_EXTERNAL);
+    assert_int_equal(s->deploy.external.timeout_ms, MIN_MS(30));
+    config_free(c);
+}
+
+static void test_example_exec(void **state)
+{
+    (void)state;
+    rotor_config_t *c = load_example("exec.yaml");
+    const cfg_secret_t *s = &c->secrets[0];
+    assert_int_equal(s->deploy.kind_id, DEPLOY_EXEC);
+    assert_string_equal(s->deploy.kind, "exec");
+    assert_non_null(strstr(s->deploy.exec.deploy, "$ROTOR_SLOT"));
+    assert_non_null(strstr(s->deploy.exec.swap, "nginx"));
+    assert_non_null(s->deploy.exec.retire);
+    assert_non_null(s->deploy.exec.rollback);
+    assert_string_equal(s->deploy.exec.workdir, "./var/demo");
+    assert_int_equal(s->deploy.exec.timeout_ms, MIN_MS(1));
+    assert_int_equal(s->probes.nverify, 1);
+    assert_int_equal(s->probes.verify[0].kind, PROBE_HTTP);
+    assert_string_equal(s->probes.verify[0].url, "http://127.0.0.1:8081/readyz");
+    assert_int_equal(s->probes.verify[0].successes, 3);
+    assert_int_equal(s->probes.verify[0].interval_ms, 500);
+    assert_int_equal(s->probes.nproduction, 1);
+    assert_int_equal(s->probes.production[0].timeout_ms, 2000);
+    assert_int_equal(s->approval.soak_ms, 30000);
+    config_free(c);
+}
+
+static void test_example_kubernetes(void **state)
+{
+    (void)state;
+    rotor_config_t *c = load_example("kubernetes.yaml");
+    const cfg_secret_t *s = &c->secrets[0];
+    assert_int_equal(s->deploy.kind_id, DEPLOY_KUBERNETES);
+    assert_null(s->deploy.kubernetes.api_url);
+    assert_string_equal(s->deploy.kubernetes.token_file,
+                        "/var/run/secrets/kubernetes.io/serviceaccount/token");
+    assert_string_equal(s->deploy.kubernetes.ca_file,
+                        "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
+    assert_string_equal(s->deploy.kubernetes.namespace, "app");
+    assert_string_equal(s->deploy.kubernetes.deployments[SLOT_BLUE], "app-blue");
+    assert_string_equal(s->deploy.kubernetes.deployments[SLOT_GREEN], "app-green");
+    assert_string_equal(s->deploy.kubernetes.service_production, "app");
+    assert_string_equal(s->deploy.kubernetes.service_stage, "app-stage");
+    assert_int_equal(s->probes.nproduction, 1);
+    const cfg_probe_t *p = &s->probes.production[0];
+    assert_int_equal(p->nexpect, 2);
+    assert_int_equal(p->expect[0], 200);
+    assert_int_equal(p->expect[1], 204);
+    assert_string_equal(p->body_contains, "ok");
+    config_free(c);
+}
+
+/* The defaults of the new sections, with only their required keys written. */
+static void test_drivers_and_probes_defaults(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "secrets:\n"
+        "  - name: a\n"
+        "    database: { dsn_env: A, roles: { blue: b, green: g } }\n"
+        "    store: { kind: azure-keyvault, vault_url: 'https://kv.example:8443/',\n"
+        "             ca_file: /ca.pem, resolve: 'kv.example:8443:127.0.0.1',\n"
+        "             names: { blue: x, green: y } }\n"
+        "    deploy:\n"
+        "      kind: kubernetes\n"
+        "      kubernetes: { deployments: { blue: a-blue, green: a-green },\n"
+        "                    services: { production: a } }\n"
+        "    probes:\n"
+        "      verify: [ { url: 'https://a/' }, { kind: sql } ]\n"
+        "  - name: b\n"
+        "    database: { dsn_env: A, roles: { blue: b, green: g } }\n"
+        "    store: { names: { blue: x, green: y } }\n"
+        "    deploy: { kind: exec, exec: { deploy: up, swap: 'point \"$ROTOR_SLOT\"' } }\n";
+    rotor_config_t *c = NULL;
+    char err[512];
+    int rc = parse(yaml, &c, err, sizeof err);
+    if (rc)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    const cfg_secret_t *s = &c->secrets[0];
+    assert_string_equal(s->store.ca_file, "/ca.pem");
+    assert_string_equal(s->store.resolve, "kv.example:8443:127.0.0.1");
+    assert_null(s->store.dir);
+    assert_null(s->deploy.kubernetes.namespace);
+    assert_null(s->deploy.kubernetes.service_stage);
+    assert_string_equal(s->deploy.kubernetes.slot_label, "slot");
+    assert_int_equal(s->deploy.kubernetes.replicas, 2);
+    assert_string_equal(s->deploy.kubernetes.annotation, "rotor.io/secret-version");
+    assert_int_equal(s->deploy.kubernetes.poll_ms, 1000);
+    assert_int_equal(s->probes.nverify, 2);
+    const cfg_probe_t *h = &s->probes.verify[0], *q = &s->probes.verify[1];
+    assert_int_equal(h->kind, PROBE_HTTP);
+    assert_string_equal(h->method, "GET");
+    assert_int_equal(h->nexpect, 1);
+    assert_int_equal(h->expect[0], 200);
+    assert_null(h->body_contains);
+    assert_null(h->ca_file);
+    assert_int_equal(h->successes, 1);
+    assert_int_equal(h->timeout_ms, 5000);
+    assert_int_equal(h->interval_ms, 1000);
+    assert_int_equal(q->kind, PROBE_SQL);
+    assert_null(q->url);
+    assert_int_equal(q->nexpect, 0);
+    assert_int_equal(q->successes, 1);
+    const cfg_secret_t *e = &c->secrets[1];
+    assert_int_equal(e->deploy.kind_id, DEPLOY_EXEC);
+    assert_string_equal(e->deploy.exec.swap, "point \"$ROTOR_SLOT\"");
+    assert_null(e->deploy.exec.retire);
+    assert_null(e->deploy.exec.rollback);
+    assert_null(e->deploy.exec.workdir);
+    assert_int_equal(e->deploy.exec.timeout_ms, MIN_MS(5));
+    assert_null(e->deploy.kubernetes.slot_label); /* only the chosen kind's keys are read */
+    config_free(c);
+}
+
 /* ---- errors: each names file, line, key and what was expected ---- */
 
 typedef struct {
@@ -324,11 +513,6 @@ ERR_CASE(store_names_not_distinct,
          "    store:\n      names: { blue: one, green: two,\n               current: one }\n",
          "rotor.yaml:6: secrets[0].store.names.current: expected a name distinct from blue's, got "
          "the same \"one\"")
-ERR_CASE(keyvault_not_yet,
-         "secrets:\n  - name: a\n    database: { dsn_env: A, roles: { blue: b, green: g } }\n"
-         "    store:\n      kind: azure-keyvault\n",
-         "rotor.yaml:5: secrets[0].store.kind: expected file, got \"azure-keyvault\" (not "
-         "supported yet: use the file store)")
 ERR_CASE(class_emptied_by_exclude,
          SECRET_HEAD
          "    password:\n      classes: [upper, digit]\n      exclude: \"0123456789\"\n",
@@ -353,6 +537,109 @@ ERR_CASE(property_not_scalar, "kafka: { properties: { sasl: { password: x } } }\
          "rotor.yaml:1: kafka.properties.sasl: expected a string, number or boolean, got a mapping "
          "or list")
 
+/* A secret without a store section (3 lines), for the store's own cases. */
+#define HEAD_NO_STORE                                                                              \
+    "secrets:\n  - name: a\n    database: { dsn_env: A, roles: { blue: b, green: g } }\n"
+
+ERR_CASE(keyvault_url_not_https,
+         HEAD_NO_STORE "    store:\n      kind: azure-keyvault\n"
+                       "      vault_url: http://kv.vault.azure.net\n"
+                       "      names: { blue: x-blue, green: x-green }\n",
+         "rotor.yaml:6: secrets[0].store.vault_url: expected an https:// URL such as "
+         "https://NAME.vault.azure.net, got \"http://kv.vault.azure.net\"")
+ERR_CASE(keyvault_url_missing,
+         HEAD_NO_STORE "    store: { kind: azure-keyvault, names: { blue: x, green: y } }\n",
+         "rotor.yaml:4: secrets[0].store.vault_url: missing required key")
+ERR_CASE(keyvault_with_dir,
+         HEAD_NO_STORE "    store:\n      kind: azure-keyvault\n      dir: ./var/secrets\n",
+         "rotor.yaml:6: secrets[0].store.dir: expected kind file for this key, got kind "
+         "azure-keyvault")
+ERR_CASE(keyvault_key_with_file_store,
+         HEAD_NO_STORE "    store:\n      vault_url: https://kv.vault.azure.net\n",
+         "rotor.yaml:5: secrets[0].store.vault_url: expected kind azure-keyvault for this key, got "
+         "kind file")
+ERR_CASE(keyvault_bad_resolve,
+         HEAD_NO_STORE "    store:\n      kind: azure-keyvault\n"
+                       "      vault_url: https://kv.vault.azure.net\n"
+                       "      resolve: kv.vault.azure.net:443\n",
+         "rotor.yaml:7: secrets[0].store.resolve: expected HOST:PORT:ADDRESS (curl's --resolve "
+         "form), got \"kv.vault.azure.net:443\"")
+ERR_CASE(keyvault_writes_over_limit,
+         HEAD_NO_STORE "    store:\n      kind: azure-keyvault\n"
+                       "      vault_url: https://kv.vault.azure.net\n      writes_per_10s: 301\n",
+         "rotor.yaml:7: secrets[0].store.writes_per_10s: expected an integer from 1 to 300, got "
+         "\"301\"")
+ERR_CASE(entra_token_not_bool,
+         "secrets:\n  - name: a\n    database:\n      dsn_env: A\n"
+         "      roles: { blue: b, green: g }\n      entra_token: yes\n",
+         "rotor.yaml:6: secrets[0].database.entra_token: expected true or false, got \"yes\"")
+ERR_CASE(exec_without_swap,
+         SECRET_HEAD "    deploy:\n      kind: exec\n      exec:\n        deploy: ./up\n",
+         "rotor.yaml:11: secrets[0].deploy.exec.swap: missing required key")
+ERR_CASE(exec_keys_under_kubernetes,
+         SECRET_HEAD "    deploy:\n      kind: kubernetes\n      exec: { deploy: a, swap: b }\n",
+         "rotor.yaml:10: secrets[0].deploy.exec: expected kind exec for this key, got kind "
+         "kubernetes")
+ERR_CASE(kubernetes_without_deployments,
+         SECRET_HEAD "    deploy:\n      kind: kubernetes\n"
+                     "      kubernetes: { services: { production: app } }\n",
+         "rotor.yaml:10: secrets[0].deploy.kubernetes.deployments.blue: missing required key")
+ERR_CASE(kubernetes_same_deployment,
+         SECRET_HEAD "    deploy:\n      kind: kubernetes\n      kubernetes:\n"
+                     "        deployments: { blue: app,\n                       green: app }\n",
+         "rotor.yaml:12: secrets[0].deploy.kubernetes.deployments.green: expected a name other "
+         "than blue's, got the same \"app\"")
+ERR_CASE(kubernetes_bad_name,
+         SECRET_HEAD "    deploy:\n      kind: kubernetes\n      kubernetes:\n"
+                     "        deployments: { blue: App_Blue, green: app-green }\n",
+         "rotor.yaml:11: secrets[0].deploy.kubernetes.deployments.blue: expected a Kubernetes name "
+         "(lower-case [a-z0-9.-], at most 253), got \"App_Blue\"")
+ERR_CASE(external_keys_under_none, SECRET_HEAD "    deploy: { external: { timeout: 1h } }\n",
+         "rotor.yaml:8: secrets[0].deploy.external: expected kind external for this key, got kind "
+         "none")
+ERR_CASE(probe_without_url, SECRET_HEAD "    probes:\n      verify:\n        - successes: 2\n",
+         "rotor.yaml:10: secrets[0].probes.verify[0].url: missing required key")
+ERR_CASE(probe_expect_out_of_range,
+         SECRET_HEAD "    probes:\n      production:\n        - url: http://app/\n"
+                     "          expect: [200,\n                   600]\n",
+         "rotor.yaml:12: secrets[0].probes.production[0].expect[1]: expected an integer from 100 "
+         "to 599, got \"600\"")
+ERR_CASE(probe_expect_empty,
+         SECRET_HEAD "    probes: { production: [ { url: 'http://app/', expect: [] } ] }\n",
+         "rotor.yaml:8: secrets[0].probes.production[0].expect: expected a non-empty list of "
+         "integers from 100 to 599, got []")
+ERR_CASE(probe_bad_url, SECRET_HEAD "    probes: { verify: [ { url: 'ftp://app/' } ] }\n",
+         "rotor.yaml:8: secrets[0].probes.verify[0].url: expected an http:// or https:// URL, got "
+         "\"ftp://app/\"")
+ERR_CASE(probe_http_key_on_sql,
+         SECRET_HEAD "    probes: { verify: [ { kind: sql, url: 'http://app/' } ] }\n",
+         "rotor.yaml:8: secrets[0].probes.verify[0].url: expected kind http for this key, got kind "
+         "sql")
+ERR_CASE(probe_typo_suggests, SECRET_HEAD "    probes: { verify: [ { ur: 'http://app/' } ] }\n",
+         "rotor.yaml:8: unknown key secrets[0].probes.verify[0].ur (did you mean "
+         "secrets[0].probes.verify[0].url?)")
+ERR_CASE(probe_not_a_mapping, SECRET_HEAD "    probes: { production: [ 'http://app/' ] }\n",
+         "rotor.yaml:8: secrets[0].probes.production[0]: expected a mapping, got \"http://app/\"")
+ERR_CASE(client_secret_refused, "azure:\n  client_id: x\n  client_secret: s3cret\n" SECRET_HEAD,
+         "rotor.yaml:3: azure.client_secret: client secrets are never in the file: set "
+         "AZURE_CLIENT_SECRET")
+ERR_CASE(authority_not_https, "azure: { authority_host: 'http://login.example' }\n" SECRET_HEAD,
+         "rotor.yaml:1: azure.authority_host: expected an https:// URL such as "
+         "https://login.microsoftonline.com, got \"http://login.example\"")
+ERR_CASE(properties_env_not_a_name,
+         "kafka:\n  properties_env:\n    sasl.password: "
+         "'Endpoint=sb://ns/;SharedAccessKey=k3y'\n" SECRET_HEAD,
+         "rotor.yaml:3: kafka.properties_env.sasl.password: expected an environment variable name "
+         "([A-Za-z_][A-Za-z0-9_]*), got something else (not shown: it may be a secret)")
+ERR_CASE(property_in_two_maps,
+         "kafka:\n  properties: { sasl.password: x }\n"
+         "  properties_file: { sasl.password: /run/pw }\n" SECRET_HEAD,
+         "rotor.yaml:3: kafka.properties_file.sasl.password: expected a property set in one place, "
+         "got it also in kafka.properties")
+ERR_CASE(keyvault_topic_bad, "kafka: { topics: { keyvault: 'key vault' } }\n" SECRET_HEAD,
+         "rotor.yaml:1: kafka.topics.keyvault: expected a Kafka topic name (1-249 of "
+         "[A-Za-z0-9._-]), got \"key vault\"")
+
 #define ERR_TEST(id)                                                                               \
     {                                                                                              \
         .name = "error_" #id, .test_func = run_err_case, .setup_func = id##_setup                  \
@@ -369,6 +656,11 @@ static void test_dsn_value_never_in_messages(void **state)
     assert_null(strstr(err, "pw@"));
     assert_int_equal(parse(property_not_scalar_case.yaml, &c, err, sizeof err), ROTOR_ECONFIG);
     assert_null(strstr(err, "password: x"));
+    assert_int_equal(parse(properties_env_not_a_name_case.yaml, &c, err, sizeof err),
+                     ROTOR_ECONFIG);
+    assert_null(strstr(err, "k3y"));
+    assert_int_equal(parse(client_secret_refused_case.yaml, &c, err, sizeof err), ROTOR_ECONFIG);
+    assert_null(strstr(err, "s3cret"));
 }
 
 static void test_load_missing_file(void **state)
@@ -379,6 +671,85 @@ static void test_load_missing_file(void **state)
     assert_int_equal(config_load("/nonexistent/rotor.yaml", &c, err, sizeof err), ROTOR_ECONFIG);
     assert_null(c);
     assert_string_equal(err, "/nonexistent/rotor.yaml: cannot read: No such file or directory");
+}
+
+/* ---- config_kafka_properties ---- */
+
+static void test_kafka_properties_resolved(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/rotor-test-prop-XXXXXX", yaml[1024], err[256];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "from-file\nignored\n", 19), 19);
+    close(fd);
+    snprintf(yaml, sizeof yaml,
+             "kafka: { properties: { security.protocol: SASL_SSL },\n"
+             "         properties_env: { sasl.password: ROTOR_TEST_EH },\n"
+             "         properties_file: { ssl.key.password: %s } }\n" SECRET_HEAD,
+             path);
+    rotor_config_t *c = NULL;
+    assert_int_equal(parse(yaml, &c, err, sizeof err), 0);
+    setenv("ROTOR_TEST_EH", "Endpoint=sb://ns/;SharedAccessKey=k3y", 1);
+    cfg_kv_t *kv = NULL;
+    size_t n = 0;
+    assert_int_equal(config_kafka_properties(c, &kv, &n, err, sizeof err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(kv_find(kv, n, "security.protocol")->value, "SASL_SSL");
+    assert_string_equal(kv_find(kv, n, "sasl.password")->value,
+                        "Endpoint=sb://ns/;SharedAccessKey=k3y");
+    assert_string_equal(kv_find(kv, n, "ssl.key.password")->value, "from-file");
+    /* The config itself still holds only the variable's name and the path. */
+    assert_string_equal(c->kafka.properties_env[0].value, "ROTOR_TEST_EH");
+    config_kv_free(kv, n);
+
+    /* Read again each call: the variable or the mounted file may have changed. */
+    setenv("ROTOR_TEST_EH", "second", 1);
+    assert_int_equal(config_kafka_properties(c, &kv, &n, err, sizeof err), 0);
+    assert_string_equal(kv_find(kv, n, "sasl.password")->value, "second");
+    config_kv_free(kv, n);
+    unsetenv("ROTOR_TEST_EH");
+    unlink(path);
+    config_free(c);
+}
+
+static void test_kafka_properties_errors(void **state)
+{
+    (void)state;
+    char yaml[1024], err[256], want[512];
+    snprintf(yaml, sizeof yaml,
+             "kafka: { properties_env: { sasl.password: ROTOR_TEST_EH },\n"
+             "         properties_file: { ssl.key.password: /nonexistent/pw } }\n" SECRET_HEAD);
+    rotor_config_t *c = NULL;
+    assert_int_equal(parse(yaml, &c, err, sizeof err), 0);
+    cfg_kv_t *kv = (cfg_kv_t *)1;
+    size_t n = 7;
+    unsetenv("ROTOR_TEST_EH");
+    assert_int_equal(config_kafka_properties(c, &kv, &n, err, sizeof err), ROTOR_ECONFIG);
+    assert_null(kv);
+    assert_int_equal(n, 0);
+    assert_string_equal(
+        err, "kafka.properties_env.sasl.password: environment variable ROTOR_TEST_EH is not set");
+    setenv("ROTOR_TEST_EH", "", 1);
+    assert_int_equal(config_kafka_properties(c, &kv, &n, err, sizeof err), ROTOR_ECONFIG);
+    assert_string_equal(
+        err, "kafka.properties_env.sasl.password: environment variable ROTOR_TEST_EH is empty");
+    setenv("ROTOR_TEST_EH", "Endpoint=sb://ns/;SharedAccessKey=k3y", 1);
+    assert_int_equal(config_kafka_properties(c, &kv, &n, err, sizeof err), ROTOR_ECONFIG);
+    snprintf(want, sizeof want,
+             "kafka.properties_file.ssl.key.password: cannot read /nonexistent/pw: No such file "
+             "or directory");
+    assert_string_equal(err, want);
+    assert_null(strstr(err, "k3y"));
+    unsetenv("ROTOR_TEST_EH");
+    config_free(c);
+
+    /* A configuration without properties yields none, and no error. */
+    assert_int_equal(parse(SECRET_HEAD, &c, err, sizeof err), 0);
+    assert_int_equal(config_kafka_properties(c, &kv, &n, err, sizeof err), 0);
+    assert_int_equal(n, 0);
+    config_kv_free(kv, n);
+    config_free(c);
 }
 
 /* ---- config_dsn ---- */
@@ -607,6 +978,10 @@ int main(void)
         cmocka_unit_test(test_example_loads_with_documented_defaults),
         cmocka_unit_test(test_issue_flow_style_loads),
         cmocka_unit_test(test_overrides_and_lookups),
+        cmocka_unit_test(test_example_keyvault),
+        cmocka_unit_test(test_example_exec),
+        cmocka_unit_test(test_example_kubernetes),
+        cmocka_unit_test(test_drivers_and_probes_defaults),
         ERR_TEST(unknown_key_suggests),
         ERR_TEST(unknown_key_in_list_item),
         ERR_TEST(unknown_key_no_suggestion),
@@ -632,7 +1007,31 @@ int main(void)
         ERR_TEST(equal_roles),
         ERR_TEST(bad_store_name),
         ERR_TEST(store_names_not_distinct),
-        ERR_TEST(keyvault_not_yet),
+        ERR_TEST(keyvault_url_not_https),
+        ERR_TEST(keyvault_url_missing),
+        ERR_TEST(keyvault_with_dir),
+        ERR_TEST(keyvault_key_with_file_store),
+        ERR_TEST(keyvault_bad_resolve),
+        ERR_TEST(keyvault_writes_over_limit),
+        ERR_TEST(entra_token_not_bool),
+        ERR_TEST(exec_without_swap),
+        ERR_TEST(exec_keys_under_kubernetes),
+        ERR_TEST(kubernetes_without_deployments),
+        ERR_TEST(kubernetes_same_deployment),
+        ERR_TEST(kubernetes_bad_name),
+        ERR_TEST(external_keys_under_none),
+        ERR_TEST(probe_without_url),
+        ERR_TEST(probe_expect_out_of_range),
+        ERR_TEST(probe_expect_empty),
+        ERR_TEST(probe_bad_url),
+        ERR_TEST(probe_http_key_on_sql),
+        ERR_TEST(probe_typo_suggests),
+        ERR_TEST(probe_not_a_mapping),
+        ERR_TEST(client_secret_refused),
+        ERR_TEST(authority_not_https),
+        ERR_TEST(properties_env_not_a_name),
+        ERR_TEST(property_in_two_maps),
+        ERR_TEST(keyvault_topic_bad),
         ERR_TEST(class_emptied_by_exclude),
         ERR_TEST(bad_class),
         ERR_TEST(every_and_cron),
@@ -642,6 +1041,8 @@ int main(void)
         ERR_TEST(property_not_scalar),
         cmocka_unit_test(test_dsn_value_never_in_messages),
         cmocka_unit_test(test_load_missing_file),
+        cmocka_unit_test(test_kafka_properties_resolved),
+        cmocka_unit_test(test_kafka_properties_errors),
         cmocka_unit_test(test_dsn_from_env),
         cmocka_unit_test(test_dsn_from_file),
         cmocka_unit_test(test_dsn_needs_exactly_one),
