@@ -5,7 +5,8 @@
 
 #include "rotor.h"
 
-int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err, size_t errlen)
+int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, http_t *http, deploy_t **out, char *err,
+                size_t errlen)
 {
     *out = NULL;
     switch (sec->deploy.kind_id) {
@@ -14,9 +15,9 @@ int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *
         /* none needs no effect; external is the engine's own (stage.requested/completed). */
         return 0;
     case DEPLOY_EXEC:
-        return deploy_exec_open(loop, sec, out, err, errlen);
+        return deploy_exec_open(loop, sec, http, out, err, errlen);
     case DEPLOY_KUBERNETES:
-        return deploy_kubernetes_open(loop, sec, out, err, errlen);
+        return deploy_kubernetes_open(loop, sec, http, out, err, errlen);
     }
     snprintf(err, errlen, "secret %s: deploy kind %d is not supported", sec->name,
              (int)sec->deploy.kind_id);
@@ -26,9 +27,10 @@ int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *
 /* Stands in until deploy_kubernetes.c exists. A static archive member is not pulled in to
  * override a weak definition, so this must be deleted when the real driver lands. */
 __attribute__((weak)) int deploy_kubernetes_open(uv_loop_t *loop, const cfg_secret_t *sec,
-                                                 deploy_t **out, char *err, size_t errlen)
+                                                 http_t *http, deploy_t **out, char *err,
+                                                 size_t errlen)
 {
-    (void)loop, (void)sec, (void)out;
+    (void)loop, (void)sec, (void)http, (void)out;
     snprintf(err, errlen, "deploy kind kubernetes is not built in");
     return ROTOR_ECONFIG;
 }

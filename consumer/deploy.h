@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "http.h"
 
 typedef struct deploy_s deploy_t;
 typedef struct deploy_req_s deploy_req_t;
@@ -60,13 +61,14 @@ struct deploy_s {
 
 /* Opens the driver configured for sec; *out is NULL for kinds without a driver (none,
  * external). Returns 0 or a negative error with err set. */
-int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err, size_t errlen);
+int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, http_t *http, deploy_t **out, char *err,
+                size_t errlen);
 
 /* The drivers' constructors, which deploy_open dispatches to (same contract). sec is borrowed
  * and must outlive the driver; the caller owns *out and frees it with ops->close. */
-int deploy_exec_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err,
-                     size_t errlen);
-int deploy_kubernetes_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err,
-                           size_t errlen);
+int deploy_exec_open(uv_loop_t *loop, const cfg_secret_t *sec, http_t *http, deploy_t **out,
+                     char *err, size_t errlen);
+int deploy_kubernetes_open(uv_loop_t *loop, const cfg_secret_t *sec, http_t *http, deploy_t **out,
+                           char *err, size_t errlen);
 
 #endif

@@ -483,9 +483,10 @@ static const deploy_ops_t exec_ops = {
     .close = exec_close,
 };
 
-int deploy_exec_open(uv_loop_t *loop, const cfg_secret_t *sec, deploy_t **out, char *err,
-                     size_t errlen)
+int deploy_exec_open(uv_loop_t *loop, const cfg_secret_t *sec, http_t *http, deploy_t **out,
+                     char *err, size_t errlen)
 {
+    (void)http; /* commands need no HTTP client */
     const char *missing = NULL;
     if (!sec->deploy.exec.deploy || !sec->deploy.exec.deploy[0])
         missing = "deploy";

@@ -777,6 +777,43 @@ static void on_secret_registered(void *arg, int status, rotor_slot_t active, int
     }
 }
 
+/* Whether any secret talks to Azure: a Key Vault store, or an Entra token as database password. */
+static bool needs_azure(const rotor_config_t *cfg)
+{
+    for (size_t i = 0; i < cfg->nsecrets; i++) {
+        if (cfg->secrets[i].store.kind_id == STORE_KEYVAULT || cfg->secrets[i].database.entra_token)
+            return true;
+    }
+    return false;
+}
+
+/* The drivers' shared parts: one HTTP client on the loop (Key Vault, Kubernetes, probes) and,
+ * when a secret needs it, the Entra credential DefaultAzureCredential's order finds. */
+static int open_deps(engine_t *e, const rotor_config_t *cfg, char *err, size_t errlen)
+{
+    int rc = http_init(e->loop, &e->deps.http);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot start the HTTP client: %s", rotor_strerror(rc));
+        return rc;
+    }
+    if (!needs_azure(cfg))
+        return 0;
+    azure_cred_opts_t o = {
+        .tenant_id = cfg->azure.tenant_id,
+        .client_id = cfg->azure.client_id,
+        .federated_token_file = cfg->azure.federated_token_file,
+        .authority_host = cfg->azure.authority_host,
+        .imds_endpoint = cfg->azure.imds_endpoint,
+        .ca_file = cfg->azure.ca_file,
+    };
+    rc = azure_cred_new(e->loop, e->deps.http, &o, &e->deps.cred, err, errlen);
+    if (rc == 0)
+        log_info("azure.credential", "kind",
+                 (const char *[]){"environment", "workload-identity",
+                                  "managed-identity"}[azure_cred_kind(e->deps.cred)]);
+    return rc;
+}
+
 int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engine_t **out,
                  char *err, size_t errlen)
 {
@@ -798,17 +835,22 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     e->stop_timer.data = e;
     e->stop_deadline.data = e;
     e->handles_open = 3;
+    int rc = open_deps(e, opts->cfg, err, errlen);
+    if (rc < 0) {
+        engine_free(e);
+        return rc;
+    }
     for (size_t i = 0; i < e->nsecrets; i++) {
         const cfg_secret_t *s = &opts->cfg->secrets[i];
         e->secrets[i].cfg = s;
         char key[160];
         snprintf(key, sizeof key, "secrets[%zu].database", i);
-        int rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &e->secrets[i].dsn, err,
-                            errlen);
+        rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &e->secrets[i].dsn, err,
+                        errlen);
         if (rc == 0)
             rc = store_open(e->loop, s, &e->deps, &e->secrets[i].store, err, errlen);
         if (rc == 0)
-            rc = deploy_open(e->loop, s, &e->secrets[i].deploy, err, errlen);
+            rc = deploy_open(e->loop, s, e->deps.http, &e->secrets[i].deploy, err, errlen);
         if (rc < 0) {
             e->nsecrets = i + 1;
             engine_free(e);
@@ -906,6 +948,11 @@ void engine_free(engine_t *e)
             free(e->secrets[i].dsn);
         }
     }
+    azure_cred_free(e->deps.cred);
+    e->deps.cred = NULL;
+    if (e->deps.http)
+        http_close(e->deps.http);
+    e->deps.http = NULL;
     uv_close((uv_handle_t *)&e->cmd_timer, on_engine_handle_closed);
     uv_close((uv_handle_t *)&e->stop_timer, on_engine_handle_closed);
     uv_close((uv_handle_t *)&e->stop_deadline, on_engine_handle_closed);

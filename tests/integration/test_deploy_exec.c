@@ -104,7 +104,7 @@ static int teardown(void **state)
 static void open_driver(fixture_t *f)
 {
     char err[256] = "";
-    assert_int_equal(deploy_open(&f->loop, &f->cfg, &f->drv, err, sizeof err), 0);
+    assert_int_equal(deploy_open(&f->loop, &f->cfg, NULL, &f->drv, err, sizeof err), 0);
     assert_non_null(f->drv);
 }
 
@@ -446,15 +446,15 @@ static void test_open_dispatch(void **state)
     char err[256] = "";
     deploy_t *d = (deploy_t *)&err; /* must be overwritten */
     f->cfg.deploy.kind_id = DEPLOY_NONE;
-    assert_int_equal(deploy_open(&f->loop, &f->cfg, &d, err, sizeof err), 0);
+    assert_int_equal(deploy_open(&f->loop, &f->cfg, NULL, &d, err, sizeof err), 0);
     assert_null(d);
     d = (deploy_t *)&err;
     f->cfg.deploy.kind_id = DEPLOY_EXTERNAL;
-    assert_int_equal(deploy_open(&f->loop, &f->cfg, &d, err, sizeof err), 0);
+    assert_int_equal(deploy_open(&f->loop, &f->cfg, NULL, &d, err, sizeof err), 0);
     assert_null(d);
     f->cfg.deploy.kind_id = DEPLOY_EXEC;
     f->cfg.deploy.exec.swap = NULL;
-    assert_int_equal(deploy_open(&f->loop, &f->cfg, &d, err, sizeof err), ROTOR_ECONFIG);
+    assert_int_equal(deploy_open(&f->loop, &f->cfg, NULL, &d, err, sizeof err), ROTOR_ECONFIG);
     assert_string_equal(err,
                         "secret orders-db: deploy.exec.swap: a command is required for deploy kind "
                         "exec");
