@@ -15,19 +15,6 @@ static const struct {
     {"azure-keyvault", store_keyvault_open},
 };
 
-/* Until store_keyvault.c is linked in, the kind is known but not available. */
-__attribute__((weak)) int store_keyvault_open(uv_loop_t *loop, const cfg_secret_t *sec,
-                                              const store_deps_t *deps, store_t **out, char *err,
-                                              size_t errlen)
-{
-    (void)loop;
-    (void)sec;
-    (void)deps;
-    (void)out;
-    snprintf(err, errlen, "store kind azure-keyvault is not built in");
-    return ROTOR_ECONFIG;
-}
-
 int store_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps, store_t **out,
                char *err, size_t errlen)
 {
