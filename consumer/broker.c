@@ -75,7 +75,7 @@ static int broker_write_atomic(const char *path, const char *text)
 static int broker_create_topics(broker_t *b, const rotor_config_t *cfg, char *err, size_t errlen)
 {
     const char *topics[] = {cfg->kafka.topic_commands, cfg->kafka.topic_events,
-                            cfg->kafka.topic_deadletter};
+                            cfg->kafka.topic_deadletter, cfg->kafka.topic_keyvault};
     int parts = cfg->kafka.partitions > 0 ? cfg->kafka.partitions : 1;
     for (size_t i = 0; i < sizeof topics / sizeof topics[0]; i++) {
         if (!topics[i] || !*topics[i])

@@ -158,9 +158,13 @@ struct rd_kafka_s *cli_kafka_new(const rotor_config_t *cfg, const char *brokers,
     if (!rc)
         rc = cli_conf_set(conf, "client.id", "rotor-cli", err, errlen);
     /* The operator's properties (TLS, SASL for Event Hubs...) come last and win. */
-    for (size_t i = 0; !rc && i < cfg->kafka.nproperties; i++)
-        rc = cli_conf_set(conf, cfg->kafka.properties[i].key, cfg->kafka.properties[i].value, err,
-                          errlen);
+    cfg_kv_t *props = NULL;
+    size_t nprops = 0;
+    if (!rc)
+        rc = config_kafka_properties(cfg, &props, &nprops, err, errlen);
+    for (size_t i = 0; !rc && i < nprops; i++)
+        rc = cli_conf_set(conf, props[i].key, props[i].value, err, errlen);
+    config_kv_free(props, nprops);
     if (rc) {
         rd_kafka_conf_destroy(conf);
         return NULL;

@@ -15,6 +15,7 @@
 #include "event.h"
 #include "health.h"
 #include "journal.h"
+#include "kv_event.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
@@ -25,6 +26,7 @@
 #include "util.h"
 
 #define MAX_PARTITIONS 1024
+#define KV_MAX_EVENTS 16 /* Event Grid delivers at most this many events in one message */
 
 typedef struct {
     uv_loop_t loop;
@@ -50,6 +52,8 @@ typedef struct {
     /* the message being handled (one at a time) */
     kafka_msg_t *msg;
     event_t ev;
+    kv_event_t kv[KV_MAX_EVENTS]; /* a Key Vault message's events, handled in order */
+    int nkv, kv_next;
 } daemon_t;
 
 /* ---- ownership and readiness ----------------------------------------------------------------- */
@@ -164,10 +168,54 @@ static void on_command_done(void *arg, int status, const char *reason)
         retry_later(d);
 }
 
+/* Key Vault's events (Event Grid through Event Hubs): one message may hold several. */
+static void next_kv_event(daemon_t *d);
+
+static void on_kv_event_done(void *arg, int status, const char *reason)
+{
+    (void)reason;
+    daemon_t *d = arg;
+    if (status != 0) {
+        retry_later(d); /* the whole message again: what was done is absorbed or ignored */
+        return;
+    }
+    d->kv_next++;
+    next_kv_event(d);
+}
+
+static void next_kv_event(daemon_t *d)
+{
+    if (d->kv_next >= d->nkv) {
+        message_done(d, "applied");
+        return;
+    }
+    engine_keyvault_event(d->engine, &d->kv[d->kv_next], on_kv_event_done, d);
+}
+
+static void handle_keyvault_message(daemon_t *d)
+{
+    kafka_msg_t *m = d->msg;
+    char reason[512];
+    int n =
+        kv_event_parse(m->value, m->len, m->headers, m->nheaders, d->cfg->kafka.max_message_bytes,
+                       d->kv, KV_MAX_EVENTS, reason, sizeof reason);
+    if (n < 0) {
+        dead_letter(d, reason);
+        return;
+    }
+    d->nkv = n;
+    d->kv_next = 0;
+    next_kv_event(d);
+}
+
 static void handle_message(daemon_t *d)
 {
     kafka_msg_t *m = d->msg;
     char reason[512];
+    if (d->cfg->kafka.topic_keyvault && strcmp(m->topic, d->cfg->kafka.topic_keyvault) == 0) {
+        handle_keyvault_message(d);
+        return;
+    }
     if (event_parse(m->value, m->len, m->headers, m->nheaders, d->cfg->kafka.max_message_bytes,
                     &d->ev, reason, sizeof reason) < 0) {
         dead_letter(d, reason);

@@ -647,6 +647,29 @@ int journal_dead_letter(journal_t *j, const char *dlq_topic, const char *topic, 
     return rc;
 }
 
+int journal_outbox_add(journal_t *j, const char *outbox, journal_done_cb cb, void *arg)
+{
+    const char *params[] = {outbox};
+    return pgc_query(
+        j->conn,
+        "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
+        "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
+        "  FROM jsonb_to_recordset($1::jsonb) AS x(topic text, key text, value text,"
+        "   headers jsonb) RETURNING id)"
+        " SELECT count(*) + 1 FROM m",
+        1, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+int journal_version_written(journal_t *j, const char *secret, const char *version,
+                            journal_rows_cb cb, void *arg)
+{
+    const char *params[] = {secret, version};
+    return pgc_query(j->conn,
+                     "SELECT " ROT_COLUMNS " FROM rotor.rotations"
+                     " WHERE secret = $1 AND version = $2 LIMIT 1",
+                     2, params, on_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
 int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, const char *outbox,
                            journal_done_cb cb, void *arg)
 {

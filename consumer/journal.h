@@ -113,6 +113,15 @@ int journal_dead_letter(journal_t *j, const char *dlq_topic, const char *topic, 
                         size_t len, const char *headers, const char *reason, journal_done_cb cb,
                         void *arg);
 
+/* Queues events that belong to no rotation (an out-of-band change, a request for the commands
+ * topic), in one statement. outbox as for journal_create; borrowed for the call. */
+int journal_outbox_add(journal_t *j, const char *outbox, journal_done_cb cb, void *arg);
+
+/* Whether rotor wrote `version` of the secret's store entries (a rotation's version): status 0
+ * and n = 1 through journal_rows_cb when it did, n = 0 when not. */
+int journal_version_written(journal_t *j, const char *secret, const char *version,
+                            journal_rows_cb cb, void *arg);
+
 /* Claims the schedule slot (secret, due) once across all replicas and, if this call won it,
  * queues outbox in the same statement. status 0 = claimed; ROTOR_ECONFLICT = already claimed. */
 int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, const char *outbox,

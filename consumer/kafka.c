@@ -82,15 +82,17 @@ static int kafka_conf_table(rd_kafka_conf_t *conf, const char *const (*kv)[2], s
     return 0;
 }
 
+/* The operator's properties, with those taken from the environment or files (a SASL password,
+ * an Event Hubs connection string) resolved now and wiped once librdkafka has its copy. */
 static int kafka_conf_user(const kafka_t *k, rd_kafka_conf_t *conf, char *err, size_t errlen)
 {
-    for (size_t i = 0; i < k->cfg->kafka.nproperties; i++) {
-        const cfg_kv_t *p = &k->cfg->kafka.properties[i];
-        int rc = kafka_conf_set(conf, p->key, p->value, err, errlen);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    cfg_kv_t *props = NULL;
+    size_t n = 0;
+    int rc = config_kafka_properties(k->cfg, &props, &n, err, errlen);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = kafka_conf_set(conf, props[i].key, props[i].value, err, errlen);
+    config_kv_free(props, n);
+    return rc;
 }
 
 static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -262,8 +264,12 @@ static int kafka_make_consumer(kafka_t *k, const char *brokers, char *err, size_
 
 static int kafka_subscribe(kafka_t *k, char *err, size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(2);
     rd_kafka_topic_partition_list_add(topics, k->cfg->kafka.topic_commands, RD_KAFKA_PARTITION_UA);
+    /* Key Vault's events (Event Grid through Event Hubs) come in on a topic of their own. */
+    if (k->cfg->kafka.topic_keyvault)
+        rd_kafka_topic_partition_list_add(topics, k->cfg->kafka.topic_keyvault,
+                                          RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(k->consumer, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (e) {

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "event.h"
 #include "journal.h"
+#include "kv_event.h"
 
 typedef struct engine_s engine_t;
 
@@ -38,6 +39,12 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
  * reason); ROTOR_EDB = the journal is unavailable (try the same event again later). */
 typedef void (*engine_cmd_cb)(void *arg, int status, const char *reason);
 int engine_command(engine_t *e, const event_t *ev, engine_cmd_cb cb, void *arg);
+
+/* Handles one Key Vault event (borrowed until cb runs): requests a rotation through the
+ * commands topic when the version production uses nears or passes its expiry, reports a version
+ * someone else wrote as secret.changed-out-of-band, records and ignores the rest. cb status: 0 =
+ * handled; ROTOR_EDB = the journal or the vault is unavailable (try the event again later). */
+int engine_keyvault_event(engine_t *e, const kv_event_t *ev, engine_cmd_cb cb, void *arg);
 
 /* Ownership changed: load the open rotations of newly owned secrets, let go of the others once
  * their in-flight effect has reached the journal. */

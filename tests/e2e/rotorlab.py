@@ -150,6 +150,10 @@ DEFAULTS = {
     "schedule": None,
     "current": "pg-current",
     "deploy": "{ kind: none }",
+    "store": None,          # YAML of secrets[0].store; None = the file store in the lab
+    "azure": None,          # YAML of the azure section, or None
+    "keyvault_topic": None,  # kafka.topics.keyvault, or None
+    "env_extra": None,      # more environment for rotor (credentials of the kind under test)
     "probe": "select count(*) from app.users",
     "kafka_props": '{ session.timeout.ms: "6000", heartbeat.interval.ms: "500" }',
 }
@@ -196,16 +200,20 @@ class Lab:
         o = self.opts
         schedule = f"\n    schedule: {o['schedule']}" if o["schedule"] else ""
         current = f", current: {o['current']}" if o["current"] else ""
+        store = o["store"] or (f"{{ kind: file, dir: {self.secrets_dir},\n"
+                               f"             names: {{ blue: pg-blue, green: pg-green{current} }} }}")
+        azure = f"azure: {o['azure']}\n" if o["azure"] else ""
+        kv_topic = f", keyvault: {o['keyvault_topic']}" if o["keyvault_topic"] else ""
         text = f"""# written by tests/e2e/rotorlab.py
 kafka:
   brokers: {self.brokers}
   bootstrap_file: {self.bootstrap_file}
   group: rotor
-  topics: {{ commands: rotor.commands, events: rotor.events, deadletter: rotor.deadletter }}
+  topics: {{ commands: rotor.commands, events: rotor.events, deadletter: rotor.deadletter{kv_topic} }}
   max_message_bytes: 65536
   properties: {o['kafka_props']}
 journal: {{ dsn_env: ROTOR_JOURNAL_DSN }}
-http: {{ listen: "127.0.0.1:0" }}
+{azure}http: {{ listen: "127.0.0.1:0" }}
 log: {{ level: debug }}
 daemon: {{ shutdown_timeout: 10s, schedule_interval: 500ms }}
 stages: {o['stages']}
@@ -214,8 +222,7 @@ secrets:
     active: blue
     database: {{ dsn_env: APP_DB_ADMIN_DSN, roles: {{ blue: app_blue, green: app_green }},
                 probe: "{o['probe']}", drain: {o['drain']} }}
-    store: {{ kind: file, dir: {self.secrets_dir},
-             names: {{ blue: pg-blue, green: pg-green{current} }} }}
+    store: {store}
     password: {{ length: 32, classes: [upper, lower, digit], exclude: "\\"'\\\\@:/ " }}
     validity: 90d
     deploy: {o['deploy']}
@@ -230,6 +237,7 @@ secrets:
         env["ROTOR_JOURNAL_DSN"] = self.pg.admin_dsn
         env["APP_DB_ADMIN_DSN"] = self.pg.admin_dsn
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        env.update(self.opts.get("env_extra") or {})
         return env
 
     # -- processes ---------------------------------------------------------------------------
