@@ -1,6 +1,7 @@
 /* rotation.c: the rotation engine: state machine, attempts, timeouts, retries, commands. */
 #include "rotation_int.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -420,6 +421,99 @@ static void on_deadline(uv_timer_t *t)
     rot_effect_done(r, ROTOR_ETIMEOUT, reason);
 }
 
+/* Azure Database for PostgreSQL's audience: an Entra access token is the admin's password. */
+#define ENTRA_PG_SCOPE "https://ossrdbms-aad.database.windows.net/.default"
+
+const char *rot_admin_dsn(const rotation_t *r)
+{
+    return r->sec->dsn_entra ? r->sec->dsn_entra : r->sec->dsn;
+}
+
+/* dsn with password=token: a URI gets a query parameter, key=value text a quoted keyword.
+ * Returns malloc'ed text (wipe it: it holds the token). */
+static char *dsn_with_password(const char *dsn, const char *token)
+{
+    size_t cap = strlen(dsn) + strlen(token) * 3 + 32, n = strlen(dsn);
+    char *out = util_malloc(cap);
+    memcpy(out, dsn, n);
+    bool uri = strncmp(dsn, "postgres://", 11) == 0 || strncmp(dsn, "postgresql://", 13) == 0;
+    if (uri) {
+        n += (size_t)snprintf(out + n, cap - n, "%spassword=", strchr(dsn, '?') ? "&" : "?");
+        for (const unsigned char *p = (const unsigned char *)token; *p; p++) {
+            if (isalnum(*p) || strchr("-._~", *p))
+                out[n++] = (char)*p;
+            else
+                n += (size_t)snprintf(out + n, cap - n, "%%%02X", *p);
+        }
+    } else {
+        n += (size_t)snprintf(out + n, cap - n, " password='");
+        for (const char *p = token; *p; p++) {
+            if (*p == '\\' || *p == '\'')
+                out[n++] = '\\';
+            out[n++] = *p;
+        }
+        out[n++] = '\'';
+    }
+    out[n] = '\0';
+    return out;
+}
+
+static void on_attempt_started(rotation_t *r, int status);
+
+typedef struct {
+    rotation_t *r;
+    unsigned token;
+} pgtok_t;
+
+static void on_pg_token(void *arg, int status, const char *token, int64_t expires_on_ms,
+                        const char *reason)
+{
+    (void)expires_on_ms;
+    pgtok_t *t = arg;
+    rotation_t *r = t->r;
+    bool current = t->token == r->token;
+    free(t);
+    r->inflight--;
+    if (r->gone || !current) {
+        rot_maybe_free(r);
+        return;
+    }
+    if (status < 0) {
+        char why[512];
+        snprintf(why, sizeof why, "no Entra token for the database: %s",
+                 reason ? reason : rotor_strerror(status));
+        rot_effect_done(r, status, why);
+        return;
+    }
+    char *dsn = dsn_with_password(r->sec->dsn, token);
+    if (r->sec->dsn_entra) {
+        secret_wipe(r->sec->dsn_entra, strlen(r->sec->dsn_entra));
+        free(r->sec->dsn_entra);
+    }
+    r->sec->dsn_entra = dsn;
+    stage_run(r);
+}
+
+/* Starts the attempt's effect, first fetching an Entra token for the database when the admin
+ * connection authenticates with one (the credential caches it until shortly before expiry). */
+static void run_effect(rotation_t *r)
+{
+    if (!r->sec->cfg->database.entra_token) {
+        stage_run(r);
+        return;
+    }
+    pgtok_t *t = util_malloc(sizeof *t);
+    t->r = r;
+    t->token = r->token;
+    r->inflight++;
+    int rc = azure_token(r->eng->deps.cred, ENTRA_PG_SCOPE, NULL, on_pg_token, t);
+    if (rc < 0) {
+        r->inflight--;
+        free(t);
+        rot_effect_done(r, rc, "cannot request an Entra token for the database");
+    }
+}
+
 static void on_attempt_started(rotation_t *r, int status)
 {
     if (status != 0) {
@@ -435,7 +529,7 @@ static void on_attempt_started(rotation_t *r, int status)
     r->sessions_ended = -1;
     uv_timer_start(&r->deadline, on_deadline, attempt_timeout(r), 0);
     rot_log(LOG_INFO, "stage.started", r, NULL, NULL);
-    stage_run(r);
+    run_effect(r);
 }
 
 static void enter_approval(rotation_t *r, json_t *out);
@@ -943,9 +1037,12 @@ void engine_free(engine_t *e)
             e->secrets[i].store->ops->close(e->secrets[i].store);
         if (e->secrets[i].deploy)
             e->secrets[i].deploy->ops->close(e->secrets[i].deploy);
-        if (e->secrets[i].dsn) {
-            secret_wipe(e->secrets[i].dsn, strlen(e->secrets[i].dsn));
-            free(e->secrets[i].dsn);
+        char *dsns[] = {e->secrets[i].dsn, e->secrets[i].dsn_entra};
+        for (int k = 0; k < 2; k++) {
+            if (dsns[k]) {
+                secret_wipe(dsns[k], strlen(dsns[k]));
+                free(dsns[k]);
+            }
         }
     }
     azure_cred_free(e->deps.cred);

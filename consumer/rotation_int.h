@@ -25,6 +25,7 @@ typedef struct {
     store_t *store;
     deploy_t *deploy; /* NULL for the kinds without a driver (none, external) */
     char *dsn;        /* admin DSN (may hold a password): wiped on free */
+    char *dsn_entra;  /* database.entra_token: dsn with the current Entra token as password */
 } secret_ctx_t;
 
 typedef struct rotation_s rotation_t;
@@ -104,6 +105,8 @@ void rot_crash_point(const rotation_t *r, const char *point);
 const cfg_stage_policy_t *rot_policy(const rotation_t *r);
 const char *rot_role(const rotation_t *r, rotor_slot_t s);
 const char *rot_store_name(const rotation_t *r, rotor_slot_t s);
+/* The admin DSN the database driver uses now (with the Entra token when so configured). */
+const char *rot_admin_dsn(const rotation_t *r);
 void rot_log(log_level_t lvl, const char *msg, const rotation_t *r, const char *k1, const char *v1);
 char *rot_itoa(char *buf, size_t len, long long v);
 /* Adds an event rotor emits to an outbox array; steals data. */

@@ -343,7 +343,7 @@ static void eff_prepare(rotation_t *r)
 {
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, prepare_roles_ok);
-    int rc = db_check_roles(r->eng->loop, r->sec->dsn, rot_role(r, r->row.from_slot),
+    int rc = db_check_roles(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.from_slot),
                             rot_role(r, r->row.to_slot), on_db, c, &req);
     db_started(r, c, rc, req);
 }
@@ -425,7 +425,7 @@ static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const c
     rot_crash_point(r, "inside");
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, effect_ok);
-    int rc = db_set_password(r->eng->loop, r->sec->dsn, rot_role(r, r->row.to_slot), value,
+    int rc = db_set_password(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
                              r->row.expires_at_ms, on_db, c, &req);
     secret_free(value); /* db_set_password copied it */
     db_started(r, c, rc, req);
@@ -449,7 +449,7 @@ static void on_verify_value(void *arg, int status, rotor_secret_t *value, const 
     }
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, effect_ok);
-    int rc = db_verify_login(r->eng->loop, r->sec->dsn, rot_role(r, r->row.to_slot), value,
+    int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
                              r->sec->cfg->database.probe, on_db, c, &req);
     secret_free(value);
     db_started(r, c, rc, req);
@@ -517,7 +517,8 @@ static void on_current_written(void *arg, int status, const char *reason)
     r->row.swapped = false;
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, effect_ok);
-    int rc = db_set_nologin(r->eng->loop, r->sec->dsn, rot_role(r, r->row.to_slot), on_db, c, &req);
+    int rc =
+        db_set_nologin(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), on_db, c, &req);
     db_started(r, c, rc, req);
 }
 
@@ -576,7 +577,8 @@ static void rollback_current(rotation_t *r)
     r->row.swapped = false;
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, effect_ok);
-    int rc = db_set_nologin(r->eng->loop, r->sec->dsn, rot_role(r, r->row.to_slot), on_db, c, &req);
+    int rc =
+        db_set_nologin(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), on_db, c, &req);
     db_started(r, c, rc, req);
 }
 
@@ -611,8 +613,8 @@ static void retire_end_sessions(rotation_t *r)
 {
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, retire_sessions_ended);
-    int rc =
-        db_end_sessions(r->eng->loop, r->sec->dsn, rot_role(r, r->row.from_slot), on_db, c, &req);
+    int rc = db_end_sessions(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.from_slot), on_db,
+                             c, &req);
     db_started(r, c, rc, req);
 }
 
@@ -639,8 +641,8 @@ static void eff_retire(rotation_t *r)
 {
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, retire_nologin_done);
-    int rc =
-        db_set_nologin(r->eng->loop, r->sec->dsn, rot_role(r, r->row.from_slot), on_db, c, &req);
+    int rc = db_set_nologin(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.from_slot), on_db, c,
+                            &req);
     db_started(r, c, rc, req);
 }
 

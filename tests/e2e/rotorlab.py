@@ -153,7 +153,8 @@ DEFAULTS = {
     "store": None,          # YAML of secrets[0].store; None = the file store in the lab
     "azure": None,          # YAML of the azure section, or None
     "keyvault_topic": None,  # kafka.topics.keyvault, or None
-    "env_extra": None,      # more environment for rotor (credentials of the kind under test)
+    "env_extra": None,
+    "db_extra": "",         # more keys of secrets[0].database, e.g. ", entra_token: true"      # more environment for rotor (credentials of the kind under test)
     "probe": "select count(*) from app.users",
     "kafka_props": '{ session.timeout.ms: "6000", heartbeat.interval.ms: "500" }',
 }
@@ -221,7 +222,7 @@ secrets:
   - name: app-db
     active: blue
     database: {{ dsn_env: APP_DB_ADMIN_DSN, roles: {{ blue: app_blue, green: app_green }},
-                probe: "{o['probe']}", drain: {o['drain']} }}
+                probe: "{o['probe']}", drain: {o['drain']}{o['db_extra']} }}
     store: {store}
     password: {{ length: 32, classes: [upper, lower, digit], exclude: "\\"'\\\\@:/ " }}
     validity: 90d

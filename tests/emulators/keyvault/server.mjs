@@ -84,6 +84,10 @@ const defaultFaults = () => ({
   retry_after_header: 'Retry-After', // or retry-after-ms, x-ms-retry-after-ms
   write_limit_per_10s: 0, // > 0: writes beyond this many in a sliding 10 s window get 429
   token_lifetime_s: 3600,
+  // Tests of Entra-authenticated PostgreSQL set the admin role's password to a known token:
+  // tokens for this audience are then always this value.
+  fixed_token: null,
+  fixed_token_aud: null,
 });
 
 const state = {
@@ -153,7 +157,8 @@ function audienceOf(scopeOrResource) {
 }
 
 function issueToken(aud, kind, tenant) {
-  const token = `kvemu.${hex(24)}`;
+  const f = state.faults;
+  const token = f.fixed_token && aud === f.fixed_token_aud ? f.fixed_token : `kvemu.${hex(24)}`;
   const lifetime = state.faults.token_lifetime_s;
   state.tokens.set(token, { aud, kind, tenant, expiresAt: Date.now() + lifetime * 1000 });
   return { token, lifetime };
@@ -531,7 +536,8 @@ async function control(req, res, url) {
         if (v) for (const t of state.tokens.values()) t.expiresAt = Date.now();
       } else if (k === 'reset') {
         if (v) state.faults = defaultFaults();
-      } else if (!(k in known) || typeof v !== typeof known[k]) {
+      } else if (!(k in known) || (typeof v !== typeof known[k] &&
+                                   !(known[k] === null && typeof v === 'string'))) {
         return json(res, 400, { error: `unknown fault or wrong type: ${k}` });
       } else state.faults[k] = v;
     }
