@@ -37,9 +37,12 @@ static const transition_t transitions[] = {
     {STAGE_APPROVE, ON_REJECTED, IF_ANY, STAGE_ROLLBACK},
     {STAGE_RETIRE, ON_OK, IF_ANY, T_COMPLETED},
     {STAGE_ROLLBACK, ON_OK, IF_ANY, T_ROLLED_BACK},
+    /* production probes failing after the swap, or through the auto approval's soak */
+    {STAGE_SWAP, ON_PROBE_FAILED, IF_ANY, STAGE_ROLLBACK},
+    {STAGE_APPROVE, ON_PROBE_FAILED, IF_ANY, STAGE_ROLLBACK},
 };
 
-static const char *const event_labels[] = {"ok", "approved", "rejected"};
+static const char *const event_labels[] = {"ok", "approved", "rejected", "probe failed"};
 static const char *const guard_labels[] = {"", "gate includes swap", "gate includes retire",
                                            "swapped", "not swapped"};
 
@@ -696,6 +699,18 @@ void rot_effect_done(rotation_t *r, int status, const char *reason)
             r->next.error[0] = '\0'; /* a rollback keeps the rejection's reason */
         rot_log(LOG_INFO, "stage.completed", r, NULL, NULL);
         rot_advance(r, ON_OK, out);
+    } else if (status == ROTOR_EPROBE) {
+        /* Production no longer serves after the swap: swap back at once, do not retry. */
+        util_strlcpy(r->next.error, reason ? reason : rotor_strerror(status), sizeof r->next.error);
+        json_t *d = rot_data(&r->row);
+        json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
+        json_object_set_new(d, "attempt", json_integer(r->row.attempt > 0 ? r->row.attempt : 1));
+        json_object_set_new(d, "error", json_string(r->next.error));
+        json_object_set_new(d, "final", json_true());
+        rot_outbox_add(r->eng, out, "stage.failed", r->row.secret, r->row.traceparent, d);
+        hist = rot_history(&r->row, "probe-failed", NULL, took, r->next.error, NULL);
+        rot_log(LOG_ERROR, "stage.probe_failed", r, "error", r->next.error);
+        rot_advance(r, ON_PROBE_FAILED, out);
     } else {
         const cfg_stage_policy_t *pol = rot_policy(r);
         /* An approval that timed out is not retried by itself: a person has to decide. */
@@ -762,6 +777,13 @@ void rot_step(rotation_t *r)
         start_attempt(r);
         return;
     case RS_WAITING:
+        if (r->row.next_at_ms > now && r->sec->cfg->approval.mode == APPROVAL_AUTO &&
+            r->sec->cfg->probes.nproduction > 0 && r->row.swapped) {
+            /* The soak watches production; it approves or rolls back by itself. */
+            if (!r->probereq)
+                stage_soak(r);
+            return;
+        }
         if (r->row.next_at_ms > now) {
             uv_timer_start(&r->timer, rot_on_timer, (uint64_t)(r->row.next_at_ms - now), 0);
             return;
@@ -780,6 +802,8 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
                          persisted_fn then)
 {
     uv_timer_stop(&r->timer);
+    stage_cancel_deploy(r); /* a soak still watching production: the decision is made */
+    r->token++;
     r->next = r->row;
     r->finished = STAGE_APPROVE;
     json_t *out = json_array();
@@ -793,7 +817,8 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
         hist = rot_history(&r->row, "approved", actor, -1, NULL, NULL);
     } else {
         util_strlcpy(r->next.error, why && *why ? why : "rejected", sizeof r->next.error);
-        hist = rot_history(&r->row, "rejected", actor, -1, r->next.error, NULL);
+        hist = rot_history(&r->row, on == ON_PROBE_FAILED ? "probe-failed" : "rejected", actor, -1,
+                           r->next.error, NULL);
     }
     util_strlcpy(r->next.actor, actor ? actor : "", sizeof r->next.actor);
     rot_advance(r, on, out);

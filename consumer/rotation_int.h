@@ -11,12 +11,13 @@
 #include "db.h"
 #include "deploy.h"
 #include "log.h"
+#include "probe.h"
 #include "rotation.h"
 #include "store.h"
 
 /* Where a stage goes when it ends. Targets below 0 are terminal statuses. */
 enum { T_COMPLETED = -1, T_ROLLED_BACK = -2 };
-typedef enum { ON_OK, ON_APPROVED, ON_REJECTED } trans_event_t;
+typedef enum { ON_OK, ON_APPROVED, ON_REJECTED, ON_PROBE_FAILED } trans_event_t;
 
 typedef enum { IF_ANY, IF_GATE_SWAP, IF_GATE_RETIRE, IF_SWAPPED, IF_NOT_SWAPPED } trans_guard_t;
 
@@ -71,6 +72,8 @@ struct rotation_s {
     rotor_stage_t finished; /* the stage whose end is being written */
     db_req_t *dbreq;
     deploy_req_t *deployreq;         /* the deploy driver's request in flight */
+    probe_req_t *probereq;           /* probes of the current effect, or of the soak */
+    int verify_pending;              /* verify: checks still running (login, probes) */
     void (*ext_next)(rotation_t *r); /* external: what follows the pipeline's answer */
     int64_t attempt_started_ms;
     long sessions_ended;
@@ -126,7 +129,10 @@ bool stage_is_external(const rotation_t *r);
 /* stage.c: a pipeline's answer for r's current stage. Returns false when r is not waiting for
  * one (the answer is out of place). */
 bool stage_external_answer(rotation_t *r, int status, const char *reason);
-/* stage.c: stops a deploy request or an external wait of the current effect. */
+/* stage.c: stops a deploy request, an external wait or probes of the current effect. */
 void stage_cancel_deploy(rotation_t *r);
+/* stage.c: the auto approval's soak with production probes: watches them until r->row.next_at;
+ * approves when they keep passing, rolls back when one fails. */
+void stage_soak(rotation_t *r);
 
 #endif

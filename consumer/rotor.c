@@ -66,6 +66,8 @@ const char *rotor_strerror(int err)
         return "canceled";
     case ROTOR_ETIMEOUT:
         return "timed out";
+    case ROTOR_EPROBE:
+        return "production probe failed";
     default:
         return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
     }

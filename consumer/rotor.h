@@ -21,6 +21,7 @@ enum {
     ROTOR_EINVALID,      /* bad input event */
     ROTOR_ECANCELED,     /* request canceled because its handle closed */
     ROTOR_ETIMEOUT,      /* stage or request timed out */
+    ROTOR_EPROBE,        /* a production probe failed after the swap: roll back, do not retry */
 };
 
 const char *rotor_strerror(int err);

@@ -204,6 +204,11 @@ bool stage_external_answer(rotation_t *r, int status, const char *reason)
 void stage_cancel_deploy(rotation_t *r)
 {
     r->ext_next = NULL;
+    if (r->probereq) {
+        probe_req_t *q = r->probereq;
+        r->probereq = NULL;
+        probe_cancel(q);
+    }
     if (r->deployreq) {
         deploy_req_t *q = r->deployreq;
         r->deployreq = NULL;
@@ -436,6 +441,65 @@ static void eff_set_db(rotation_t *r)
     read_new_version(r, on_setdb_value);
 }
 
+/* ---- probes ---------------------------------------------------------------------------- */
+
+typedef void (*probe_next_fn)(rotation_t *r, int status, const char *reason);
+
+typedef struct {
+    eff_t *x;
+    probe_next_fn next;
+} prbctx_t;
+
+static void on_probes(void *arg, int status, const char *reason)
+{
+    prbctx_t *c = arg;
+    probe_next_fn next = c->next;
+    rotation_t *r = c->x->r;
+    if (c->x->token == r->token)
+        r->probereq = NULL;
+    r = eff_take(c->x);
+    free(c);
+    if (r)
+        next(r, status, reason);
+}
+
+/* Runs a probe list (borrowed from the configuration) and hands its outcome to next. */
+static void run_probes(rotation_t *r, const cfg_probe_t *probes, size_t n, const probe_sql_t *sql,
+                       probe_next_fn next, const char *what)
+{
+    prbctx_t *c = util_malloc(sizeof *c);
+    c->x = eff_new(r);
+    c->next = next;
+    probe_req_t *req = NULL;
+    int rc = probe_run(r->eng->loop, r->eng->deps.http, probes, n, sql, on_probes, c, &req);
+    if (rc < 0) {
+        r->inflight--;
+        free(c->x);
+        free(c);
+        char why[96];
+        snprintf(why, sizeof why, "%s could not start: %s", what, rotor_strerror(rc));
+        next(r, rc, why);
+        return;
+    }
+    r->probereq = req;
+}
+
+static void verify_part_done(rotation_t *r, int status, const char *reason)
+{
+    if (status < 0) {
+        rot_effect_done(r, status, reason); /* the other part's callback is stale from now on */
+        return;
+    }
+    if (--r->verify_pending == 0)
+        rot_effect_done(r, 0, NULL);
+}
+
+static void verify_login_done(rotation_t *r, long count)
+{
+    (void)count;
+    verify_part_done(r, 0, NULL);
+}
+
 static void on_verify_value(void *arg, int status, rotor_secret_t *value, const char *version,
                             const char *reason)
 {
@@ -447,8 +511,14 @@ static void on_verify_value(void *arg, int status, rotor_secret_t *value, const 
             rot_effect_done(r, status, reason);
         return;
     }
+    /* The login check and the verify probes run together; both must pass. */
+    r->verify_pending = 2;
+    probe_sql_t sql = {rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
+                       r->sec->cfg->database.probe};
+    run_probes(r, r->sec->cfg->probes.verify, r->sec->cfg->probes.nverify, &sql, verify_part_done,
+               "verify probe");
     db_req_t *req = NULL;
-    dbctx_t *c = dbctx(r, effect_ok);
+    dbctx_t *c = dbctx(r, verify_login_done);
     int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
                              r->sec->cfg->database.probe, on_db, c, &req);
     secret_free(value);
@@ -499,6 +569,26 @@ static rotor_secret_t *current_entry(const char *role, const rotor_secret_t *pw)
     return s;
 }
 
+/* After the swap, production must serve from the new slot: a failing production probe rolls
+ * back rather than retrying (ROTOR_EPROBE). */
+static void production_probed(rotation_t *r, int status, const char *reason)
+{
+    if (status < 0 && status != ROTOR_ECANCELED) {
+        char why[1024];
+        snprintf(why, sizeof why, "after the swap: %s", reason ? reason : rotor_strerror(status));
+        rot_effect_done(r, ROTOR_EPROBE, why);
+        return;
+    }
+    rot_effect_done(r, status, reason);
+}
+
+static void swapped(rotation_t *r)
+{
+    r->row.swapped = true;
+    run_probes(r, r->sec->cfg->probes.production, r->sec->cfg->probes.nproduction, NULL,
+               production_probed, "production probe");
+}
+
 static void on_current_written(void *arg, int status, const char *reason)
 {
     rotation_t *r = eff_take(arg);
@@ -509,8 +599,7 @@ static void on_current_written(void *arg, int status, const char *reason)
         return;
     }
     if (r->row.stage == STAGE_SWAP) {
-        r->row.swapped = true;
-        rot_effect_done(r, 0, NULL);
+        swapped(r);
         return;
     }
     /* rollback: production is back on the old slot; now close the standby role again. */
@@ -553,8 +642,7 @@ static void swap_current(rotation_t *r)
     if (!r->sec->cfg->store.current) {
         /* Without a `current` entry there is nothing to point at: the application chooses its
          * slot itself; the swap is the moment rotor records the new active slot. */
-        r->row.swapped = true;
-        rot_effect_done(r, 0, NULL);
+        swapped(r);
         return;
     }
     read_new_version(r, on_current_value);
@@ -656,4 +744,46 @@ static const effect_fn effects[STAGE__COUNT] = {
 void stage_run(rotation_t *r)
 {
     effects[r->row.stage](r);
+}
+
+/* ---- the auto approval's soak ------------------------------------------------------------ */
+
+static void on_soak(void *arg, int status, const char *reason)
+{
+    prbctx_t *c = arg;
+    rotation_t *r = c->x->r;
+    if (c->x->token == r->token)
+        r->probereq = NULL;
+    r = eff_take(c->x);
+    free(c);
+    if (!r || status == ROTOR_ECANCELED)
+        return;
+    if (status < 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "during the soak: %s", reason ? reason : rotor_strerror(status));
+        rot_approve_decided(r, ON_PROBE_FAILED, "auto", why, rot_on_effect_persisted);
+        return;
+    }
+    rot_approve_decided(r, ON_APPROVED, "auto", NULL, rot_on_effect_persisted);
+}
+
+void stage_soak(rotation_t *r)
+{
+    int64_t left = r->row.next_at_ms - util_now_ms();
+    prbctx_t *c = util_malloc(sizeof *c);
+    c->x = eff_new(r);
+    c->next = NULL;
+    probe_req_t *req = NULL;
+    int rc = probe_watch(r->eng->loop, r->eng->deps.http, r->sec->cfg->probes.production,
+                         r->sec->cfg->probes.nproduction, left > 0 ? (uint64_t)left : 0, on_soak, c,
+                         &req);
+    if (rc < 0) {
+        r->inflight--;
+        free(c->x);
+        free(c);
+        rot_log(LOG_WARN, "soak.probes_failed_to_start", r, "error", rotor_strerror(rc));
+        uv_timer_start(&r->timer, rot_on_timer, 1000, 0);
+        return;
+    }
+    r->probereq = req;
 }

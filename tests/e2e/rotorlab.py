@@ -154,7 +154,8 @@ DEFAULTS = {
     "azure": None,          # YAML of the azure section, or None
     "keyvault_topic": None,  # kafka.topics.keyvault, or None
     "env_extra": None,
-    "db_extra": "",         # more keys of secrets[0].database, e.g. ", entra_token: true"      # more environment for rotor (credentials of the kind under test)
+    "db_extra": "",
+    "probes": None,         # YAML of secrets[0].probes, or None         # more keys of secrets[0].database, e.g. ", entra_token: true"      # more environment for rotor (credentials of the kind under test)
     "probe": "select count(*) from app.users",
     "kafka_props": '{ session.timeout.ms: "6000", heartbeat.interval.ms: "500" }',
 }
@@ -200,6 +201,7 @@ class Lab:
         self.opts.update(overrides)
         o = self.opts
         schedule = f"\n    schedule: {o['schedule']}" if o["schedule"] else ""
+        schedule += f"\n    probes: {o['probes']}" if o["probes"] else ""
         current = f", current: {o['current']}" if o["current"] else ""
         store = o["store"] or (f"{{ kind: file, dir: {self.secrets_dir},\n"
                                f"             names: {{ blue: pg-blue, green: pg-green{current} }} }}")
