@@ -1,33 +1,59 @@
 #!/usr/bin/env bash
-# demo.sh: sets up, builds and runs rotor's main job on its embedded default (a private PostgreSQL,
-# the embedded Kafka broker, the file secret store): two rotations, blue -> green -> blue, then a
-# summary. Everything it starts is stopped on exit, also on Ctrl-C.
+# demo.sh: rotor's main job, zero downtime under load: a private PostgreSQL, two instances of
+# rotor-sample-app (blue, green) behind a real nginx, rotor on its embedded broker with the file
+# store and the exec deploy driver (scripts/demo/hook.sh), a steady load through nginx, two
+# rotations blue -> green -> blue, then a summary. Everything it starts is stopped on exit, also
+# on Ctrl-C.
 #
-#   scripts/demo.sh [--no-setup] [--keep]
+#   scripts/demo.sh [--no-setup] [--keep] [--rate N] [--soak DUR] [--drain DUR] [--settle S]
 #
-#   --no-setup      skip scripts/setup.sh (packages) and scripts/build.sh (build/rotor)
-#   --keep          keep the work dir (logs, config, journal data, store) for a post-mortem;
-#                   PostgreSQL and rotor are stopped all the same
-#   ROTOR_DEMO_DIR  work dir (default: var/demo in the source tree); must be absent or empty
-#   ROTOR_BIN       the rotor binary (default: build/rotor in the source tree)
+#   --no-setup        skip scripts/setup.sh (packages) and scripts/build.sh (build/)
+#   --keep            keep the work dir (logs, config, store, load.json) for a post-mortem; the
+#                     servers are stopped all the same
+#   --rate N          requests per second through nginx for the whole run (default 50)
+#   --soak DUR        approval soak: production probes pass this long before retire (default 5s)
+#   --drain DUR       retire's drain time before the old app stops (default 2s)
+#   --settle S        seconds of load before the first and after the last rotation (default 3)
+#   ROTOR_DEMO_DIR    work dir (default: var/demo in the source tree); must be absent or empty
+#   ROTOR_BIN         the rotor binary (default: build/rotor in the source tree)
+#   ROTOR_SAMPLE_APP  the sample app (default: rotor-sample-app next to ROTOR_BIN)
 #
-# No password is ever printed or put on a command line: they are generated into files, and the
-# one child that needs one (psql) gets it in its own environment.
+# No password is ever printed or put on a command line: they are generated into files, the apps
+# read their slot's file, and the one child that needs one (psql) gets it in its own environment.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 setup=1
 keep=0
-for arg in "$@"; do
-  case "$arg" in
+rate=50
+soak=5s
+drain=2s
+settle=3
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-setup) setup=0 ;;
     --keep) keep=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "demo: unknown argument: $arg (try --help)" >&2; exit 1 ;;
+    --rate | --soak | --drain | --settle)
+      [ $# -ge 2 ] || { echo "demo: $1 needs a value" >&2; exit 1; }
+      declare "${1#--}=$2"
+      shift
+      ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "demo: unknown argument: $1 (try --help)" >&2; exit 1 ;;
   esac
+  shift
 done
+if ! [[ "$rate" =~ ^[0-9]+$ ]] || [ "$rate" -lt 1 ] || [ "$rate" -gt 1000 ]; then
+  echo "demo: --rate must be 1..1000" >&2
+  exit 1
+fi
+[[ "$settle" =~ ^[0-9]+$ ]] || { echo "demo: --settle must be whole seconds" >&2; exit 1; }
+[[ "$soak$drain" =~ ^[0-9]+(ms|s|m)[0-9]+(ms|s|m)$ ]] || { echo "demo: --soak and --drain are durations (500ms, 2s, 1m)" >&2; exit 1; }
 
 rotor=${ROTOR_BIN:-$top/build/rotor}
+app=${ROTOR_SAMPLE_APP:-$(dirname "$rotor")/rotor-sample-app}
+hook=$top/scripts/demo/hook.sh
 work=${ROTOR_DEMO_DIR:-$top/var/demo}
 secret=app-db
 
@@ -57,6 +83,9 @@ wait_for() {
 rotor_pid=""
 request_pid=""
 tail_pid=""
+load_pid=""
+nginx_pid=""
+envfile=""
 work_made=0
 pgbin=""
 
@@ -65,16 +94,41 @@ pgbin=""
 as_pg=()
 [ "$(id -u)" -ne 0 ] || as_pg=(runuser -u postgres --)
 
+# Pids of the processes whose command line names the work dir, but for PostgreSQL's (pg_ctl stops
+# it) and this script's own.
+leftovers() {
+  local dir pid cmd
+  for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    if [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ]; then continue; fi
+    cmd=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null) || continue
+    case "$cmd" in *"$work/pg/"*) continue ;; *"$work/"*) echo "$pid" ;; esac
+  done
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  for pid in $request_pid $tail_pid; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  for pid in $load_pid $request_pid $tail_pid; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
   if [ -n "$rotor_pid" ] && kill -0 "$rotor_pid" 2>/dev/null; then
     kill -TERM "$rotor_pid"
     for _ in $(seq 1 150); do kill -0 "$rotor_pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$rotor_pid" 2>/dev/null && { echo "demo: rotor did not stop in 15s; killing it" >&2; kill -KILL "$rotor_pid"; }
     wait "$rotor_pid" 2>/dev/null
+  fi
+  if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
+    kill -TERM "$nginx_pid"
+    for _ in $(seq 1 100); do kill -0 "$nginx_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$nginx_pid" 2>/dev/null && kill -KILL "$nginx_pid"
+    wait "$nginx_pid" 2>/dev/null
+  fi
+  if [ -n "$envfile" ] && [ -f "$envfile" ]; then
+    for slot in blue green; do "$hook" "$envfile" stop-app "$slot" >/dev/null 2>&1; done
+  fi
+  # Anything still running from the work dir (an app a hook started just as rotor was stopped).
+  if [ "$work_made" -eq 1 ]; then
+    for pid in $(leftovers); do kill -KILL "$pid" 2>/dev/null; done
   fi
   # Also after an interrupted start: a server may be up without pg_ctl having said so.
   if [ "$work_made" -eq 1 ] && [ -f "$work/pg/data/postmaster.pid" ]; then
@@ -110,10 +164,11 @@ if [ "$setup" -eq 1 ]; then
   "$top/scripts/setup.sh"
   step "Building rotor (scripts/build.sh)"
   "$top/scripts/build.sh" >/dev/null
-  ok "built $top/build/rotor"
+  ok "built $top/build/rotor and $top/build/rotor-sample-app"
 fi
 [ -x "$rotor" ] || die "no rotor binary at $rotor (run scripts/build.sh, or set ROTOR_BIN)"
-for tool in psql kcat python3 timeout; do
+[ -x "$app" ] || die "no rotor-sample-app at $app (run scripts/build.sh, or set ROTOR_SAMPLE_APP)"
+for tool in psql kcat python3 timeout nginx curl; do
   command -v "$tool" >/dev/null || die "$tool not found (scripts/setup.sh installs it)"
 done
 pgbin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -191,12 +246,59 @@ SQL
 ok "roles app_blue (LOGIN, active) and app_green (NOLOGIN, standby) in group app_rw; table app.users"
 ok "seeded $store/pg-blue with a random 32-character password"
 
+# ---- the application and its ingress ---------------------------------------------------------
+
+step "Starting the blue app and nginx in front of it"
+mkdir -p "$work/apps" "$work/nginx/tmp"
+nginx_prod=$(free_port)
+nginx_stage=$(free_port)
+blue_port=$(free_port)
+green_port=$(free_port)
+envfile=$work/demo.env
+# What hook.sh needs, written once: no password, only where things are.
+cat >"$envfile" <<ENV
+APP=$(printf '%q' "$app")
+DB_DSN=$(printf '%q' "host=127.0.0.1 port=$port dbname=postgres")
+STORE=$(printf '%q' "$store")
+APPS_DIR=$(printf '%q' "$work/apps")
+NGINX_DIR=$(printf '%q' "$work/nginx")
+BLUE_PORT=$blue_port
+GREEN_PORT=$green_port
+PROD_PORT=$nginx_prod
+STAGE_PORT=$nginx_stage
+ENV
+user_line=""
+[ "$(id -u)" -ne 0 ] || user_line="user root;"
+sed -e "s|@DIR@|$work/nginx|g" -e "s|@USER_LINE@|$user_line|" -e "s|@PROD_PORT@|$nginx_prod|" \
+  -e "s|@STAGE_PORT@|$nginx_stage|" "$top/scripts/demo/nginx.conf.in" >"$work/nginx/nginx.conf"
+"$hook" "$envfile" start-app blue >/dev/null || die "the blue app did not start (see $work/apps/blue.log)"
+ok "rotor-sample-app blue on 127.0.0.1:$blue_port as app_blue (password file $store/pg-blue)"
+"$hook" "$envfile" point blue
+nginx_args=(-p "$work/nginx/" -c nginx.conf -e "$work/nginx/error.log")
+nginx "${nginx_args[@]}" -t -q || die "nginx rejects $work/nginx/nginx.conf"
+setsid nginx "${nginx_args[@]}" >"$work/nginx/stdout.log" 2>&1 &
+nginx_pid=$!
+production_slot() {
+  curl -s -m 2 -D - -o /dev/null "http://127.0.0.1:$nginx_prod/users" | tr -d '\r' |
+    awk -F': ' 'tolower($1) == "x-slot" { print $2 }'
+}
+serves_blue() {
+  kill -0 "$nginx_pid" 2>/dev/null || die "nginx exited early (see $work/nginx/error.log)"
+  [ "$(production_slot)" = blue ]
+}
+wait_for 20 "nginx to serve the blue app" serves_blue
+ok "nginx $nginx_pid: production 127.0.0.1:$nginx_prod -> blue, stage 127.0.0.1:$nginx_stage -> green (not running)"
+
 # ---- rotor ------------------------------------------------------------------------------------
 
+# The exec driver runs each command with sh -c: a quoted command, then quoted again for YAML.
+hook_cmd=$(printf '%q %q' "$hook" "$envfile")
+hook_yaml="'${hook_cmd//\'/\'\'}'"
 cfg=$work/rotor.yaml
 bootstrap=$work/rotor.bootstrap
 cat >"$cfg" <<YAML
-# rotor.yaml written by scripts/demo.sh: the embedded default (see examples/rotor.yaml).
+# rotor.yaml written by scripts/demo.sh: the embedded broker, the file store, and blue/green
+# behind nginx through the exec deploy driver (scripts/demo/hook.sh).
 kafka:
   brokers: embedded
   bootstrap_file: $bootstrap
@@ -206,7 +308,7 @@ journal: { dsn_env: ROTOR_JOURNAL_DSN }
 http: { listen: "127.0.0.1:0" }
 log: { level: info }
 daemon: { shutdown_timeout: 10s }
-stages: { timeout: 30s, max_attempts: 3, backoff: { initial: 200ms, max: 2s } }
+stages: { timeout: 60s, max_attempts: 3, backoff: { initial: 200ms, max: 2s } }
 secrets:
   - name: $secret
     active: blue
@@ -214,15 +316,29 @@ secrets:
       dsn_env: APP_DB_ADMIN_DSN
       roles: { blue: app_blue, green: app_green }
       probe: select count(*) from app.users
-      drain: 2s
+      # Longer than any request the old slot may still be serving through nginx's old workers.
+      drain: $drain
     store:
       kind: file
       dir: $store
       names: { blue: pg-blue, green: pg-green, current: pg-current }
     password: { length: 32, classes: [upper, lower, digit] }
     validity: 90d
-    deploy: { kind: none }
-    approval: { mode: auto, soak: 0s }
+    deploy:
+      kind: exec
+      exec:
+        workdir: $work
+        deploy: $hook_yaml # starts the standby's app, waits for /readyz, stage port to it
+        swap: $hook_yaml # production to the new slot, graceful reload
+        retire: $hook_yaml # stops the old slot's app, after the drain
+        rollback: $hook_yaml # production back to the old slot
+        timeout: 45s
+    probes:
+      verify: # the standby app, through nginx's stage port
+        - { url: "http://127.0.0.1:$nginx_stage/readyz", successes: 2, interval: 250ms, timeout: 2s }
+      production: # production through nginx, after swap and through the soak
+        - { url: "http://127.0.0.1:$nginx_prod/users", successes: 2, interval: 250ms, timeout: 2s }
+    approval: { mode: auto, soak: $soak }
 YAML
 
 step "Starting rotor run (log: $work/rotor.log)"
@@ -253,6 +369,38 @@ try_login() {
 }
 
 active_slot() { sql -At -c "SELECT active_slot FROM rotor.secrets WHERE name = '$secret'"; }
+
+# The load's counters so far, from the summary it rewrites every second.
+load_json=$work/load.json
+load_line() { python3 - "$load_json" "$1" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+if sys.argv[2] == "counts":
+    print(f"{s['sent']} sent, {s['ok']} ok, {s['failed']} failed in {s['elapsed']:.0f} s")
+elif sys.argv[2] == "progress":
+    print(f"{s['sent']} sent, {s['failed']} failed")
+elif sys.argv[2] == "failed":
+    print(s["failed"])
+elif sys.argv[2] == "sent":
+    print(s["sent"])
+elif sys.argv[2] == "runs":
+    print(" -> ".join(f"{slot} ({n})" for slot, n, _, _ in s["runs"]) or "none")
+elif sys.argv[2] == "errors":
+    print(", ".join(f"{k}: {v}" for k, v in s["errors"].items()) or "none")
+PY
+}
+
+step "Starting the load: $rate requests/s through nginx (127.0.0.1:$nginx_prod/users) for the whole run"
+setsid python3 "$top/scripts/demo/load.py" --url "http://127.0.0.1:$nginx_prod/users" --rate "$rate" \
+  --summary "$load_json" --max-seconds 900 >"$work/load.log" 2>&1 &
+load_pid=$!
+load_up() {
+  kill -0 "$load_pid" 2>/dev/null || { cat "$work/load.log" >&2; die "the load generator exited early"; }
+  [ -f "$load_json" ]
+}
+wait_for 10 "the load to start" load_up
+sleep "$settle"
+ok "load running (pid $load_pid): $(load_line progress)"
 
 rotation_ids=()
 retired_lines=()
@@ -288,7 +436,14 @@ for n in 1 2; do
   retired_lines+=("$line")
   if printf '%s' "$line" | grep -q 'not permitted to log in'; then retired_refused+=(yes); else retired_refused+=(no); fi
   ok "app_$from (retired) is refused: $line"
+  [ "$(production_slot)" = "$to" ] || die "nginx does not send production to $to after rotation $n"
+  ok "nginx sends production to $to; load so far: $(load_line progress)"
 done
+
+sleep "$settle"
+kill -TERM "$load_pid"
+wait "$load_pid" || die "the load generator failed (see $work/load.log)"
+load_pid=""
 
 # ---- summary ----------------------------------------------------------------------------------
 
@@ -333,6 +488,10 @@ final=$(active_slot)
 final_login=$(try_login "app_$final" "$store/pg-$final") || die "app_$final cannot log in: $final_login"
 printf '%-28s %s\n' "final active slot / role:" "$final / app_$final"
 printf '%-28s %s\n' "store password logs in:" "$final_login"
+printf '%-28s %s\n' "nginx production serves:" "$(production_slot) (127.0.0.1:$nginx_prod)"
+printf '%-28s %s\n' "requests through nginx:" "$(load_line counts)"
+printf '%-28s %s\n' "failed requests by cause:" "$(load_line errors)"
+printf '%-28s %s\n' "slots that answered:" "$(load_line runs)"
 printf '%-28s %s\n' "retired app_blue (after 1):" "${retired_lines[0]}"
 printf '%-28s %s\n' "retired app_green (after 2):" "${retired_lines[1]}"
 printf '%-28s %s\n' "events on rotor.events:" "$events (journal outbox: $outbox)"
@@ -349,4 +508,7 @@ if [ "$events" -eq 0 ] || [ "$events" != "$outbox" ]; then
   die "rotor.events holds $events events, the journal's outbox $outbox"
 fi
 [ "$deadletters" = 0 ] || die "$deadletters dead letters"
-printf '\n%sdemo: two rotations completed, blue -> green -> blue%s\n' "$green" "$off"
+failed=$(load_line failed)
+[ "$failed" = 0 ] || die "$failed of $(load_line sent) requests through nginx failed"
+printf '\n%sdemo: two rotations completed, blue -> green -> blue, %s requests through nginx, 0 failed%s\n' \
+  "$green" "$(load_line sent)" "$off"

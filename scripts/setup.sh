@@ -8,6 +8,7 @@ packages=(
   librdkafka-dev libuv1-dev libjansson-dev libpq-dev libcurl4-openssl-dev libyaml-dev
   libmicrohttpd-dev libcmocka-dev
   postgresql kcat openssl
+  nginx curl # the main job's ingress (scripts/demo.sh) and its hooks' readiness checks
   python3 python3-pytest python3-jsonschema python3-psycopg2 python3-yaml
 )
 # kubectl for the Kubernetes emulator's checks; another package (Google Cloud SDK's kubectl) may

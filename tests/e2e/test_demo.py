@@ -1,12 +1,14 @@
-"""scripts/demo.sh, run as a newcomer would (minus package set-up and build): two rotations that end
-on blue, the retired roles refused, everything it started stopped and removed, and no password in
-its output."""
+"""scripts/demo.sh, run as a newcomer would (minus package set-up and build): two rotations under
+load through nginx that end on blue with no failed request, the retired roles refused, everything
+it started stopped and removed (also when interrupted), and no password in its output."""
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -86,6 +88,13 @@ def test_demo_rotates_twice_and_cleans_up(parent):
         assert re.search(r"^\s*" + stage + r"\s*\|\s*\d+\s*\|\s*\d+\s*$", out, re.M), (stage, out)
     assert summary_value(out, "final active slot / role:") == "blue / app_blue"
     assert "app_blue reads 3 rows" in summary_value(out, "store password logs in:")
+    assert summary_value(out, "nginx production serves:").startswith("blue ")
+    sent = re.fullmatch(r"(\d+) sent, \1 ok, 0 failed in \d+ s",
+                        summary_value(out, "requests through nginx:"))
+    assert sent and int(sent.group(1)) > 0, out
+    assert summary_value(out, "failed requests by cause:") == "none"
+    slots = summary_value(out, "slots that answered:")
+    assert slots.startswith("blue (") and "green (" in slots and slots.endswith(")"), slots
     assert 'role "app_blue" is not permitted to log in' in summary_value(
         out, "retired app_blue (after 1):")
     assert 'role "app_green" is not permitted to log in' in summary_value(
@@ -101,7 +110,7 @@ def test_demo_rotates_twice_and_cleans_up(parent):
 
 def test_demo_keeps_its_dir_on_request_and_never_prints_a_password(parent):
     work = os.path.join(parent, "work")
-    rc, out = run_demo(work, "--keep")
+    rc, out = run_demo(work, "--keep", "--soak", "1s", "--settle", "1")
     assert rc == 0, out[-6000:]
     # --keep keeps the files, not the servers
     assert processes_mentioning(work) == []
@@ -112,6 +121,10 @@ def test_demo_keeps_its_dir_on_request_and_never_prints_a_password(parent):
     assert len(passwords) >= 3, len(passwords)
     with open(os.path.join(work, "rotor.log")) as f:
         log = f.read()
+    # the apps read the passwords, and must not print them either
+    for slot in ("blue", "green"):
+        with open(os.path.join(work, "apps", f"{slot}.log")) as f:
+            log += f.read()
     # Indices only: an assertion message must not print the password it found.
     in_output = [i for i, pw in enumerate(passwords) if pw in out]
     in_log = [i for i, pw in enumerate(passwords) if pw in log]
@@ -128,3 +141,34 @@ def test_demo_refuses_a_non_empty_work_dir(parent):
     assert rc != 0
     assert "not empty" in out
     assert os.listdir(work) == ["precious"]
+
+
+def test_demo_interrupted_mid_rotation_stops_everything(parent):
+    work = os.path.join(parent, "work")
+    env = dict(os.environ, ROTOR_BIN=ROTOR, ROTOR_DEMO_DIR=work)
+    with open(os.path.join(parent, "out"), "wb") as out:
+        p = subprocess.Popen(["bash", DEMO, "--no-setup"], env=env, stdout=out,
+                             stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            # Interrupted during the first rotation: nginx, an app, rotor and the load all run.
+            while time.time() < deadline and p.poll() is None:
+                with open(os.path.join(parent, "out")) as f:
+                    if re.search(r"^\S+\s+deploy\s+completed", f.read(), re.M):
+                        break
+                time.sleep(0.1)
+            assert p.poll() is None, "the demo ended before it could be interrupted"
+            running = processes_mentioning(work)
+            assert any("nginx" in cmd for _, cmd in running), running
+            p.send_signal(signal.SIGINT)
+            rc = p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    with open(os.path.join(parent, "out")) as f:
+        text = f.read()
+    assert rc == 130, text[-3000:]
+    assert "interrupted; everything it started is stopped" in text
+    assert processes_mentioning(work) == []
+    assert not os.path.exists(work)
