@@ -1,0 +1,167 @@
+"""Key Vault faults during a rotation: throttling (429 + Retry-After) and outage (503) in the middle
+of generate and of retire, a token that expires mid-rotation, and fifty rotations at once under
+the per-vault write limiter. Every rotation completes, and none writes a second version."""
+import time
+
+import pytest
+
+from kvlab import make_kvlab  # noqa: F401 (fixture)
+from rotorlab import wait_for
+
+MANUAL = "{ mode: manual, gate: retire }"
+FAULT = {"throttle": (429, "throttled"), "down": (503, "unavailable")}
+RETRY_AFTER_S = 2
+
+
+def inject_in_generate(lab, fault):
+    """Starts a rotation with the fault landing on generate's requests; returns the rotation id
+    and the emulator seq from which the fault can be seen."""
+    seq = lab.last_seq()
+    if fault == "throttle":
+        # prepare only reads, so the first writes are generate's PUT of the standby version
+        lab.kv.faults(throttle_writes=2, retry_after=RETRY_AFTER_S)
+        return lab.rotation_for(lab.request())["id"], seq
+    # 503 matches any vault request: hold them back until generate's version listing arrives,
+    # then switch the outage on, so it answers that listing and the retry after it.
+    lab.kv.faults(delay_ms=1500, retry_after=RETRY_AFTER_S)
+    rid = lab.rotation_for(lab.request())["id"]
+
+    def listing():
+        return any(r["path"] == "/secrets/pg-green/versions" for r in lab.vault_requests(seq))
+    wait_for(listing, 20, 0.02, what="generate's version listing")
+    lab.kv.faults(unavailable=2, delay_ms=0)
+    return rid, seq
+
+
+def inject_in_retire(lab, fault):
+    """Holds the rotation at approval (after swap), switches the fault on, approves: retire's
+    disable of the old version is the next vault request."""
+    rid = lab.rotation_for(lab.request())["id"]
+    assert lab.wait_status(rid, "waiting", timeout=60)["stage"] == "approve"
+    seq = lab.last_seq()
+    if fault == "throttle":
+        lab.kv.faults(throttle_writes=2, retry_after=RETRY_AFTER_S)
+    else:
+        lab.kv.faults(unavailable=2, retry_after=RETRY_AFTER_S)
+    lab.cli("approve", rid, "--by", "pytest")
+    return rid, seq
+
+
+def check_one_version_each(lab, rid):
+    [green] = lab.versions("pg-green")
+    assert green["tags"]["rotation"] == rid and green["attributes"]["enabled"]
+    assert lab.can_login("app_green", green["value"])
+    [blue] = lab.versions("pg-blue")
+    assert blue["version"] == lab.seed_versions["pg-blue"] and not blue["attributes"]["enabled"]
+    assert len(lab.versions("pg-current")) == 1
+    return green["value"]
+
+
+@pytest.mark.parametrize("stage", ["generate", "retire"])
+@pytest.mark.parametrize("fault", ["throttle", "down"])
+def test_fault_mid_stage_then_recovery(make_kvlab, fault, stage):
+    lab = make_kvlab(approval=MANUAL if stage == "retire" else "{ mode: auto, soak: 0s }")
+    lab.start()
+    inject = inject_in_generate if stage == "generate" else inject_in_retire
+    rid, seq = inject(lab, fault)
+    done = lab.wait_status(rid, ("completed", "failed"), timeout=60)
+    assert done["status"] == "completed", (done, lab.history(rid))
+
+    status, label = FAULT[fault]
+    log = [r for r in lab.vault_requests(seq) if r["kind"] == "vault"]
+    hit = [r for r in log if r["status"] == status]
+    assert len(hit) == 2 and all(r.get("fault") == label for r in hit), log
+    if stage == "generate":
+        paths = {"/secrets/pg-green"} if fault == "throttle" else {"/secrets/pg-green/versions"}
+        assert {r["path"] for r in hit} == paths
+    else:
+        old = lab.seed_versions["pg-blue"]
+        assert all((r["method"], r["path"]) == ("PATCH", f"/secrets/pg-blue/{old}") for r in hit)
+    # each retry waited the announced Retry-After
+    after = [r for r in log if r["seq"] > hit[0]["seq"]]
+    for r in hit:
+        nxt = next(x for x in after if x["seq"] > r["seq"] and x["path"] == r["path"])
+        assert nxt["time"] - r["time"] >= RETRY_AFTER_S * 1000 - 50, (r, nxt)
+    # recovered with exactly one new version: rotor retried, it did not write again
+    puts = [r for r in lab.vault_requests()
+            if (r["method"], r["path"]) == ("PUT", "/secrets/pg-green")]
+    assert [r["status"] for r in puts if r["status"] == 200] == [200]
+    pw = check_one_version_each(lab, rid)
+    lab.wait_event(rid, "rotation.completed")
+    lab.assert_no_secret_leaked([lab.initial_password, pw])
+
+
+@pytest.mark.parametrize("cred", ["secret", "managed-identity"])
+def test_token_expires_mid_rotation(make_kvlab, cred):
+    lab = make_kvlab(cred=cred, approval=MANUAL)
+    lab.start()
+    rid = lab.rotation_for(lab.request())["id"]
+    lab.wait_status(rid, "waiting", timeout=60)
+    seq = lab.last_seq()
+    lab.kv.faults(expire_tokens=True)
+    lab.cli("approve", rid, "--by", "pytest")
+    done = lab.wait_status(rid, ("completed", "failed"), timeout=60)
+    assert done["status"] == "completed", (done, lab.history(rid))
+
+    log = lab.vault_requests(seq)
+    steps = [(r["kind"], r["method"], r["auth"], r["status"]) for r in log]
+    fetch = "imds" if cred == "managed-identity" else "token"
+    # the cached token is refused, rotor re-reads the challenge, fetches a new token, retries
+    i = steps.index(("vault", "PATCH", True, 401))
+    j = next(n for n, s in enumerate(steps) if s[0] == fetch and s[3] == 200)
+    k = steps.index(("vault", "PATCH", True, 200))
+    assert i < j < k, steps
+    assert steps.count(("vault", "PATCH", True, 401)) == 1, steps
+    check_one_version_each(lab, rid)
+
+
+def sliding_peak(times_ms, window_ms=10000):
+    """The most events in any half-open window of window_ms."""
+    times_ms = sorted(times_ms)
+    peak, lo = 0, 0
+    for hi, t in enumerate(times_ms):
+        while times_ms[lo] <= t - window_ms:
+            lo += 1
+        peak = max(peak, hi - lo + 1)
+    return peak
+
+
+def test_fifty_rotations_stay_under_the_write_limit(make_kvlab):
+    limit = 20
+    # a generate waits in the limiter's queue for up to ~40 s: longer stages than the lab's 30 s
+    stages = "{ timeout: 120s, max_attempts: 3, backoff: { initial: 200ms, max: 2s } }"
+    lab = make_kvlab(secrets=50, writes_per_10s=limit, current=None, stages=stages,
+                     pg_settings=("max_connections=300",))
+    lab.start()
+    t0 = time.monotonic()
+    ids = lab.request_many(lab.secret_names())
+    rots = {name: lab.rotation_for(req, timeout=60)["id"] for name, req in ids.items()}
+
+    def all_done():
+        by_id = {r["id"]: r for r in lab.rotations()}
+        return all(by_id[rid]["status"] in ("completed", "failed") for rid in rots.values())
+    wait_for(all_done, 90, 0.5, what="fifty rotations")
+    elapsed = time.monotonic() - t0
+    by_id = {r["id"]: r for r in lab.rotations()}
+    failed = [by_id[rid] for rid in rots.values() if by_id[rid]["status"] != "completed"]
+    assert not failed, failed
+
+    writes = [r for r in lab.vault_requests()
+              if r["kind"] == "vault" and r["method"] in ("PUT", "PATCH")]
+    assert all(r["status"] == 200 for r in writes), "the emulator enforces nothing here"
+    # a generate PUT and a retire PATCH per rotation, no more
+    assert len(writes) == 100
+    peak = sliding_peak([r["time"] for r in writes])
+    span = (max(r["time"] for r in writes) - min(r["time"] for r in writes)) / 1000
+    print(f"\nfifty rotations: {len(writes)} writes over {span:.1f}s, peak {peak} per 10s "
+          f"(limit {limit}), all completed in {elapsed:.1f}s")
+    assert peak <= limit
+    # the limiter was the bottleneck: it let whole windows through
+    assert peak >= limit // 2
+    for i in range(50):
+        blue, green = lab.vault_names(i)
+        [g] = lab.versions(green)
+        assert g["tags"]["slot"] == "green" and g["tags"]["role"] == lab.roles(i)[1]
+        [b] = lab.versions(blue)
+        assert b["attributes"]["enabled"] is False
+    assert lab.can_login(lab.roles(49)[1], lab.versions(lab.vault_names(49)[1])[0]["value"])
