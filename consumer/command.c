@@ -18,6 +18,7 @@ typedef struct {
     secret_ctx_t *sec;
     journal_rot_t row;
     int tries;
+    int decision; /* decision_t of a decision command, to decide again after a load */
 } cmd_t;
 
 static void cmd_finish(cmd_t *c, int status, const char *reason)
@@ -290,6 +291,8 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
     rot_persist(r, hist, out, on_cmd_persisted);
 }
 
+static void cmd_decide(cmd_t *c, decision_t d);
+
 static void on_find_for_decision(void *arg, int status, const journal_rot_t *rows, int n)
 {
     cmd_t *c = arg;
@@ -298,6 +301,18 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
         return;
     }
     const char *id = data_str(c->ev, "rotation_id");
+    if (!id)
+        id = "";
+    /* Open and ours, but not loaded yet (a restart or a rebalance is loading it): take it in
+     * and decide on it now, rather than dead-lettering a valid decision. */
+    secret_ctx_t *sec = n > 0 ? rot_secret_ctx(c->e, rows[0].secret) : NULL;
+    if (sec && journal_status_open(rows[0].status) && c->e->owns(c->e->owns_arg, rows[0].secret) &&
+        c->tries++ == 0) {
+        if (!rot_find(c->e, rows[0].id))
+            rot_step(rot_add(c->e, sec, &rows[0]));
+        cmd_decide(c, (decision_t)c->decision);
+        return;
+    }
     char reason[256];
     if (n == 0)
         snprintf(reason, sizeof reason, "unknown rotation %s", id);
@@ -312,32 +327,77 @@ static void on_cmd_timer(uv_timer_t *t);
 /* A pipeline's answer to stage.requested (deploy kind external): it ends the attempt that
  * waits for it; the attempt's own journal write records it. An answer nobody waits for (another
  * stage, a finished attempt, a rotation that is not external) is out of place. */
-static void stage_answer(cmd_t *c, rotation_t *r, decision_t d)
+static bool answer_fits(const cmd_t *c, const rotation_t *r)
 {
     const char *stage = data_str(c->ev, "stage");
-    const char *by = data_str(c->ev, "by");
     rotor_stage_t st;
-    bool fits = stage && rotor_stage_parse(stage, &st) == 0 && st == r->row.stage &&
-                r->row.status == RS_RUNNING && stage_is_external(r);
+    return stage && rotor_stage_parse(stage, &st) == 0 && st == r->row.stage &&
+           r->row.status == RS_RUNNING && stage_is_external(r);
+}
+
+static void answer_out_of_place(cmd_t *c, const rotation_t *r)
+{
+    const char *stage = data_str(c->ev, "stage");
     char reason[512];
-    if (fits) {
-        const char *err = data_str(c->ev, "error");
-        snprintf(reason, sizeof reason, "pipeline: %s", err ? err : "failed");
-        rot_log(LOG_INFO, "deploy.external.answer", r, "by", by ? by : "pipeline");
-        fits = stage_external_answer(r, d == DEC_STAGE_COMPLETED ? 0 : ROTOR_EFAIL, reason);
-    }
-    if (!fits) {
-        snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s for %.32s is out of place",
-                 r->row.id, journal_status_name(r->row.status), rotor_stage_name(r->row.stage),
-                 c->ev->type, stage ? stage : "?");
-        cmd_finish(c, ROTOR_EINVALID, reason);
+    snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s for %.32s is out of place",
+             r->row.id, journal_status_name(r->row.status), rotor_stage_name(r->row.stage),
+             c->ev->type, stage ? stage : "?");
+    cmd_finish(c, ROTOR_EINVALID, reason);
+}
+
+/* The answer is in the audit trail: now hand it to the attempt and commit its offset. A crash
+ * from here on loses nothing the pipeline cannot see: the attempt re-runs and asks again. */
+static void on_answer_noted(void *arg, int status)
+{
+    cmd_t *c = arg;
+    if (status != 0 && status != ROTOR_ECONFLICT) {
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
         return;
     }
+    rotation_t *r = rot_find(c->e, c->row.id);
+    if (!r || !answer_fits(c, r)) {
+        if (r)
+            answer_out_of_place(c, r);
+        else
+            cmd_finish(c, ROTOR_EINVALID, "the rotation ended while its answer was recorded");
+        return;
+    }
+    const char *err = data_str(c->ev, "error");
+    char reason[512];
+    snprintf(reason, sizeof reason, "pipeline: %s", err ? err : "failed");
+    const char *by = data_str(c->ev, "by");
+    rot_log(LOG_INFO, "deploy.external.answer", r, "by", by ? by : "pipeline");
+    stage_external_answer(r, c->decision == DEC_STAGE_COMPLETED ? 0 : ROTOR_EFAIL, reason);
     cmd_finish(c, 0, NULL);
+}
+
+/* A pipeline's answer to stage.requested (deploy kind external) ends the attempt that waits for
+ * it (or that will, once retire's drain is over). It is recorded in the history first, so that
+ * its offset is committed only after its effect is in the journal. An answer nobody waits for
+ * (another stage, a finished attempt, a rotation that is not external) is out of place. */
+static void stage_answer(cmd_t *c, rotation_t *r, decision_t d)
+{
+    if (!answer_fits(c, r)) {
+        answer_out_of_place(c, r);
+        return;
+    }
+    c->row = r->row;
+    const char *by = data_str(c->ev, "by");
+    const char *err = data_str(c->ev, "error");
+    json_t *h =
+        rot_history(&r->row, d == DEC_STAGE_COMPLETED ? "pipeline-completed" : "pipeline-failed",
+                    by ? by : "pipeline", -1, err, c->ev->id);
+    char *hs = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    int rc = journal_note(c->e->journal, r->row.id, hs, NULL, on_answer_noted, c);
+    free(hs);
+    if (rc < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
 }
 
 static void cmd_decide(cmd_t *c, decision_t d)
 {
+    c->decision = (int)d;
     const char *id = data_str(c->ev, "rotation_id");
     rotation_t *r = id ? rot_find(c->e, id) : NULL;
     if (!r) {

@@ -140,9 +140,13 @@ static char *headers_json(const kafka_msg_t *m)
     return text;
 }
 
-static void dead_letter(daemon_t *d, const char *reason)
+static void dead_letter(daemon_t *d, const char *why)
 {
     kafka_msg_t *m = d->msg;
+    /* A reason quoting the input may end in half a character: the journal would refuse it. */
+    char reason[1024];
+    util_strlcpy(reason, why ? why : "unusable input", sizeof reason);
+    util_utf8_trim(reason);
     char part[16], off[24];
     snprintf(part, sizeof part, "%" PRId32, m->partition);
     snprintf(off, sizeof off, "%" PRId64, m->offset);

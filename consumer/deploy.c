@@ -23,14 +23,3 @@ int deploy_open(uv_loop_t *loop, const cfg_secret_t *sec, http_t *http, deploy_t
              (int)sec->deploy.kind_id);
     return ROTOR_ECONFIG;
 }
-
-/* Stands in until deploy_kubernetes.c exists. A static archive member is not pulled in to
- * override a weak definition, so this must be deleted when the real driver lands. */
-__attribute__((weak)) int deploy_kubernetes_open(uv_loop_t *loop, const cfg_secret_t *sec,
-                                                 http_t *http, deploy_t **out, char *err,
-                                                 size_t errlen)
-{
-    (void)loop, (void)sec, (void)http, (void)out;
-    snprintf(err, errlen, "deploy kind kubernetes is not built in");
-    return ROTOR_ECONFIG;
-}

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "pg.h"
+#include "secret.h"
 #include "util.h"
 
 /* Versioned migrations: applied in order, each in the transaction that records its version,
@@ -118,6 +119,11 @@ bool journal_status_open(journal_status_t s)
 struct journal_s {
     uv_loop_t *loop;
     pgc_conn_t *conn;
+    char *dsn; /* kept to reconnect (may hold a password: wiped on close) */
+    char appname[128];
+    uv_timer_t retry; /* reconnects after a failure, with backoff */
+    uint64_t backoff_ms;
+    bool reconnecting;
     journal_open_cb open_cb;
     void *open_arg;
     int migration; /* next migration to check while opening */
@@ -301,30 +307,107 @@ int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal
     j->loop = loop;
     j->open_cb = cb;
     j->open_arg = arg;
-    char appname[128];
-    snprintf(appname, sizeof appname, "rotor/%s", instance);
+    j->dsn = util_strdup(dsn);
+    snprintf(j->appname, sizeof j->appname, "rotor/%s", instance);
+    uv_timer_init(loop, &j->retry);
+    j->retry.data = j;
     const char *const keys[] = {"dbname", "application_name", NULL};
-    const char *const vals[] = {dsn, appname, NULL};
+    const char *const vals[] = {j->dsn, j->appname, NULL};
     int rc = pgc_connect(loop, keys, vals, on_connected, j, &j->conn);
     if (rc < 0) {
-        free(j);
+        journal_close(j);
         return rc;
     }
     *out = j;
     return 0;
 }
 
+/* ---- reconnecting: a failover or restart of PostgreSQL must not stop rotor for good --------- */
+
+static void journal_retry_later(journal_t *j);
+
+static void on_reconnected(pgc_conn_t *c, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status == ROTOR_ECANCELED)
+        return;
+    if (status != 0) {
+        char why[256];
+        util_strlcpy(why, pgc_error(c), sizeof why);
+        why[strcspn(why, "\n")] = '\0';
+        log_warn("journal.reconnect_failed", "error", why);
+        j->backoff_ms =
+            j->backoff_ms ? (j->backoff_ms * 2 > 30000 ? 30000 : j->backoff_ms * 2) : 1000;
+        journal_retry_later(j);
+        return;
+    }
+    j->reconnecting = false;
+    j->backoff_ms = 0;
+    log_info("journal.reconnected");
+    if (j->outbox_fn)
+        j->outbox_fn(j->outbox_arg); /* rows written before the failure may wait */
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    journal_t *j = t->data;
+    pgc_close(j->conn);
+    const char *const keys[] = {"dbname", "application_name", NULL};
+    const char *const vals[] = {j->dsn, j->appname, NULL};
+    if (pgc_connect(j->loop, keys, vals, on_reconnected, j, &j->conn) < 0) {
+        j->conn = NULL;
+        journal_retry_later(j);
+    }
+}
+
+static void journal_retry_later(journal_t *j)
+{
+    uv_timer_start(&j->retry, on_retry, j->backoff_ms ? j->backoff_ms : 1000, 0);
+}
+
+/* Sends a request if the connection is up; else starts reconnecting and reports ROTOR_EDB, which
+ * every caller already treats as "try again shortly". */
+static int jq(journal_t *j, const char *sql, int nparams, const char *const *params,
+              pgc_result_cb cb, void *arg)
+{
+    if (j->conn && pgc_ok(j->conn)) {
+        int rc = pgc_query(j->conn, sql, nparams, params, cb, arg);
+        if (rc < 0)
+            free(arg);
+        return rc;
+    }
+    if (!j->reconnecting && !j->open_cb) {
+        j->reconnecting = true;
+        log_warn("journal.connection_lost", "note", "reconnecting");
+        journal_retry_later(j);
+    }
+    free(arg); /* every jreq_t is a plain allocation the callback would have freed */
+    return ROTOR_EDB;
+}
+
+static void on_journal_closed(uv_handle_t *h)
+{
+    journal_t *j = h->data;
+    if (j->dsn) {
+        secret_wipe(j->dsn, strlen(j->dsn));
+        free(j->dsn);
+    }
+    free(j);
+}
+
 void journal_close(journal_t *j)
 {
     if (!j)
         return;
-    pgc_close(j->conn);
-    free(j);
+    if (j->conn)
+        pgc_close(j->conn);
+    j->conn = NULL;
+    uv_close((uv_handle_t *)&j->retry, on_journal_closed);
 }
 
 int journal_ok(journal_t *j)
 {
-    return j && pgc_ok(j->conn);
+    return j && j->conn && pgc_ok(j->conn);
 }
 
 void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
@@ -395,38 +478,38 @@ static void on_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
 
 int journal_load_open(journal_t *j, journal_rows_cb cb, void *arg)
 {
-    return pgc_query(j->conn,
-                     "SELECT " ROT_COLUMNS " FROM rotor.rotations"
-                     " WHERE status IN ('pending', 'running', 'waiting', 'failed')"
-                     " ORDER BY created_at",
-                     0, NULL, on_rows, jreq_new(j, (void *)cb, arg, false));
+    return jq(j,
+              "SELECT " ROT_COLUMNS " FROM rotor.rotations"
+              " WHERE status IN ('pending', 'running', 'waiting', 'failed')"
+              " ORDER BY created_at",
+              0, NULL, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg)
 {
     const char *params[] = {id};
-    return pgc_query(j->conn, "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE id::text = $1", 1,
-                     params, on_rows, jreq_new(j, (void *)cb, arg, false));
+    return jq(j, "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE id::text = $1", 1, params,
+              on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb, void *arg)
 {
     const char *params[] = {request_id};
-    return pgc_query(j->conn,
-                     "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE request_id = $1"
-                     " OR id = (SELECT rotation_id FROM rotor.history WHERE request_id = $1"
-                     "          LIMIT 1) LIMIT 1",
-                     1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
+    return jq(j,
+              "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE request_id = $1"
+              " OR id = (SELECT rotation_id FROM rotor.history WHERE request_id = $1"
+              "          LIMIT 1) LIMIT 1",
+              1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg)
 {
     const char *params[] = {secret};
-    return pgc_query(j->conn,
-                     "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE secret = $1"
-                     " ORDER BY (status IN ('pending', 'running', 'waiting', 'failed')) DESC,"
-                     " created_at DESC LIMIT 1",
-                     1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
+    return jq(j,
+              "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE secret = $1"
+              " ORDER BY (status IN ('pending', 'running', 'waiting', 'failed')) DESC,"
+              " created_at DESC LIMIT 1",
+              1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 /* ---- secrets ------------------------------------------------------------------------------ */
@@ -453,17 +536,17 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
                    void *arg)
 {
     const char *params[] = {name, rotor_slot_name(active)};
-    return pgc_query(j->conn,
-                     "WITH ins AS (INSERT INTO rotor.secrets (name, active_slot) VALUES ($1, $2)"
-                     "  ON CONFLICT (name) DO NOTHING RETURNING active_slot, first_seen,"
-                     "  last_rotated)"
-                     " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
-                     "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0) FROM ins"
-                     " UNION ALL"
-                     " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
-                     "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0)"
-                     "  FROM rotor.secrets WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
-                     2, params, on_secret, jreq_new(j, (void *)cb, arg, false));
+    return jq(j,
+              "WITH ins AS (INSERT INTO rotor.secrets (name, active_slot) VALUES ($1, $2)"
+              "  ON CONFLICT (name) DO NOTHING RETURNING active_slot, first_seen,"
+              "  last_rotated)"
+              " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
+              "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0) FROM ins"
+              " UNION ALL"
+              " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
+              "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0)"
+              "  FROM rotor.secrets WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+              2, params, on_secret, jreq_new(j, (void *)cb, arg, false));
 }
 
 /* ---- writes: mutation + history + outbox in one statement ---------------------------------- */
@@ -554,8 +637,9 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
     const char *params[21];
     memcpy(params, p.v, sizeof(const char *) * 20);
     params[20] = outbox;
-    return pgc_query(
-        j->conn,
+    return jq(
+        j,
+
         "WITH m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
         "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent, version,"
         "  old_version, actor, next_at, expires_at)"
@@ -579,8 +663,9 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
     params[20] = outbox;
     /* $2, $7 and $10 are part of the row's identity and do not change; they are still bound so
      * one parameter list serves both statements. */
-    return pgc_query(
-        j->conn,
+    return jq(
+        j,
+
         "WITH m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
         "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13, version = $15,"
         "  old_version = $16, actor = $17, next_at = to_timestamp($18::bigint / 1000.0),"
@@ -603,8 +688,9 @@ int journal_note(journal_t *j, const char *id, const char *history, const char *
                  journal_done_cb cb, void *arg)
 {
     const char *params[] = {id, history, outbox};
-    return pgc_query(
-        j->conn,
+    return jq(
+        j,
+
         "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid)" WITH_HISTORY_AND_OUTBOX(
             "$2", "$3"),
         3, params, on_write, jreq_new(j, (void *)cb, arg, true));
@@ -634,14 +720,15 @@ int journal_dead_letter(journal_t *j, const char *dlq_topic, const char *topic, 
     char *hkey = key ? hex_encode(key, key_len) : NULL;
     char *hval = hex_encode(value ? value : "", value ? len : 0);
     const char *params[] = {dlq_topic, hkey, hval, headers, reason, topic, part, off};
-    int rc = pgc_query(
-        j->conn,
-        "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
-        " VALUES ($1, decode($2, 'hex'), decode($3, 'hex'), coalesce($4::jsonb, '{}'::jsonb)"
-        "  || jsonb_build_object('rotor-dlq-reason', $5::text, 'rotor-dlq-topic', $6::text,"
-        "  'rotor-dlq-partition', $7::text, 'rotor-dlq-offset', $8::text)) RETURNING id)"
-        " SELECT count(*) FROM m",
-        8, params, on_write, jreq_new(j, (void *)cb, arg, true));
+    int rc =
+        jq(j,
+
+           "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
+           " VALUES ($1, decode($2, 'hex'), decode($3, 'hex'), coalesce($4::jsonb, '{}'::jsonb)"
+           "  || jsonb_build_object('rotor-dlq-reason', $5::text, 'rotor-dlq-topic', $6::text,"
+           "  'rotor-dlq-partition', $7::text, 'rotor-dlq-offset', $8::text)) RETURNING id)"
+           " SELECT count(*) FROM m",
+           8, params, on_write, jreq_new(j, (void *)cb, arg, true));
     free(hkey);
     free(hval);
     return rc;
@@ -650,24 +737,24 @@ int journal_dead_letter(journal_t *j, const char *dlq_topic, const char *topic, 
 int journal_outbox_add(journal_t *j, const char *outbox, journal_done_cb cb, void *arg)
 {
     const char *params[] = {outbox};
-    return pgc_query(
-        j->conn,
-        "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
-        "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
-        "  FROM jsonb_to_recordset($1::jsonb) AS x(topic text, key text, value text,"
-        "   headers jsonb) RETURNING id)"
-        " SELECT count(*) + 1 FROM m",
-        1, params, on_write, jreq_new(j, (void *)cb, arg, true));
+    return jq(j,
+
+              "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
+              "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
+              "  FROM jsonb_to_recordset($1::jsonb) AS x(topic text, key text, value text,"
+              "   headers jsonb) RETURNING id)"
+              " SELECT count(*) + 1 FROM m",
+              1, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 int journal_version_written(journal_t *j, const char *secret, const char *version,
                             journal_rows_cb cb, void *arg)
 {
     const char *params[] = {secret, version};
-    return pgc_query(j->conn,
-                     "SELECT " ROT_COLUMNS " FROM rotor.rotations"
-                     " WHERE secret = $1 AND version = $2 LIMIT 1",
-                     2, params, on_rows, jreq_new(j, (void *)cb, arg, false));
+    return jq(j,
+              "SELECT " ROT_COLUMNS " FROM rotor.rotations"
+              " WHERE secret = $1 AND version = $2 LIMIT 1",
+              2, params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, const char *outbox,
@@ -676,16 +763,16 @@ int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, con
     char due[24];
     fmt_ms(due, sizeof due, due_ms);
     const char *params[] = {secret, due, outbox};
-    return pgc_query(
-        j->conn,
-        "WITH m AS (INSERT INTO rotor.schedule_claims (secret, due)"
-        "  VALUES ($1, to_timestamp($2::bigint / 1000.0)) ON CONFLICT DO NOTHING RETURNING 1)"
-        ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
-        "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
-        "  FROM m, jsonb_to_recordset($3::jsonb) AS x(topic text, key text, value text,"
-        "   headers jsonb))"
-        " SELECT count(*) FROM m",
-        3, params, on_write, jreq_new(j, (void *)cb, arg, true));
+    return jq(j,
+
+              "WITH m AS (INSERT INTO rotor.schedule_claims (secret, due)"
+              "  VALUES ($1, to_timestamp($2::bigint / 1000.0)) ON CONFLICT DO NOTHING RETURNING 1)"
+              ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
+              "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
+              "  FROM m, jsonb_to_recordset($3::jsonb) AS x(topic text, key text, value text,"
+              "   headers jsonb))"
+              " SELECT count(*) FROM m",
+              3, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 /* ---- outbox ------------------------------------------------------------------------------ */
@@ -731,15 +818,39 @@ int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outb
     fmt_ms(after, sizeof after, after_id);
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {after, lim};
-    /* Rows of a crashed instance with another name are taken over after a minute; an instance
-     * that restarts under its own name resumes its rows at once. */
-    return pgc_query(j->conn,
-                     "SELECT id, topic, key, value, headers::text FROM rotor.outbox"
-                     " WHERE sent_at IS NULL AND id > $1::bigint"
-                     "  AND (owner = current_setting('application_name')"
-                     "       OR created_at < now() - interval '1 minute')"
-                     " ORDER BY id LIMIT $2::int",
-                     2, params, on_outbox_rows, jreq_new(j, (void *)cb, arg, false));
+    /* An instance that restarts under its own name resumes its rows at once; rows of another
+     * instance become this one's through journal_outbox_adopt. */
+    return jq(j,
+              "SELECT id, topic, key, value, headers::text FROM rotor.outbox"
+              " WHERE sent_at IS NULL AND id > $1::bigint"
+              "  AND owner = current_setting('application_name')"
+              " ORDER BY id LIMIT $2::int",
+              2, params, on_outbox_rows, jreq_new(j, (void *)cb, arg, false));
+}
+
+static void on_adopted(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_adopt_cb cb = (journal_adopt_cb)q->cb;
+    if (status != 0 && status != ROTOR_ECANCELED)
+        log_db_error("outbox adopt", c, res);
+    int64_t first = 0;
+    if (status == 0 && !PQgetisnull(res, 0, 0))
+        first = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    cb(q->arg, status == 0 ? 0 : ROTOR_EDB, first);
+    free(q);
+}
+
+int journal_outbox_adopt(journal_t *j, journal_adopt_cb cb, void *arg)
+{
+    /* A pod replaced under a new name leaves unsent rows behind; after a minute they are this
+     * instance's to publish (one instance wins each row: the UPDATE locks it). */
+    return jq(j,
+              "WITH m AS (UPDATE rotor.outbox SET owner = current_setting('application_name')"
+              " WHERE sent_at IS NULL AND owner <> current_setting('application_name')"
+              "  AND created_at < now() - interval '1 minute' RETURNING id)"
+              " SELECT min(id) FROM m",
+              0, NULL, on_adopted, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb cb, void *arg)
@@ -753,11 +864,11 @@ int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb
     arr[used++] = '}';
     arr[used] = '\0';
     const char *params[] = {arr};
-    int rc = pgc_query(j->conn,
-                       "WITH m AS (UPDATE rotor.outbox SET sent_at = now()"
-                       " WHERE id = ANY($1::bigint[]) AND sent_at IS NULL RETURNING id)"
-                       " SELECT count(*) + 1 FROM m",
-                       1, params, on_write, jreq_new(j, (void *)cb, arg, false));
+    int rc = jq(j,
+                "WITH m AS (UPDATE rotor.outbox SET sent_at = now()"
+                " WHERE id = ANY($1::bigint[]) AND sent_at IS NULL RETURNING id)"
+                " SELECT count(*) + 1 FROM m",
+                1, params, on_write, jreq_new(j, (void *)cb, arg, false));
     free(arr);
     return rc;
 }

@@ -143,6 +143,11 @@ typedef void (*journal_outbox_cb)(void *arg, int status, const journal_outbox_ro
 int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb,
                          void *arg);
 
+/* Takes over unsent rows another instance left for over a minute (a pod replaced under a new
+ * name). first_id: the lowest adopted id, 0 when none. */
+typedef void (*journal_adopt_cb)(void *arg, int status, int64_t first_id);
+int journal_outbox_adopt(journal_t *j, journal_adopt_cb cb, void *arg);
+
 /* Marks rows sent (ids borrowed for the call). */
 int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb cb, void *arg);
 

@@ -26,6 +26,8 @@ struct relay_s {
     int64_t *done; /* delivered, to be marked sent */
     int ndone, capdone;
     bool marking;
+    bool adopting;
+    int ticks;
     bool stopped;
     bool closed; /* the timer's close callback ran */
 };
@@ -33,7 +35,7 @@ struct relay_s {
 /* Frees the relay once stopped and no journal request can call back into it. */
 static void maybe_free(relay_t *r)
 {
-    if (r->closed && !r->fetching && !r->marking) {
+    if (r->closed && !r->fetching && !r->marking && !r->adopting) {
         free(r->done);
         free(r);
     }
@@ -41,9 +43,31 @@ static void maybe_free(relay_t *r)
 
 static void fetch(relay_t *r);
 
+static void on_adopted(void *arg, int status, int64_t first_id)
+{
+    relay_t *r = arg;
+    r->adopting = false;
+    if (r->stopped) {
+        maybe_free(r);
+        return;
+    }
+    if (status == 0 && first_id > 0) {
+        log_info("relay.adopted", "note", "publishing rows another instance left unsent");
+        if (first_id - 1 < r->last_id)
+            r->last_id = first_id - 1; /* the cursor must go back to reach them */
+        fetch(r);
+    }
+}
+
 static void on_timer(uv_timer_t *t)
 {
-    fetch(t->data);
+    relay_t *r = t->data;
+    if (++r->ticks % 10 == 0 && !r->adopting && !r->stopped) {
+        r->adopting = true;
+        if (journal_outbox_adopt(r->j, on_adopted, r) < 0)
+            r->adopting = false;
+    }
+    fetch(r);
 }
 
 /* Headers stored as a JSON object of strings. */

@@ -409,7 +409,10 @@ static uint64_t attempt_timeout(const rotation_t *r)
 {
     uint64_t t = rot_policy(r)->timeout_ms;
     uint64_t ext = r->sec->cfg->deploy.external.timeout_ms;
-    return stage_is_external(r) && ext > t ? ext : t;
+    if (stage_is_external(r) && ext > t)
+        t = ext;
+    /* retire waits the drain inside its attempt: the bound is on top of it */
+    return r->row.stage == STAGE_RETIRE ? t + r->sec->cfg->database.drain_ms : t;
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -528,6 +531,7 @@ static void on_attempt_started(rotation_t *r, int status)
         return;
     }
     rot_crash_point(r, "begin");
+    r->token++; /* a new attempt: nothing of an earlier one counts */
     r->attempt_started_ms = util_now_ms();
     r->sessions_ended = -1;
     uv_timer_start(&r->deadline, on_deadline, attempt_timeout(r), 0);
@@ -671,10 +675,11 @@ void rot_on_effect_persisted(rotation_t *r, int status)
 
 void rot_effect_done(rotation_t *r, int status, const char *reason)
 {
-    if (r->gone)
-        return;
-    uv_timer_stop(&r->deadline);
-    r->token++; /* late callbacks of this attempt are stale from now on */
+    if (r->gone || r->writing)
+        return; /* a second report of an attempt that already ended */
+    /* Late callbacks of this attempt are stale from now on, and whatever it still has running
+     * (probes beside a failed login, a database request) is cancelled. */
+    rot_stop_effect(r);
     if (status == 0)
         rot_crash_point(r, "effect");
     int64_t took = r->attempt_started_ms ? util_now_ms() - r->attempt_started_ms : 0;
@@ -840,11 +845,19 @@ int engine_open_count(engine_t *e)
     return n;
 }
 
+static void on_load_timer(uv_timer_t *t)
+{
+    engine_rebalanced(t->data);
+}
+
 static void on_open_rows(void *arg, int status, const journal_rot_t *rows, int n)
 {
     engine_t *e = arg;
     if (status != 0) {
-        log_error("engine.load_failed", "error", rotor_strerror(status));
+        /* The journal is away: this process's open rotations must still be resumed. */
+        log_error("engine.load_failed", "error", rotor_strerror(status), "retry_in", "1s");
+        if (!e->stopping)
+            uv_timer_start(&e->load_timer, on_load_timer, 1000, 0);
         return;
     }
     for (int i = 0; i < n; i++) {
@@ -872,8 +885,10 @@ void engine_rebalanced(engine_t *e)
         if (!e->owns(e->owns_arg, r->row.secret) && !r->writing && r->inflight == 0)
             rot_remove(r);
     }
-    if (journal_load_open(e->journal, on_open_rows, e) < 0)
-        log_error("engine.load_failed", "error", "journal unavailable");
+    if (journal_load_open(e->journal, on_open_rows, e) < 0) {
+        log_error("engine.load_failed", "error", "journal unavailable", "retry_in", "1s");
+        uv_timer_start(&e->load_timer, on_load_timer, 1000, 0);
+    }
 }
 
 static void on_secret_registered(void *arg, int status, rotor_slot_t active, int64_t first,
@@ -950,10 +965,12 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     uv_timer_init(e->loop, &e->cmd_timer);
     uv_timer_init(e->loop, &e->stop_timer);
     uv_timer_init(e->loop, &e->stop_deadline);
+    uv_timer_init(e->loop, &e->load_timer);
+    e->load_timer.data = e;
     e->cmd_timer.data = e;
     e->stop_timer.data = e;
     e->stop_deadline.data = e;
-    e->handles_open = 3;
+    e->handles_open = 4;
     int rc = open_deps(e, opts->cfg, err, errlen);
     if (rc < 0) {
         engine_free(e);
@@ -1078,4 +1095,5 @@ void engine_free(engine_t *e)
     uv_close((uv_handle_t *)&e->cmd_timer, on_engine_handle_closed);
     uv_close((uv_handle_t *)&e->stop_timer, on_engine_handle_closed);
     uv_close((uv_handle_t *)&e->stop_deadline, on_engine_handle_closed);
+    uv_close((uv_handle_t *)&e->load_timer, on_engine_handle_closed);
 }

@@ -50,6 +50,7 @@ struct engine_s {
     void *stop_arg;
     uv_timer_t stop_timer;    /* polls for in-flight work to reach the journal */
     uv_timer_t stop_deadline; /* bounds that wait */
+    uv_timer_t load_timer;    /* retries loading the open rotations */
     uv_timer_t cmd_timer;     /* re-handles a command that arrived during a write */
     void *deferred_cmd;       /* that command (a cmd_t) */
     void *pending_cmd;        /* the command whose journal write is in flight (one at a time) */
@@ -75,6 +76,9 @@ struct rotation_s {
     probe_req_t *probereq;           /* probes of the current effect, or of the soak */
     int verify_pending;              /* verify: checks still running (login, probes) */
     void (*ext_next)(rotation_t *r); /* external: what follows the pipeline's answer */
+    bool ext_early; /* external: the pipeline answered before rotor began waiting */
+    int ext_early_status;
+    char ext_early_reason[512];
     int64_t attempt_started_ms;
     long sessions_ended;
     rotation_t *next_rot;

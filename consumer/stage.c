@@ -16,9 +16,13 @@ typedef struct {
     unsigned token;
 } eff_t;
 
+/* The ticket made last: a request that fails to start never took it (loop thread only). */
+static eff_t *eff_latest;
+
 static eff_t *eff_new(rotation_t *r)
 {
     eff_t *x = util_malloc(sizeof *x);
+    eff_latest = x;
     x->r = r;
     x->token = r->token;
     r->inflight++;
@@ -39,13 +43,19 @@ static rotation_t *eff_take(eff_t *x)
     return r;
 }
 
-void rot_effect_done(rotation_t *r, int status, const char *reason);
+/* Takes back the ticket of a request that failed to start. */
+static void eff_abandon(rotation_t *r)
+{
+    free(eff_latest);
+    eff_latest = NULL;
+    r->inflight--;
+}
 
 #define STORE_CALL(r, call)                                                                        \
     do {                                                                                           \
         int rc_ = (call);                                                                          \
         if (rc_ < 0) {                                                                             \
-            (r)->inflight--;                                                                       \
+            eff_abandon(r);                                                                        \
             rot_effect_done((r), rc_, "secret store request failed to start");                     \
             return;                                                                                \
         }                                                                                          \
@@ -155,6 +165,15 @@ static void on_deploy_done(void *arg, int status, const char *reason)
  * waits for the pipeline's answer to the stage.requested published when the attempt started. */
 static void deploy_action(rotation_t *r, deploy_next_fn next)
 {
+    if (stage_is_external(r) && r->ext_early) {
+        /* retire asks the pipeline at the attempt's start, then drains: an answer may be here. */
+        r->ext_early = false;
+        if (r->ext_early_status < 0)
+            rot_effect_done(r, r->ext_early_status, r->ext_early_reason);
+        else
+            next(r);
+        return;
+    }
     if (stage_is_external(r)) {
         r->ext_next = next;
         rot_log(LOG_INFO, "deploy.external.waiting", r, "note",
@@ -191,8 +210,13 @@ static void deploy_action(rotation_t *r, deploy_next_fn next)
 bool stage_external_answer(rotation_t *r, int status, const char *reason)
 {
     deploy_next_fn next = r->ext_next;
-    if (!next)
-        return false;
+    if (!next) {
+        /* The attempt runs but has not reached its wait yet (retire's drain): keep the answer. */
+        r->ext_early = true;
+        r->ext_early_status = status;
+        util_strlcpy(r->ext_early_reason, reason ? reason : "", sizeof r->ext_early_reason);
+        return true;
+    }
     r->ext_next = NULL;
     if (status < 0)
         rot_effect_done(r, status, reason);
@@ -204,6 +228,7 @@ bool stage_external_answer(rotation_t *r, int status, const char *reason)
 void stage_cancel_deploy(rotation_t *r)
 {
     r->ext_next = NULL;
+    r->ext_early = false;
     if (r->probereq) {
         probe_req_t *q = r->probereq;
         r->probereq = NULL;
@@ -396,7 +421,7 @@ static void on_generate_find(void *arg, int status, const char *version, const c
                      on_generate_put, eff_new(r));
     secret_free(pw); /* the store copied it */
     if (rc < 0) {
-        r->inflight--;
+        eff_abandon(r);
         rot_effect_done(r, rc, "secret store request failed to start");
     }
 }
@@ -515,8 +540,13 @@ static void on_verify_value(void *arg, int status, rotor_secret_t *value, const 
     r->verify_pending = 2;
     probe_sql_t sql = {rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
                        r->sec->cfg->database.probe};
+    unsigned token = r->token;
     run_probes(r, r->sec->cfg->probes.verify, r->sec->cfg->probes.nverify, &sql, verify_part_done,
                "verify probe");
+    if (r->token != token) { /* the probes could not start: verify already failed */
+        secret_free(value);
+        return;
+    }
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, verify_login_done);
     int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
@@ -631,7 +661,7 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
         s->ops->write_current(s, r->sec->cfg->store.current, entry, on_current_written, eff_new(r));
     secret_free(entry);
     if (rc < 0) {
-        r->inflight--;
+        eff_abandon(r);
         rot_effect_done(r, rc, "secret store request failed to start");
     }
 }
@@ -639,6 +669,9 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
 /* swap, after the driver pointed production at the new slot: the store's `current` entry. */
 static void swap_current(rotation_t *r)
 {
+    /* Production points at the new slot from here on, even if writing `current` fails: an
+     * abort must record the slot production really uses. */
+    r->row.swapped = true;
     if (!r->sec->cfg->store.current) {
         /* Without a `current` entry there is nothing to point at: the application chooses its
          * slot itself; the swap is the moment rotor records the new active slot. */

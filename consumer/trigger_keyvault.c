@@ -125,10 +125,16 @@ static void request_rotation(kvt_t *t)
 
 static void on_current(void *arg, int status, const char *version, const char *reason)
 {
-    (void)reason;
     kvt_t *t = arg;
+    if (status == ROTOR_ESTORE || status == ROTOR_ENOTFOUND) {
+        /* The vault answered, and said no (deleted, forbidden): retrying would block every
+         * later input message behind this one. Record it and go on. */
+        kvt_finish(t, 0, "ignored",
+                   reason ? reason : "the vault refused to say which version is current");
+        return;
+    }
     if (status < 0) {
-        /* The vault cannot say which version is current: try the event again later. */
+        /* The vault is unreachable or throttling: try the event again later. */
         kvt_finish(t, ROTOR_EDB, NULL, NULL);
         return;
     }

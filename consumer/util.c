@@ -243,6 +243,29 @@ void util_strlcpy(char *dst, const char *src, size_t len)
     if (!len)
         return;
     size_t n = strnlen(src, len - 1);
+    /* Never cut a UTF-8 character in half: PostgreSQL and jansson refuse the remains. */
+    if (src[n] != '\0')
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;
     memcpy(dst, src, n);
     dst[n] = '\0';
+}
+
+void util_utf8_trim(char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t len = *p < 0x80             ? 1
+                     : (*p & 0xE0) == 0xC0 ? 2
+                     : (*p & 0xF0) == 0xE0 ? 3
+                     : (*p & 0xF8) == 0xF0 ? 4
+                                           : 0;
+        for (size_t k = 1; len && k < len; k++)
+            if ((p[k] & 0xC0) != 0x80)
+                len = 0;
+        if (!len)
+            break;
+        p += len;
+    }
+    *(char *)p = '\0';
 }

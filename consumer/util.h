@@ -36,7 +36,12 @@ char *util_strdup(const char *s);
 void *util_malloc(size_t n);
 void *util_calloc(size_t n, size_t size);
 
-/* Copies at most len-1 bytes of src into dst and terminates it. */
+/* Copies at most len-1 bytes of src into dst and terminates it, never splitting a UTF-8
+ * character. */
 void util_strlcpy(char *dst, const char *src, size_t len);
+
+/* Cuts s at its first byte that does not continue valid UTF-8 (a reason built with %.100s may end
+ * in half a character; PostgreSQL and jansson refuse it). */
+void util_utf8_trim(char *s);
 
 #endif

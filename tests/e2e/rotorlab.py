@@ -105,6 +105,11 @@ class Postgres:
         conn.close()
         return True
 
+    def restart(self):
+        """A fast restart, as a failover or maintenance would do: every session is cut."""
+        self._run([os.path.join(pg_bindir(), "pg_ctl"), "-D", self.dir + "/data", "-m", "fast",
+                   "-w", "-t", "60", "restart"])
+
     def stop(self):
         subprocess.run(self.prefix + [os.path.join(pg_bindir(), "pg_ctl"), "-D",
                                       self.dir + "/data", "-m", "immediate", "stop"],
