@@ -130,6 +130,10 @@ typedef struct {
 int cli_follow(PGconn *c, const char *id, int64_t after, int min_seq, uint64_t timeout_ms,
                const cli_follow_cb_t *cb);
 
+/* --until STATE for the followers: stop with exit 0 once the rotation completed stage STATE, or
+ * is waiting for approval (STATE "awaiting-approval"). Returns 0 or CLI_USAGE after a message. */
+int cli_set_until(const char *prog, const char *state);
+
 /* Prints one history line as plain text. */
 void cli_hist_print(FILE *out, const cli_hist_t *h);
 /* The follower for --wait: plain history lines on stdout. */

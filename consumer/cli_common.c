@@ -489,9 +489,40 @@ static void cli_sleep_ms(int ms)
 }
 
 /* One poll: reports new history, then the row. Returns the exit code, -1 to go on. */
+/* --until: the state a pipeline step waits for, or NULL to wait for the end. */
+static const char *cli_until;
+
+int cli_set_until(const char *prog, const char *state)
+{
+    rotor_stage_t st;
+    if (strcmp(state, "awaiting-approval") != 0 && rotor_stage_parse(state, &st) != 0) {
+        fprintf(stderr,
+                "%s: --until expects a stage (prepare ... retire) or awaiting-approval, "
+                "got \"%s\"\n",
+                prog, state);
+        return CLI_USAGE;
+    }
+    cli_until = state;
+    return 0;
+}
+
+/* Whether history line h or row r means the --until state was reached. */
+static bool cli_until_hist(const cli_hist_t *h)
+{
+    return cli_until && strcmp(h->stage, cli_until) == 0 &&
+           (strcmp(h->outcome, "completed") == 0 || strcmp(h->outcome, "approved") == 0);
+}
+
+static bool cli_until_row(const cli_rot_t *r)
+{
+    return cli_until && strcmp(cli_until, "awaiting-approval") == 0 && r->r.status == RS_WAITING &&
+           r->r.stage == STAGE_APPROVE;
+}
+
 static int cli_follow_once(PGconn *c, const char *id, int64_t *after, int min_seq,
                            const cli_follow_cb_t *cb)
 {
+    bool reached = false;
     cli_hist_t *h = NULL;
     int n = cli_hist_read(c, id, *after, &h);
     if (n < 0)
@@ -500,6 +531,7 @@ static int cli_follow_once(PGconn *c, const char *id, int64_t *after, int min_se
         if (cb->on_hist)
             cb->on_hist(cb->arg, &h[i]);
         *after = h[i].id;
+        reached |= cli_until_hist(&h[i]);
     }
     free(h);
     cli_rot_t r;
@@ -511,6 +543,11 @@ static int cli_follow_once(PGconn *c, const char *id, int64_t *after, int min_se
     }
     if (cb->on_row)
         cb->on_row(cb->arg, &r);
+    if (reached || cli_until_row(&r)) {
+        printf("reached %s\n", cli_until);
+        fflush(stdout);
+        return CLI_EXIT_OK;
+    }
     int code = cli_exit_for(r.r.status);
     if (r.r.status == RS_FAILED && r.r.seq <= min_seq)
         code = -1; /* still the failure the retry was sent for */

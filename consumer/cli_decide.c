@@ -54,13 +54,17 @@ static int cli_decide_parse(const cli_decision_t *d, int argc, char **argv, cli_
 {
     /* The text option is --comment or --reason depending on the decision; retry has none. */
     struct option opts[] = {
-        {"by", required_argument, NULL, 'b'},        {"wait", no_argument, NULL, 'w'},
-        {"timeout", required_argument, NULL, 't'},   {"help", no_argument, NULL, 'h'},
-        {d->text_key, required_argument, NULL, 'x'}, {NULL, 0, NULL, 0},
+        {"by", required_argument, NULL, 'b'},
+        {"wait", no_argument, NULL, 'w'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {"until", required_argument, NULL, 'u'},
+        {d->text_key, required_argument, NULL, 'x'},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     optind = 0;
-    while ((ch = getopt_long(argc, argv, "b:wt:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "b:wt:u:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'b':
             o->by = optarg;
@@ -74,6 +78,11 @@ static int cli_decide_parse(const cli_decision_t *d, int argc, char **argv, cli_
         case 't':
             if (cli_parse_timeout(argv[0], optarg, &o->timeout_ms) != 0)
                 return CLI_USAGE;
+            break;
+        case 'u':
+            if (cli_set_until(argv[0], optarg) != 0)
+                return CLI_USAGE;
+            o->wait = true;
             break;
         case 'h':
             return CLI_HELP;

@@ -17,15 +17,13 @@ typedef struct {
 static int cli_request_parse(int argc, char **argv, cli_request_opts_t *o)
 {
     static const struct option opts[] = {
-        {"reason", required_argument, NULL, 'r'},
-        {"wait", no_argument, NULL, 'w'},
-        {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"reason", required_argument, NULL, 'r'},  {"wait", no_argument, NULL, 'w'},
+        {"timeout", required_argument, NULL, 't'}, {"until", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int ch;
     optind = 0;
-    while ((ch = getopt_long(argc, argv, "r:wt:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "r:wt:u:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'r':
             o->reason = optarg;
@@ -36,6 +34,11 @@ static int cli_request_parse(int argc, char **argv, cli_request_opts_t *o)
         case 't':
             if (cli_parse_timeout(argv[0], optarg, &o->timeout_ms) != 0)
                 return CLI_USAGE;
+            break;
+        case 'u':
+            if (cli_set_until(argv[0], optarg) != 0)
+                return CLI_USAGE;
+            o->wait = true;
             break;
         case 'h':
             return CLI_HELP;

@@ -117,14 +117,20 @@ static void cli_live_row(void *arg, const cli_rot_t *r)
 int cli_watch(cli_ctx_t *ctx, int argc, char **argv)
 {
     static const struct option opts[] = {{"timeout", required_argument, NULL, 't'},
+                                         {"until", required_argument, NULL, 'u'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     uint64_t timeout_ms = 0;
     int ch;
     optind = 0;
-    while ((ch = getopt_long(argc, argv, "t:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "t:u:h", opts, NULL)) != -1) {
         if (ch == 'h')
             return CLI_HELP;
+        if (ch == 'u') {
+            if (cli_set_until(argv[0], optarg) != 0)
+                return CLI_USAGE;
+            continue;
+        }
         if (ch != 't' || cli_parse_timeout(argv[0], optarg, &timeout_ms) != 0)
             return CLI_USAGE;
     }

@@ -537,15 +537,13 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
 {
     const char *params[] = {name, rotor_slot_name(active)};
     return jq(j,
-              "WITH ins AS (INSERT INTO rotor.secrets (name, active_slot) VALUES ($1, $2)"
-              "  ON CONFLICT (name) DO NOTHING RETURNING active_slot, first_seen,"
-              "  last_rotated)"
-              " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
-              "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0) FROM ins"
-              " UNION ALL"
-              " SELECT active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
-              "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0)"
-              "  FROM rotor.secrets WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+              /* An upsert returns the row whoever inserted it: two replicas meeting a new
+               * secret at the same moment both get it (the conflicting one waits for the
+               * other's commit); the recorded active slot is never overwritten. */
+              "INSERT INTO rotor.secrets AS s (name, active_slot) VALUES ($1, $2)"
+              " ON CONFLICT (name) DO UPDATE SET active_slot = s.active_slot"
+              " RETURNING active_slot, (extract(epoch from first_seen) * 1000)::bigint,"
+              "  coalesce((extract(epoch from last_rotated) * 1000)::bigint, 0)",
               2, params, on_secret, jreq_new(j, (void *)cb, arg, false));
 }
 

@@ -19,7 +19,9 @@
 
 #define CLI_WAIT_OPTS                                                                              \
     "  --wait              follow the rotation until it ends, printing its history\n"              \
-    "  --timeout DURATION  with --wait: give up after DURATION (e.g. 10m; default: no limit)\n"
+    "  --timeout DURATION  with --wait: give up after DURATION (e.g. 10m; default: no limit)\n"    \
+    "  --until STATE       with --wait: stop (exit 0) once the rotation completed stage STATE,\n"  \
+    "                      or is waiting for approval (STATE awaiting-approval)\n"
 
 static int cli_run(cli_ctx_t *ctx, int argc, char **argv);
 static int cli_version(cli_ctx_t *ctx, int argc, char **argv);
@@ -37,7 +39,7 @@ static const cli_command_t cli_commands[] = {
      "Usage: rotor run [-c FILE]\n"
      "Runs the rotor daemon in the foreground until SIGINT or SIGTERM.\n"},
     {"request", cli_request, "ask for a rotation of SECRET",
-     "Usage: rotor request SECRET [--reason TEXT] [--wait] [--timeout DURATION]\n"
+     "Usage: rotor request SECRET [--reason TEXT] [--wait] [--timeout DURATION] [--until STATE]\n"
      "Publishes rotation.requested for SECRET (a configured secret) and prints the request id.\n"
      "  --reason TEXT       why (recorded in the journal, at most 1024 bytes)\n" CLI_WAIT_OPTS
          CLI_EXIT_CODES},
@@ -74,10 +76,12 @@ static const cli_command_t cli_commands[] = {
      "With ID: that rotation and its history.\n"
      "  --json              print JSON instead of text\n"},
     {"watch", cli_watch, "follow rotation ID live",
-     "Usage: rotor watch ID [--timeout DURATION]\n"
+     "Usage: rotor watch ID [--timeout DURATION] [--until STATE]\n"
      "Follows rotation ID until it ends: a live view of its stages on a terminal, otherwise\n"
      "one line per history entry.\n"
-     "  --timeout DURATION  give up after DURATION (default: no limit)\n" CLI_EXIT_CODES},
+     "  --timeout DURATION  give up after DURATION (default: no limit)\n"
+     "  --until STATE       stop (exit 0) once the rotation completed stage STATE, or is waiting\n"
+     "                      for approval (STATE awaiting-approval)\n" CLI_EXIT_CODES},
     {"check", cli_check, "check config, journal, databases, stores and Kafka",
      "Usage: rotor check [-c FILE]\n"
      "Loads the configuration, connects to the journal, to each managed database (both roles\n"

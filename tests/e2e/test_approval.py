@@ -82,3 +82,19 @@ def test_approve_out_of_place_is_dead_lettered(make_lab):
     dlq = wait_for(lambda: lab.consume("rotor.deadletter"), 30, what="dead letter")
     reasons = [dict(zip(m["headers"][::2], m["headers"][1::2]))["rotor-dlq-reason"] for m in dlq]
     assert any("out of place" in r for r in reasons), reasons
+
+
+def test_pipeline_step_blocks_until_a_given_state(make_lab):
+    import re
+    lab = make_lab(approval="{ mode: manual, gate: retire }")
+    lab.start()
+    r = lab.cli("request", "app-db", "--reason", "pipeline", "--until", "awaiting-approval")
+    assert "reached awaiting-approval" in r.stdout, r.stdout
+    rid = re.search(r"^rotation (\S+)$", r.stdout, re.M).group(1)
+    assert lab.rotations()[0]["status"] == "waiting"
+    r = lab.cli("approve", rid, "--until", "retire")
+    assert "reached retire" in r.stdout
+    assert lab.rotations()[0]["status"] == "completed"
+    # a state not reached in time: the timeout's exit code, and no "reached" line
+    r = lab.cli("request", "app-db", "--until", "rollback", "--timeout", "3s", check=False)
+    assert r.returncode == 5 and "reached" not in r.stdout, (r.returncode, r.stdout)
