@@ -87,8 +87,8 @@ int cli_complete(cli_ctx_t *ctx, int argc, char **argv)
         util_strlcpy(who, o.by, sizeof who);
     else
         cli_whoami(who, sizeof who);
-    json_t *data =
-        json_pack("{s:s, s:s, s:s}", "rotation_id", rot.r.id, "stage", o.stage, "by", who);
+    json_t *data = json_pack("{s:s, s:s, s:s, s:i}", "rotation_id", rot.r.id, "stage", o.stage,
+                             "by", who, "attempt", rot.r.attempt);
     if (o.failed)
         json_object_set_new(data, "error", json_string(o.failed));
     const char *type = o.failed ? "stage.failed" : "stage.completed";

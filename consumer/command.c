@@ -331,6 +331,11 @@ static bool answer_fits(const cmd_t *c, const rotation_t *r)
 {
     const char *stage = data_str(c->ev, "stage");
     rotor_stage_t st;
+    /* An answer that names its attempt must be for the attempt that runs: a late answer to an
+     * attempt that timed out must not complete the next one. */
+    json_t *attempt = json_object_get(c->ev->data, "attempt");
+    if (attempt && json_integer_value(attempt) != r->row.attempt)
+        return false;
     return stage && rotor_stage_parse(stage, &st) == 0 && st == r->row.stage &&
            r->row.status == RS_RUNNING && stage_is_external(r);
 }

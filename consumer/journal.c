@@ -549,6 +549,14 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
 
 /* ---- writes: mutation + history + outbox in one statement ---------------------------------- */
 
+/* Inserts the outbox rows of the JSON array `arr` ({topic, key, value, headers}); `from` joins
+ * what gates the insert (the mutation that must have happened). */
+#define OUTBOX_INSERT(from, arr)                                                                   \
+    "INSERT INTO rotor.outbox (topic, key, value, headers)"                                        \
+    "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"          \
+    "  FROM " from " jsonb_to_recordset(" arr ") AS x(topic text, key text, value text,"           \
+    "   headers jsonb)"
+
 /* Wraps a mutation CTE named m (which must RETURN id) with the history line and the outbox rows,
  * both taken from JSON parameters $h and $o and written only if m touched a row. */
 #define WITH_HISTORY_AND_OUTBOX(h, o)                                                              \
@@ -559,11 +567,9 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
     "  FROM m, jsonb_to_record(" h "::jsonb) AS x(trigger text, actor text, stage text,"           \
     "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"               \
     "  WHERE " h " IS NOT NULL)"                                                                   \
-    ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"                               \
-    "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"          \
-    "  FROM (SELECT DISTINCT 1 FROM m) AS one, jsonb_to_recordset(coalesce(" o                     \
-    "::jsonb, '[]')) AS x(topic text, key text, value text, headers jsonb))"                       \
-    " SELECT count(*) FROM m"
+    ", ob AS (" OUTBOX_INSERT("(SELECT DISTINCT 1 FROM m) AS one,",                                \
+                              "coalesce(" o "::jsonb, '[]')") ")"                                  \
+                                                              " SELECT count(*) FROM m"
 
 static void on_write(pgc_conn_t *c, PGresult *res, int status, void *arg)
 {
@@ -737,11 +743,8 @@ int journal_outbox_add(journal_t *j, const char *outbox, journal_done_cb cb, voi
     const char *params[] = {outbox};
     return jq(j,
 
-              "WITH m AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
-              "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
-              "  FROM jsonb_to_recordset($1::jsonb) AS x(topic text, key text, value text,"
-              "   headers jsonb) RETURNING id)"
-              " SELECT count(*) + 1 FROM m",
+              "WITH m AS (" OUTBOX_INSERT("", "$1::jsonb") " RETURNING id)"
+                                                           " SELECT count(*) + 1 FROM m",
               1, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
@@ -765,11 +768,8 @@ int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, con
 
               "WITH m AS (INSERT INTO rotor.schedule_claims (secret, due)"
               "  VALUES ($1, to_timestamp($2::bigint / 1000.0)) ON CONFLICT DO NOTHING RETURNING 1)"
-              ", ob AS (INSERT INTO rotor.outbox (topic, key, value, headers)"
-              "  SELECT x.topic, convert_to(x.key, 'UTF8'), convert_to(x.value, 'UTF8'), x.headers"
-              "  FROM m, jsonb_to_recordset($3::jsonb) AS x(topic text, key text, value text,"
-              "   headers jsonb))"
-              " SELECT count(*) FROM m",
+              ", ob AS (" OUTBOX_INSERT("m,", "$3::jsonb") ")"
+                                                           " SELECT count(*) FROM m",
               3, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 

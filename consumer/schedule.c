@@ -24,25 +24,33 @@ struct schedule_s {
     bool closed;
 };
 
-int64_t schedule_due(const cfg_secret_t *sec, int64_t first_seen_ms, int64_t last_rotated_ms)
+/* The first slot strictly after t; -1 when there is none. */
+static int64_t next_slot(const cfg_secret_t *sec, const cron_t *c, int64_t t)
 {
-    int64_t base = last_rotated_ms > 0 ? last_rotated_ms : first_seen_ms;
-    int64_t due;
-    if (sec->schedule.every_ms > 0) {
-        due = base + (int64_t)sec->schedule.every_ms;
-    } else if (sec->schedule.cron) {
-        cron_t c;
-        char reason[128];
-        if (cron_parse(sec->schedule.cron, &c, reason, sizeof reason) < 0)
-            return -1; /* config.c validated it; unreachable */
-        due = cron_next(&c, base);
-        if (due < 0)
-            return -1;
-    } else {
-        return -1;
-    }
-    if (sec->schedule.window_start >= 0)
+    int64_t due =
+        sec->schedule.every_ms > 0 ? t + (int64_t)sec->schedule.every_ms : cron_next(c, t);
+    if (due >= 0 && sec->schedule.window_start >= 0)
         due = cron_window_next(due, sec->schedule.window_start, sec->schedule.window_end);
+    return due;
+}
+
+int64_t schedule_due(const cfg_secret_t *sec, int64_t first_seen_ms, int64_t last_rotated_ms,
+                     int64_t now_ms)
+{
+    cron_t c = {0};
+    if (sec->schedule.every_ms == 0) {
+        char reason[128];
+        if (!sec->schedule.cron || cron_parse(sec->schedule.cron, &c, reason, sizeof reason) < 0)
+            return -1; /* no schedule (config.c validated any cron expression) */
+    }
+    int64_t due = next_slot(sec, &c, last_rotated_ms > 0 ? last_rotated_ms : first_seen_ms);
+    /* Move up to the latest slot not after now; bounded, for a cron that fires every minute. */
+    for (int i = 0; due >= 0 && i < 1000000; i++) {
+        int64_t next = next_slot(sec, &c, due);
+        if (next < 0 || next > now_ms)
+            break;
+        due = next;
+    }
     return due;
 }
 
@@ -110,7 +118,7 @@ static void on_secret(void *arg, int status, rotor_slot_t active, int64_t first,
     }
     const cfg_secret_t *sec = &s->cfg->secrets[s->next];
     int64_t now = util_now_ms();
-    int64_t due = status == 0 ? schedule_due(sec, first, last) : -1;
+    int64_t due = status == 0 ? schedule_due(sec, first, last, now) : -1;
     bool in_window = sec->schedule.window_start < 0 ||
                      cron_in_window(now, sec->schedule.window_start, sec->schedule.window_end);
     if (due >= 0 && due <= now && in_window) {

@@ -20,9 +20,13 @@ int schedule_start(uv_loop_t *loop, const rotor_config_t *cfg, journal_t *j, eng
                    const char *source, bool (*owns)(void *arg, const char *secret), void *arg,
                    schedule_t **out);
 
-/* When the next scheduled rotation of sec is due, given when rotor first met the secret and when
- * it last rotated (0 = never), in epoch ms; -1 when sec has no schedule. Pure. */
-int64_t schedule_due(const cfg_secret_t *sec, int64_t first_seen_ms, int64_t last_rotated_ms);
+/* The schedule slot of sec to request at now_ms (epoch ms), given when rotor first met the secret
+ * and when it last completed a rotation (0 = never): the first slot after that, or, once several
+ * slots have passed without a completed rotation (one that failed, rolled back or was aborted,
+ * or rotor was down), the latest slot not after now, so each slot is claimed at most once and a
+ * missed one is retried at the next. -1 when sec has no schedule. Pure. */
+int64_t schedule_due(const cfg_secret_t *sec, int64_t first_seen_ms, int64_t last_rotated_ms,
+                     int64_t now_ms);
 
 void schedule_stop(schedule_t *s);
 

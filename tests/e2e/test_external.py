@@ -68,6 +68,10 @@ def test_pipeline_failure_retries_then_out_of_place_answers_are_dead_lettered(ma
     dlq = wait_for(lambda: lab.consume("rotor.deadletter"), 30, 0.3, what="dead letter")
     reason = dict(zip(dlq[0]["headers"][::2], dlq[0]["headers"][1::2]))["rotor-dlq-reason"]
     assert "out of place" in reason
+    # an answer for an earlier attempt of the running stage is out of place too
+    answer_with_kcat(lab, rid, "deploy", attempt=1)
+    wait_for(lambda: len(lab.consume("rotor.deadletter")) >= 2, 30, 0.3,
+             what="the stale answer in the dead-letter topic")
     # the CLI refuses it before sending
     r = lab.cli("complete", rid, "retire", check=False)
     assert r.returncode == 1 and "nothing waits" in r.stderr
