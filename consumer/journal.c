@@ -594,13 +594,15 @@ static void fmt_ms(char *buf, size_t len, int64_t ms)
     snprintf(buf, len, "%" PRId64, ms);
 }
 
-/* Text parameters of a row, in the order the INSERT and UPDATE below use them. */
+/* Text parameters of a row, in the order the INSERT and UPDATE below use them: $1..$19 the row,
+ * $20 the history line, $21 the outbox rows. */
 typedef struct {
     char seq[16], attempt[16], next_at[24], expires_at[24];
-    const char *v[20];
+    const char *v[21];
 } row_params_t;
 
-static void row_params(const journal_rot_t *r, row_params_t *p)
+static void row_params(const journal_rot_t *r, const char *history, const char *outbox,
+                       row_params_t *p)
 {
     snprintf(p->seq, sizeof p->seq, "%d", r->seq);
     snprintf(p->attempt, sizeof p->attempt, "%d", r->attempt);
@@ -630,20 +632,17 @@ static void row_params(const journal_rot_t *r, row_params_t *p)
     };
 #undef OPT
     memcpy(p->v, v, sizeof v);
+    p->v[19] = history;
+    p->v[20] = outbox;
 }
 
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg)
 {
     row_params_t p;
-    row_params(r, &p);
-    p.v[19] = history;
-    const char *params[21];
-    memcpy(params, p.v, sizeof(const char *) * 20);
-    params[20] = outbox;
+    row_params(r, history, outbox, &p);
     return jq(
         j,
-
         "WITH m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
         "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent, version,"
         "  old_version, actor, next_at, expires_at)"
@@ -653,23 +652,18 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
         " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7"
         " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
         "  DO NOTHING RETURNING id)" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
-        21, params, on_write, jreq_new(j, (void *)cb, arg, true));
+        21, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg)
 {
     row_params_t p;
-    row_params(r, &p);
-    p.v[19] = history;
-    const char *params[21];
-    memcpy(params, p.v, sizeof(const char *) * 20);
-    params[20] = outbox;
+    row_params(r, history, outbox, &p);
     /* $2, $7 and $10 are part of the row's identity and do not change; they are still bound so
      * one parameter list serves both statements. */
     return jq(
         j,
-
         "WITH m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
         "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13, version = $15,"
         "  old_version = $16, actor = $17, next_at = to_timestamp($18::bigint / 1000.0),"
@@ -685,7 +679,7 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
         "  last_rotation = m.id FROM m WHERE s.name = m.secret"
         "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
         "m.swapped)))" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
-        21, params, on_write, jreq_new(j, (void *)cb, arg, true));
+        21, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,
@@ -694,7 +688,6 @@ int journal_note(journal_t *j, const char *id, const char *history, const char *
     const char *params[] = {id, history, outbox};
     return jq(
         j,
-
         "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid)" WITH_HISTORY_AND_OUTBOX(
             "$2", "$3"),
         3, params, on_write, jreq_new(j, (void *)cb, arg, true));

@@ -43,6 +43,12 @@ static rotation_t *eff_take(eff_t *x)
     return r;
 }
 
+/* The ticket of a request's callback: the rotation's slot for that request is cleared only if the
+ * request still belongs to the current effect (a later attempt may have put its own there), then
+ * the ticket is taken as eff_take does. */
+#define EFF_TAKE_REQ(x, field)                                                                     \
+    ((x)->token == (x)->r->token ? (void)((x)->r->field = NULL) : (void)0, eff_take(x))
+
 /* Takes back the ticket of a request that failed to start. */
 static void eff_abandon(rotation_t *r)
 {
@@ -83,10 +89,7 @@ static void on_db(void *arg, int status, const char *reason, long count)
 {
     dbctx_t *c = arg;
     db_next_fn next = c->next;
-    rotation_t *r = c->x->r;
-    if (c->x->token == r->token)
-        r->dbreq = NULL;
-    r = eff_take(c->x);
+    rotation_t *r = EFF_TAKE_REQ(c->x, dbreq);
     free(c);
     if (!r)
         return;
@@ -148,10 +151,7 @@ static void on_deploy_done(void *arg, int status, const char *reason)
 {
     depctx_t *c = arg;
     deploy_next_fn next = c->next;
-    rotation_t *r = c->x->r;
-    if (c->x->token == r->token)
-        r->deployreq = NULL;
-    r = eff_take(c->x);
+    rotation_t *r = EFF_TAKE_REQ(c->x, deployreq);
     free(c);
     if (!r)
         return;
@@ -246,10 +246,7 @@ void stage_cancel_deploy(rotation_t *r)
 static void on_observed(void *arg, int status, int observed, const char *reason)
 {
     depctx_t *c = arg;
-    rotation_t *r = c->x->r;
-    if (c->x->token == r->token)
-        r->deployreq = NULL;
-    r = eff_take(c->x);
+    rotation_t *r = EFF_TAKE_REQ(c->x, deployreq);
     free(c);
     if (!r)
         return;
@@ -479,10 +476,7 @@ static void on_probes(void *arg, int status, const char *reason)
 {
     prbctx_t *c = arg;
     probe_next_fn next = c->next;
-    rotation_t *r = c->x->r;
-    if (c->x->token == r->token)
-        r->probereq = NULL;
-    r = eff_take(c->x);
+    rotation_t *r = EFF_TAKE_REQ(c->x, probereq);
     free(c);
     if (r)
         next(r, status, reason);
@@ -784,10 +778,7 @@ void stage_run(rotation_t *r)
 static void on_soak(void *arg, int status, const char *reason)
 {
     prbctx_t *c = arg;
-    rotation_t *r = c->x->r;
-    if (c->x->token == r->token)
-        r->probereq = NULL;
-    r = eff_take(c->x);
+    rotation_t *r = EFF_TAKE_REQ(c->x, probereq);
     free(c);
     if (!r || status == ROTOR_ECANCELED)
         return;
