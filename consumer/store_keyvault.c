@@ -35,8 +35,10 @@
 #define KV_BACKOFF_MAX_MS 30000
 #define KV_RETRY_AFTER_MAX_MS 120000
 #define KV_MAX_LIMIT 300 /* Key Vault's published limit of secret writes per 10 s and vault */
-/* The limiter counts writes when rotor sends them and Key Vault when they arrive; the margin
- * keeps two writes 10 s apart on our clock from landing in one window on the vault's. */
+/* Key Vault counts a write when it arrives; rotor cannot see that, but a write has surely arrived
+ * once its response is back. So a write holds a slot from the moment it is sent and is stamped
+ * when its response arrives: however slow the network, two writes `limit` apart reach the vault
+ * at least a window apart. The margin covers the difference between the two clocks' rates. */
 #ifndef KV_WINDOW_MS
 #define KV_WINDOW_MS 10000
 #endif
@@ -54,10 +56,12 @@ typedef struct kv_vault_s {
     int refs;
     /* The challenge: the token's tenant and scope, NULL until a 401 told them. */
     char *tenant, *scope;
-    /* Sliding-window log of the last writes' start times (uv_now), oldest first. */
+    /* Sliding-window log of the last writes' answer times (uv_now), oldest first, and the
+     * writes sent and not answered yet: together at most `limit`. */
     int limit;
     uint64_t stamps[KV_MAX_LIMIT];
     int nstamps;
+    int inflight;
     kv_req_t *qhead, *qtail; /* writes waiting for the window, FIFO */
     uv_timer_t timer;
 } kv_vault_t;
@@ -87,6 +91,7 @@ struct kv_req_s {
     kv_buf_t body;
     bool write;    /* PUT or PATCH: goes through the limiter */
     bool queued;   /* waiting in the limiter */
+    bool slot;     /* holds a slot of the limiter until its answer (or its end) */
     bool authed;   /* the attempt in flight carries a token */
     bool reauthed; /* a 401 already dropped the token once */
     bool canceled; /* the store closed */
@@ -293,9 +298,9 @@ static bool kv_limiter_take(kv_vault_t *v)
         memmove(v->stamps, v->stamps + drop, (size_t)(v->nstamps - drop) * sizeof v->stamps[0]);
         v->nstamps -= drop;
     }
-    if (v->nstamps >= v->limit)
+    if (v->nstamps + v->inflight >= v->limit)
         return false;
-    v->stamps[v->nstamps++] = now;
+    v->inflight++;
     return true;
 }
 
@@ -317,12 +322,26 @@ static void kv_limiter_pump(kv_vault_t *v)
             v->qtail = NULL;
         r->qnext = NULL;
         r->queued = false;
+        r->slot = true;
         kv_fetch_token(r);
     }
     if (v->qhead && v->nstamps > 0) {
         uint64_t now = uv_now(v->loop), at = v->stamps[0] + kv_window();
         uv_timer_start(&v->timer, kv_on_limiter_timer, at > now ? at - now : 0, 0);
     }
+}
+
+/* A write's answer came back (or it ended unsent): its slot becomes a stamp that expires one
+ * window from now. Answers come in time order, so the log stays sorted. */
+static void kv_limiter_release(kv_req_t *r)
+{
+    if (!r->slot)
+        return;
+    r->slot = false;
+    kv_vault_t *v = r->s->vault;
+    v->inflight--;
+    v->stamps[v->nstamps++] = uv_now(v->loop);
+    kv_limiter_pump(v);
 }
 
 static void kv_limiter_enqueue(kv_req_t *r)
@@ -396,6 +415,7 @@ static void kv_finish(kv_req_t *r, int status, rotor_secret_t *value)
         r->cb.done(r->arg, status, reason);
         break;
     }
+    kv_limiter_release(r); /* a write that ended without an answer (no token, say) */
     kv_store_t *s = r->s;
     if (r->prev)
         r->prev->next = r->next;
@@ -725,6 +745,7 @@ static void kv_on_http(void *arg, int status, const http_response_t *res)
 {
     kv_req_t *r = arg;
     r->http = NULL;
+    kv_limiter_release(r);
     if (r->canceled || status == ROTOR_ECANCELED) {
         r->canceled = true;
         kv_next(r, 0);
