@@ -10,8 +10,8 @@ tests/support/with-postgres).
         pg.execute("CREATE ROLE app_blue LOGIN PASSWORD 'x'")   # as postgres, autocommit
         pg.log_path            # server log, worth printing when a test fails
 
-What it does: initdb in a fresh temporary directory (as the `postgres` OS user when running as
-root, through `runuser -u postgres --`), pg_hba with trust for the superuser `postgres` and
+What it does: a fresh cluster (tests/support/pg-initdb) in a temporary directory (as the
+`postgres` OS user when running as root, through `runuser -u postgres --`), pg_hba with trust for the superuser `postgres` and
 scram-sha-256 for every other role (as in production), a free port on 127.0.0.1, the socket in
 the temporary directory, optional extra `-c` settings; on exit `pg_ctl stop -m immediate` and the
 directory is removed (set ROTOR_KEEP_PG=1 to keep it for a post-mortem).
@@ -33,6 +33,9 @@ host  all postgres 127.0.0.1/32 trust
 local all all scram-sha-256
 host  all all 127.0.0.1/32 scram-sha-256
 """
+
+
+_PG_INITDB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support", "pg-initdb")
 
 
 def pg_bindir():
@@ -105,9 +108,8 @@ def _start(tmpdir, bindir, settings):
     """initdb once, then start on a free port; retries with another port if one was taken
     between choosing it and binding it."""
     data = os.path.join(tmpdir, "data")
-    init = subprocess.run(_as_pg([os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres",
-                                  "-A", "trust", "--no-sync"]),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    init = subprocess.run([_PG_INITDB, data], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
     if init.returncode != 0:
         raise RuntimeError("initdb failed:\n" + init.stdout)
     with open(os.path.join(data, "pg_hba.conf"), "w") as f:
