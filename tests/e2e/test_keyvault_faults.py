@@ -1,8 +1,6 @@
 """Key Vault faults during a rotation: throttling (429 + Retry-After) and outage (503) in the middle
-of generate and of retire, a token that expires mid-rotation, and fifty rotations at once under
-the per-vault write limiter. Every rotation completes, and none writes a second version."""
-import time
-
+of generate and of retire, and a token that expires mid-rotation. Every rotation completes, and
+none writes a second version. (The per-vault write limiter: test_keyvault_limiter.py.)"""
 import pytest
 
 from kvlab import make_kvlab  # noqa: F401 (fixture)
@@ -113,55 +111,3 @@ def test_token_expires_mid_rotation(make_kvlab, cred):
     assert i < j < k, steps
     assert steps.count(("vault", "PATCH", True, 401)) == 1, steps
     check_one_version_each(lab, rid)
-
-
-def sliding_peak(times_ms, window_ms=10000):
-    """The most events in any half-open window of window_ms."""
-    times_ms = sorted(times_ms)
-    peak, lo = 0, 0
-    for hi, t in enumerate(times_ms):
-        while times_ms[lo] <= t - window_ms:
-            lo += 1
-        peak = max(peak, hi - lo + 1)
-    return peak
-
-
-def test_fifty_rotations_stay_under_the_write_limit(make_kvlab):
-    limit = 20
-    # a generate waits in the limiter's queue for up to ~40 s: longer stages than the lab's 30 s
-    stages = "{ timeout: 120s, max_attempts: 3, backoff: { initial: 200ms, max: 2s } }"
-    lab = make_kvlab(secrets=50, writes_per_10s=limit, current=None, stages=stages,
-                     pg_settings=("max_connections=300",))
-    lab.start()
-    t0 = time.monotonic()
-    ids = lab.request_many(lab.secret_names())
-    rots = {name: lab.rotation_for(req, timeout=60)["id"] for name, req in ids.items()}
-
-    def all_done():
-        by_id = {r["id"]: r for r in lab.rotations()}
-        return all(by_id[rid]["status"] in ("completed", "failed") for rid in rots.values())
-    wait_for(all_done, 90, 0.5, what="fifty rotations")
-    elapsed = time.monotonic() - t0
-    by_id = {r["id"]: r for r in lab.rotations()}
-    failed = [by_id[rid] for rid in rots.values() if by_id[rid]["status"] != "completed"]
-    assert not failed, failed
-
-    writes = [r for r in lab.vault_requests()
-              if r["kind"] == "vault" and r["method"] in ("PUT", "PATCH")]
-    assert all(r["status"] == 200 for r in writes), "the emulator enforces nothing here"
-    # a generate PUT and a retire PATCH per rotation, no more
-    assert len(writes) == 100
-    peak = sliding_peak([r["time"] for r in writes])
-    span = (max(r["time"] for r in writes) - min(r["time"] for r in writes)) / 1000
-    print(f"\nfifty rotations: {len(writes)} writes over {span:.1f}s, peak {peak} per 10s "
-          f"(limit {limit}), all completed in {elapsed:.1f}s")
-    assert peak <= limit
-    # the limiter was the bottleneck: it let whole windows through
-    assert peak >= limit // 2
-    for i in range(50):
-        blue, green = lab.vault_names(i)
-        [g] = lab.versions(green)
-        assert g["tags"]["slot"] == "green" and g["tags"]["role"] == lab.roles(i)[1]
-        [b] = lab.versions(blue)
-        assert b["attributes"]["enabled"] is False
-    assert lab.can_login(lab.roles(49)[1], lab.versions(lab.vault_names(49)[1])[0]["value"])
