@@ -14,10 +14,8 @@ foreach(src ${ROTOR_FUZZ_SOURCES})
   get_filename_component(name ${src} NAME_WE)
   add_executable(${name}_replay ${src} ${CMAKE_SOURCE_DIR}/tests/fuzz/replay.c)
   target_link_libraries(${name}_replay PRIVATE rotor_core)
-  add_test(NAME fuzz/${name}
-           COMMAND ${name}_replay ${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${name})
-  set_tests_properties(fuzz/${name} PROPERTIES
-    ENVIRONMENT "ROTOR_SOURCE_DIR=${CMAKE_SOURCE_DIR}" TIMEOUT 300)
+  rotor_test(fuzz/${name} COMMAND ${name}_replay ${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${name}
+             TIMEOUT 300)
 endforeach()
 
 if(ROTOR_FUZZ)
