@@ -168,7 +168,9 @@ if [ "$setup" -eq 1 ]; then
 fi
 [ -x "$rotor" ] || die "no rotor binary at $rotor (run scripts/build.sh, or set ROTOR_BIN)"
 [ -x "$app" ] || die "no rotor-sample-app at $app (run scripts/build.sh, or set ROTOR_SAMPLE_APP)"
-for tool in psql kcat python3 timeout nginx curl; do
+# Debian's python3 (setup.sh installs it), not whatever python3 comes first on PATH
+python=/usr/bin/python3
+for tool in psql kcat "$python" timeout nginx curl; do
   command -v "$tool" >/dev/null || die "$tool not found (scripts/setup.sh installs it)"
 done
 pgbin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -207,7 +209,7 @@ host  all postgres 127.0.0.1/32 trust
 local all all scram-sha-256
 host  all all 127.0.0.1/32 scram-sha-256
 HBA
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # A free port may be taken between choosing and binding it: try a few.
 for try in 1 2 3; do
   port=$(free_port)
@@ -372,7 +374,7 @@ active_slot() { sql -At -c "SELECT active_slot FROM rotor.secrets WHERE name = '
 
 # The load's counters so far, from the summary it rewrites every second.
 load_json=$work/load.json
-load_line() { python3 - "$load_json" "$1" <<'PY'
+load_line() { "$python" - "$load_json" "$1" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 if sys.argv[2] == "counts":
@@ -391,7 +393,7 @@ PY
 }
 
 step "Starting the load: $rate requests/s through nginx (127.0.0.1:$nginx_prod/users) for the whole run"
-setsid python3 "$top/scripts/demo/load.py" --url "http://127.0.0.1:$nginx_prod/users" --rate "$rate" \
+setsid "$python" "$top/scripts/demo/load.py" --url "http://127.0.0.1:$nginx_prod/users" --rate "$rate" \
   --summary "$load_json" --max-seconds 900 >"$work/load.log" 2>&1 &
 load_pid=$!
 load_up() {

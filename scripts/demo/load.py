@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """load.py: the demo's steady load: GET requests at a fixed rate through the ingress (loopback
 only), each on a new connection, counting every non-2xx answer or connection error as failed and
 recording which slot served each answer; a JSON summary file is rewritten every second and at exit.

@@ -26,8 +26,9 @@ def requested(lab, rid, stage, attempt=1):
 
 
 def test_pipeline_completes_each_stage(make_lab):
-    # a real drain: retire asks the pipeline at once and drains; the answer may come first
-    lab = make_lab(deploy=EXTERNAL, drain="3s")
+    # a real drain: retire asks the pipeline at once and drains; the answer may come first.
+    # Long enough that seeing retire's request and answering it fits well inside it.
+    lab = make_lab(deploy=EXTERNAL, drain="10s")
     lab.start()
     rid = lab.rotation_for(lab.request())["id"]
     ev = requested(lab, rid, "deploy")
@@ -51,7 +52,8 @@ def test_pipeline_completes_each_stage(make_lab):
 
 
 def test_pipeline_failure_retries_then_out_of_place_answers_are_dead_lettered(make_lab):
-    lab = make_lab(deploy=EXTERNAL,
+    # attempt 2 must outlast the steps below (two dead-letter round trips through kcat)
+    lab = make_lab(deploy="{ kind: external, external: { timeout: 120s } }",
                    stages="{ timeout: 30s, max_attempts: 2, backoff: { initial: 100ms, "
                           "max: 200ms } }")
     lab.start()
@@ -82,9 +84,10 @@ def test_pipeline_failure_retries_then_out_of_place_answers_are_dead_lettered(ma
 
 
 def test_pipeline_that_never_answers_times_out(make_lab):
+    # only deploy is short: the stages before it must not time out on a loaded machine
     lab = make_lab(deploy="{ kind: external, external: { timeout: 2s } }",
-                   stages="{ timeout: 1s, max_attempts: 1, backoff: { initial: 100ms, "
-                          "max: 200ms } }")
+                   stages="{ timeout: 30s, max_attempts: 1, backoff: { initial: 100ms, "
+                          "max: 200ms }, deploy: { timeout: 1s } }")
     lab.start()
     rid = lab.rotation_for(lab.request())["id"]
     row = lab.wait_status(rid, "failed", timeout=60)

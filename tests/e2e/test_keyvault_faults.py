@@ -20,8 +20,9 @@ def inject_in_generate(lab, fault):
         lab.kv.faults(throttle_writes=2, retry_after=RETRY_AFTER_S)
         return lab.rotation_for(lab.request())["id"], seq
     # 503 matches any vault request: hold them back until generate's version listing arrives,
-    # then switch the outage on, so it answers that listing and the retry after it.
-    lab.kv.faults(delay_ms=1500, retry_after=RETRY_AFTER_S)
+    # then switch the outage on, so it answers that listing and the retry after it. The hold is
+    # long enough for this test to see the listing and switch on a loaded machine.
+    lab.kv.faults(delay_ms=4000, retry_after=RETRY_AFTER_S)
     rid = lab.rotation_for(lab.request())["id"]
 
     def listing():

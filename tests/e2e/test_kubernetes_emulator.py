@@ -120,6 +120,9 @@ def test_scale_then_rollout_status_succeeds(k8s):
 @needs_kubectl
 def test_rollout_of_a_new_template_replaces_every_pod(k8s):
     old = {p["metadata"]["name"] for p in k8s.pods({"slot": "blue"})}
+    # slow pods, so the rollout is still moving when kubectl (slow to start on a loaded
+    # machine) first looks
+    k8s.settings(pod_ready_seconds=4)
     kc(k8s, "patch", "deploy", "app-blue", "-n", "shop", "-p", ANNOTATE % "v2")
     r = kc(k8s, "rollout", "status", "deploy/app-blue", "-n", "shop", "--timeout=30s")
     # kubectl watched the rollout move, not just its end.

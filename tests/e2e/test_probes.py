@@ -87,7 +87,8 @@ def test_failing_production_probe_after_swap_rolls_back(make_lab, web):
 
 
 def test_failing_production_probe_during_soak_rolls_back(make_lab, web):
-    lab = make_lab(probes=probes(web), approval="{ mode: auto, soak: 4s }")
+    # the soak must outlast noticing it, scripting the failure and six failing tries
+    lab = make_lab(probes=probes(web), approval="{ mode: auto, soak: 15s }")
     lab.start()
     rid = lab.rotation_for(lab.request())["id"]
     wait_for(lambda: any(r["id"] == rid and r["status"] == "waiting" for r in lab.rotations()),

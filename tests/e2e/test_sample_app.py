@@ -230,8 +230,8 @@ def test_sigint_exits_0(lab, apps):
     assert apps.get(p, "/healthz")[0] == 200
     t0 = time.time()
     p.signal(signal.SIGINT)
-    assert p.wait(10) == 0
-    assert time.time() - t0 < 3
+    assert p.wait(20) == 0
+    assert time.time() - t0 < 8  # idle: no drain to wait for (its default is 10 s)
     assert '"signal":"SIGINT"' in p.text()
 
 

@@ -19,9 +19,12 @@ def test_sigterm_mid_rotation_then_resume(make_lab):
     d.signal(signal.SIGTERM)
     rc = d.wait(30)
     took = time.time() - t0
+    # the daemon bounds itself: past shutdown_timeout (10s) + 2s it logs rotor.shutdown_timeout
+    # and exits 1. The wall-clock bound adds margin for a loaded machine's process exit.
     assert rc == 0, d.text()[-3000:]
-    assert took < 12, f"shutdown took {took:.1f}s, bound is shutdown_timeout (10s) + margin"
     text = d.text()
+    assert '"rotor.shutdown_timeout"' not in text
+    assert took < 20, f"shutdown took {took:.1f}s"
     assert '"rotor.stopping"' in text and '"rotor.stopped"' in text
     # the rotation is parked or finished, never lost
     row = [r for r in lab.rotations() if r["id"] == rid][0]
@@ -38,4 +41,5 @@ def test_sigint_when_idle_exits_quickly(lab):
     t0 = time.time()
     d.signal(signal.SIGINT)
     assert d.wait(20) == 0
-    assert time.time() - t0 < 8
+    assert time.time() - t0 < 12
+    assert '"rotor.shutdown_timeout"' not in d.text()

@@ -321,7 +321,7 @@ static void test_close_cancels_in_flight_and_queued(void **state)
     ctx_init(&x);
     connect_kv(&x, "127.0.0.1", env("PGPORT"));
     qarg_t a[3] = {{&x, 0}, {&x, 1}, {&x, 2}};
-    assert_int_equal(pgc_query(x.conn, "select pg_sleep(1)", 0, NULL, on_result, &a[0]), 0);
+    assert_int_equal(pgc_query(x.conn, "select pg_sleep(5)", 0, NULL, on_result, &a[0]), 0);
     assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a[1]), 0);
     assert_int_equal(pgc_query(x.conn, "select 2", 0, NULL, on_result, &a[2]), 0);
     uv_timer_init(&x.loop, &x.timer);
@@ -330,7 +330,7 @@ static void test_close_cancels_in_flight_and_queued(void **state)
     uint64_t t0 = uv_hrtime();
     uv_run(&x.loop, UV_RUN_DEFAULT);
     /* Closing does not wait for the server to finish the sleep. */
-    assert_true(uv_hrtime() - t0 < 900 * 1000000ull);
+    assert_true(uv_hrtime() - t0 < 4000 * 1000000ull);
     assert_int_equal(x.nresults, 3);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(x.order[i], i);

@@ -459,15 +459,16 @@ static void test_probes_run_concurrently(void **state)
     fx_t *f = *state;
     char u1[256], u2[256], u3[256];
     cfg_probe_t p[3] = {
-        http_probe(&g.plain, "/echo/a?delay_ms=400", u1, sizeof u1),
-        http_probe(&g.plain, "/echo/b?delay_ms=400", u2, sizeof u2),
-        http_probe(&g.tls, "/echo/c?delay_ms=400", u3, sizeof u3),
+        http_probe(&g.plain, "/echo/a?delay_ms=1500", u1, sizeof u1),
+        http_probe(&g.plain, "/echo/b?delay_ms=1500", u2, sizeof u2),
+        http_probe(&g.tls, "/echo/c?delay_ms=1500", u3, sizeof u3),
     };
     p[2].ca_file = g.ca;
     run_probes(f, p, 3, NULL);
     assert_int_equal(f->status, 0);
-    assert_true(f->elapsed_ms >= 400);
-    assert_true(f->elapsed_ms < 1000);
+    /* One after another would take 4.5 s; the margin is for a loaded machine. */
+    assert_true(f->elapsed_ms >= 1500);
+    assert_true(f->elapsed_ms < 3500);
 
     /* One failing probe fails the list, and the reason names it. */
     script(&g.plain, "/bad",
@@ -548,10 +549,11 @@ static void test_watch_passes(void **state)
     watch_probes(f, &p, 1, 1000);
     assert_int_equal(f->status, 0);
     assert_true(f->elapsed_ms >= 1000);
-    assert_true(f->elapsed_ms < 1500);
-    /* Tried all along, every interval: about 20 times in the second. */
+    assert_true(f->elapsed_ms < 3000);
+    /* Tried all along, every interval: about 20 times in the second, never more (tries start
+     * 50 ms apart), fewer only when answers are slow, as on a loaded machine. */
     size_t n = requests_to(&g.plain, "/echo/soak");
-    assert_true(n >= 15 && n <= 22);
+    assert_true(n >= 8 && n <= 22);
 }
 
 static void test_watch_fails_early(void **state)
@@ -597,14 +599,14 @@ static void test_cancel(void **state)
     cancel_after(f, 100);
     run_probes(f, &p, 1, NULL);
     assert_int_equal(f->status, ROTOR_ECANCELED);
-    assert_true(f->elapsed_ms < 1000);
+    assert_true(f->elapsed_ms < 2500); /* not the 3 s answer */
 
     cfg_probe_t soak = http_probe(&g.plain, "/echo/cancel", url, sizeof url);
     cancel_after(f, 100);
     f->calls = 0;
     watch_probes(f, &soak, 1, 60000);
     assert_int_equal(f->status, ROTOR_ECANCELED);
-    assert_true(f->elapsed_ms < 1000);
+    assert_true(f->elapsed_ms < 2500); /* not the 60 s soak */
 }
 
 int main(void)

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """https_server.py: a scripted HTTPS server for rotor's HTTP and Entra ID tests (stdlib only).
 
 It plays three parts at once and records every request it serves (method, path, headers, body):

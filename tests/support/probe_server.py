@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """probe_server.py: https_server.py's scripted handler over plain HTTP, for the http probe tests.
 
 Same paths and control interface as https_server.py (/_script, /_requests, /_reset, /echo, /slow,

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A Kubernetes API emulator for rotor's tests: apps/v1 Deployments, v1 Services, Pods, Endpoints and
 EndpointSlices over HTTPS with a bearer token, with a simulated controller, watches, and a plain-HTTP
 control port (load objects, faults, stalls, state). Python 3 standard library only (PyYAML is used
