@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import psycopg2
@@ -59,6 +60,7 @@ class Postgres:
         os.makedirs(self.dir)
         self.port = free_port()
         self.log = os.path.join(self.dir, "server.log")
+        self._conn, self._lock = None, threading.Lock()
         as_root = os.geteuid() == 0
         self.prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
         if as_root:
@@ -87,14 +89,30 @@ class Postgres:
                                 password=password, dbname="postgres", connect_timeout=5)
 
     def query(self, sql, args=()):
-        conn = self.connect()
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+        """Runs one statement as postgres, in autocommit, over one kept connection: the tests
+        poll every 0.1 s, and a connection per poll costs the server a backend each time. A
+        kept connection the server has since closed (a restart) is replaced, once."""
+        with self._lock:
+            for fresh in (self._conn is None, True):
+                if self._conn is None:
+                    self._conn = self.connect()
+                    self._conn.autocommit = True
+                try:
+                    with self._conn.cursor() as cur:
+                        cur.execute(sql, args)
+                        return cur.fetchall() if cur.description else None
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    self._drop()
+                    if fresh:
+                        raise
+
+    def _drop(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+            self._conn = None
 
     def can_login(self, role, password):
         """Logs in over TCP with SCRAM, as an application would."""
@@ -111,6 +129,8 @@ class Postgres:
                    "-w", "-t", "60", "restart"])
 
     def stop(self):
+        with self._lock:
+            self._drop()
         subprocess.run(self.prefix + [os.path.join(pg_bindir(), "pg_ctl"), "-D",
                                       self.dir + "/data", "-m", "immediate", "stop"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -31,7 +31,7 @@ def run_demo(work, *args):
     env = dict(os.environ, ROTOR_BIN=ROTOR, ROTOR_DEMO_DIR=work,
                PATH=os.path.dirname(ROTOR) + os.pathsep + os.environ.get("PATH", ""))
     r = subprocess.run(["bash", DEMO, "--no-setup", *args], env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=300)
+                       stderr=subprocess.STDOUT, timeout=600)  # about 45 s on an idle machine
     return r.returncode, r.stdout.decode("utf-8", "replace")
 
 
