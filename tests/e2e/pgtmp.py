@@ -11,9 +11,9 @@ tests/support/with-postgres).
         pg.log_path            # server log, worth printing when a test fails
 
 What it does: a fresh cluster (tests/support/pg-initdb) in a temporary directory (as the
-`postgres` OS user when running as root, through `runuser -u postgres --`), pg_hba with trust for the superuser `postgres` and
-scram-sha-256 for every other role (as in production), a free port on 127.0.0.1, the socket in
-the temporary directory, optional extra `-c` settings; on exit `pg_ctl stop -m immediate` and the
+`postgres` OS user when running as root, through `runuser -u postgres --`), pg_hba with trust
+for the superuser `postgres` and scram-sha-256 for every other role (as in production), a free
+port on 127.0.0.1, the socket in the temporary directory, optional extra `-c` settings; on exit `pg_ctl stop -m immediate` and the
 directory is removed (set ROTOR_KEEP_PG=1 to keep it for a post-mortem).
 """
 
