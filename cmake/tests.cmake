@@ -47,11 +47,15 @@ foreach(src ${ROTOR_UNIT_TESTS})
   rotor_test(unit/${name} COMMAND ${name} TIMEOUT 120)
 endforeach()
 
+# The integration tests' scripted servers and their CA (tests/common/testsrv.h).
+add_library(rotor_testsrv STATIC ${CMAKE_SOURCE_DIR}/tests/common/testsrv.c)
+target_include_directories(rotor_testsrv PUBLIC ${CMAKE_SOURCE_DIR}/tests/common)
+
 file(GLOB ROTOR_INTEGRATION_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/integration/test_*.c)
 foreach(src ${ROTOR_INTEGRATION_TESTS})
   get_filename_component(name ${src} NAME_WE)
   add_executable(${name} ${src})
-  target_link_libraries(${name} PRIVATE rotor_core PkgConfig::CMOCKA)
+  target_link_libraries(${name} PRIVATE rotor_core rotor_testsrv PkgConfig::CMOCKA)
   rotor_test(integration/${name}
              COMMAND ${CMAKE_SOURCE_DIR}/tests/support/with-postgres $<TARGET_FILE:${name}>
              TIMEOUT 300)

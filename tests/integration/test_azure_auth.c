@@ -5,14 +5,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <fcntl.h>
 #include <jansson.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -20,9 +16,8 @@
 #include "azure_auth.h"
 #include "http.h"
 #include "rotor.h"
+#include "testsrv.h"
 #include "util.h"
-
-extern char **environ;
 
 #define SCOPE "https://vault.azure.net/.default"
 #define SECRET "s3cr&t=+x/topsecret-value"
@@ -30,24 +25,13 @@ extern char **environ;
 static struct {
     char dir[64];
     char ca[128];
-    char cert[128];
-    char key[128];
-    pid_t pid;
-    int stdin_fd; /* closing it stops the server, also if this process dies */
-    int port;
-    char base[64]; /* https://127.0.0.1:PORT */
+    testsrv_t server; /* server.base: https://127.0.0.1:PORT */
 } srv;
-
-static const char *source_dir(void)
-{
-    const char *d = getenv("ROTOR_SOURCE_DIR");
-    return d && *d ? d : ".";
-}
 
 static int server_start(void **state)
 {
     (void)state;
-    char cmd[512], script[256], portfile[128];
+    char portfile[128];
     /* The credential chain reads these; the tests say everything explicitly. */
     const char *vars[] = {"AZURE_TENANT_ID",      "AZURE_CLIENT_ID",
                           "AZURE_CLIENT_SECRET",  "AZURE_FEDERATED_TOKEN_FILE",
@@ -55,53 +39,18 @@ static int server_start(void **state)
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
         unsetenv(vars[i]);
     snprintf(srv.dir, sizeof srv.dir, "/tmp/rotor-azauth.XXXXXX");
-    if (!mkdtemp(srv.dir))
-        return -1;
-    snprintf(cmd, sizeof cmd, "%s/tests/support/make-ca.sh %s", source_dir(), srv.dir);
-    if (system(cmd) != 0)
+    if (!mkdtemp(srv.dir) || testsrv_make_ca(srv.dir, NULL) != 0)
         return -1;
     snprintf(srv.ca, sizeof srv.ca, "%s/ca.pem", srv.dir);
-    snprintf(srv.cert, sizeof srv.cert, "%s/server.pem", srv.dir);
-    snprintf(srv.key, sizeof srv.key, "%s/server.key", srv.dir);
     snprintf(portfile, sizeof portfile, "%s/port", srv.dir);
-    snprintf(script, sizeof script, "%s/tests/support/https_server.py", source_dir());
-
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[0], 0);
-    char *argv[] = {"/usr/bin/python3", script,   "--cert",        srv.cert, "--key", srv.key,
-                    "--port-file",      portfile, "--watch-stdin", NULL};
-    int rc = posix_spawn(&srv.pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[0]);
-    srv.stdin_fd = fds[1];
-    if (rc != 0)
-        return -1;
-    for (int i = 0; i < 200; i++) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            int ok = fscanf(f, "%d", &srv.port) == 1;
-            fclose(f);
-            if (ok) {
-                snprintf(srv.base, sizeof srv.base, "https://127.0.0.1:%d", srv.port);
-                return 0;
-            }
-        }
-        usleep(50 * 1000);
-    }
-    return -1;
+    return testsrv_start(&srv.server, "https_server.py", srv.dir, portfile);
 }
 
 static int server_stop(void **state)
 {
     (void)state;
     char cmd[128];
-    close(srv.stdin_fd);
-    kill(srv.pid, SIGTERM);
-    waitpid(srv.pid, NULL, 0);
+    testsrv_stop(&srv.server);
     snprintf(cmd, sizeof cmd, "rm -rf %s", srv.dir);
     return system(cmd) == 0 ? 0 : -1;
 }
@@ -132,7 +81,7 @@ static void on_ctl(void *arg, int status, const http_response_t *res)
 static char *ctl(fixture_t *f, const char *method, const char *path, const char *body)
 {
     char url[128];
-    snprintf(url, sizeof url, "%s%s", srv.base, path);
+    snprintf(url, sizeof url, "%s%s", srv.server.base, path);
     http_request_t req = {.method = method,
                           .url = url,
                           .body = body,
@@ -272,7 +221,7 @@ static void new_env_cred(fixture_t *f)
     azure_cred_opts_t o = {.tenant_id = "tenant-1",
                            .client_id = "client-1",
                            .client_secret = SECRET,
-                           .authority_host = srv.base,
+                           .authority_host = srv.server.base,
                            .ca_file = srv.ca};
     assert_int_equal(azure_cred_new(&f->loop, f->http, &o, &f->cred, err, sizeof err), 0);
     assert_int_equal(azure_cred_kind(f->cred), AZURE_CRED_ENV);
@@ -403,7 +352,7 @@ static void test_workload_identity(void **state)
     azure_cred_opts_t o = {.tenant_id = "tenant-1",
                            .client_id = "client-wi",
                            .federated_token_file = file,
-                           .authority_host = srv.base,
+                           .authority_host = srv.server.base,
                            .ca_file = srv.ca};
     assert_int_equal(azure_cred_new(&f->loop, f->http, &o, &f->cred, err, sizeof err), 0);
     assert_int_equal(azure_cred_kind(f->cred), AZURE_CRED_WORKLOAD);
@@ -449,7 +398,7 @@ static void new_imds_cred(fixture_t *f, const char *client_id)
 {
     char err[256];
     azure_cred_opts_t o = {.client_id = client_id,
-                           .imds_endpoint = srv.base,
+                           .imds_endpoint = srv.server.base,
                            .ca_file = srv.ca,
                            .imds_backoff_ms = 20};
     assert_int_equal(azure_cred_new(&f->loop, f->http, &o, &f->cred, err, sizeof err), 0);
@@ -578,7 +527,7 @@ static void test_free_cancels_pending(void **state)
     azure_cred_opts_t o = {.tenant_id = "tenant-1",
                            .client_id = "client-wi",
                            .federated_token_file = file,
-                           .authority_host = srv.base,
+                           .authority_host = srv.server.base,
                            .ca_file = srv.ca};
     assert_int_equal(azure_cred_new(&f->loop, f->http, &o, &f->cred, err, sizeof err), 0);
     tok_t reading = {0};

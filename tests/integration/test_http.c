@@ -5,98 +5,49 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <fcntl.h>
 #include <jansson.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "http.h"
 #include "rotor.h"
-
-extern char **environ;
+#include "testsrv.h"
 
 /* The server and its CA, shared by every test of the group. */
 static struct {
     char dir[64];
     char ca[128];
-    char cert[128];
-    char key[128];
-    pid_t pid;
-    int stdin_fd; /* closing it stops the server, also if this process dies */
-    int port;
+    testsrv_t server;
 } srv;
-
-static const char *source_dir(void)
-{
-    const char *d = getenv("ROTOR_SOURCE_DIR");
-    return d && *d ? d : ".";
-}
 
 static int server_start(void **state)
 {
     (void)state;
-    char cmd[512], script[256], portfile[128];
+    char portfile[128];
     snprintf(srv.dir, sizeof srv.dir, "/tmp/rotor-http.XXXXXX");
-    if (!mkdtemp(srv.dir))
-        return -1;
-    snprintf(cmd, sizeof cmd, "%s/tests/support/make-ca.sh %s vault.test.example", source_dir(),
-             srv.dir);
-    if (system(cmd) != 0)
+    if (!mkdtemp(srv.dir) || testsrv_make_ca(srv.dir, "vault.test.example") != 0)
         return -1;
     snprintf(srv.ca, sizeof srv.ca, "%s/ca.pem", srv.dir);
-    snprintf(srv.cert, sizeof srv.cert, "%s/server.pem", srv.dir);
-    snprintf(srv.key, sizeof srv.key, "%s/server.key", srv.dir);
     snprintf(portfile, sizeof portfile, "%s/port", srv.dir);
-    snprintf(script, sizeof script, "%s/tests/support/https_server.py", source_dir());
-
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[0], 0);
-    char *argv[] = {"/usr/bin/python3", script,   "--cert",        srv.cert, "--key", srv.key,
-                    "--port-file",      portfile, "--watch-stdin", NULL};
-    int rc = posix_spawn(&srv.pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[0]);
-    srv.stdin_fd = fds[1];
-    if (rc != 0)
-        return -1;
-    for (int i = 0; i < 200; i++) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            int ok = fscanf(f, "%d", &srv.port) == 1;
-            fclose(f);
-            if (ok)
-                return 0;
-        }
-        usleep(50 * 1000);
-    }
-    return -1;
+    return testsrv_start(&srv.server, "https_server.py", srv.dir, portfile);
 }
 
 static int server_stop(void **state)
 {
     (void)state;
     char cmd[128];
-    close(srv.stdin_fd);
-    kill(srv.pid, SIGTERM);
-    waitpid(srv.pid, NULL, 0);
+    testsrv_stop(&srv.server);
     snprintf(cmd, sizeof cmd, "rm -rf %s", srv.dir);
     return system(cmd) == 0 ? 0 : -1;
 }
 
 static void url_of(char *buf, size_t len, const char *path)
 {
-    snprintf(buf, len, "https://127.0.0.1:%d%s", srv.port, path);
+    snprintf(buf, len, "https://127.0.0.1:%d%s", srv.server.port, path);
 }
 
 /* What a request got back, copied out of the callback (its strings are borrowed). */
@@ -355,8 +306,8 @@ static void test_tls_verification(void **state)
     result_free(&r);
 
     /* Trusted CA, but a host name the certificate does not carry. */
-    snprintf(url, sizeof url, "https://other.test.example:%d/echo/tls", srv.port);
-    snprintf(pin, sizeof pin, "other.test.example:%d:127.0.0.1", srv.port);
+    snprintf(url, sizeof url, "https://other.test.example:%d/echo/tls", srv.server.port);
+    snprintf(pin, sizeof pin, "other.test.example:%d:127.0.0.1", srv.server.port);
     http_request_t req2 = {.method = "GET", .url = url, .ca_file = srv.ca, .resolve = pin};
     run_one(f, &req2, &r);
     assert_int_equal(r.status, ROTOR_EFAIL);
@@ -368,8 +319,8 @@ static void test_resolve_pin(void **state)
 {
     fixture_t *f = *state;
     char url[128], pin[128];
-    snprintf(url, sizeof url, "https://vault.test.example:%d/echo/pinned", srv.port);
-    snprintf(pin, sizeof pin, "vault.test.example:%d:127.0.0.1", srv.port);
+    snprintf(url, sizeof url, "https://vault.test.example:%d/echo/pinned", srv.server.port);
+    snprintf(pin, sizeof pin, "vault.test.example:%d:127.0.0.1", srv.server.port);
     http_request_t req = {.method = "GET", .url = url, .ca_file = srv.ca, .resolve = pin};
     result_t r;
     run_one(f, &req, &r);
@@ -377,7 +328,7 @@ static void test_resolve_pin(void **state)
     assert_int_equal(r.http, 200);
     json_t *j = echo_of(&r);
     char host[64];
-    snprintf(host, sizeof host, "vault.test.example:%d", srv.port);
+    snprintf(host, sizeof host, "vault.test.example:%d", srv.server.port);
     assert_string_equal(json_string_value(json_object_get(json_object_get(j, "headers"), "host")),
                         host);
     json_decref(j);

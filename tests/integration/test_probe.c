@@ -8,17 +8,13 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -26,24 +22,15 @@
 #include "probe.h"
 #include "rotor.h"
 #include "secret.h"
-
-extern char **environ;
+#include "testsrv.h"
 
 #define PROBE_ROLE "probe_user"
 #define PROBE_PASSWORD "probe-right-pw-1"
 
-/* A scripted server child; closing stdin_fd stops it, also if this process dies. */
-typedef struct {
-    pid_t pid;
-    int stdin_fd;
-    int port;
-    char base[64]; /* "http://127.0.0.1:PORT" */
-} server_t;
-
 static struct {
     char dir[64];
     char ca[128];
-    server_t plain, tls;
+    testsrv_t plain, tls;
     char admin_dsn[512];
 } g;
 
@@ -58,50 +45,6 @@ typedef struct {
     probe_req_t *req;
     uv_timer_t cancel_timer;
 } fx_t;
-
-static const char *source_dir(void)
-{
-    const char *d = getenv("ROTOR_SOURCE_DIR");
-    return d && *d ? d : ".";
-}
-
-static int server_spawn(server_t *s, char **argv, const char *portfile, const char *scheme)
-{
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[0], 0);
-    int rc = posix_spawn(&s->pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[0]);
-    s->stdin_fd = fds[1];
-    if (rc != 0)
-        return -1;
-    for (int i = 0; i < 200; i++) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            int ok = fscanf(f, "%d", &s->port) == 1;
-            fclose(f);
-            if (ok) {
-                snprintf(s->base, sizeof s->base, "%s://127.0.0.1:%d", scheme, s->port);
-                return 0;
-            }
-        }
-        usleep(50 * 1000);
-    }
-    return -1;
-}
-
-static void server_stop(server_t *s)
-{
-    if (s->pid <= 0)
-        return;
-    close(s->stdin_fd);
-    kill(s->pid, SIGTERM);
-    waitpid(s->pid, NULL, 0);
-}
 
 /* Blocking admin access is fine in a test. */
 static int admin_exec(const char *sql)
@@ -120,40 +63,28 @@ static int admin_exec(const char *sql)
 static int group_setup(void **state)
 {
     (void)state;
-    char cmd[512], script[256], port_plain[128], port_tls[128], cert[128], key[128];
+    char port_plain[128], port_tls[128];
     snprintf(g.admin_dsn, sizeof g.admin_dsn, "host=%s port=%s user=postgres dbname=postgres",
              getenv("PGHOST") ? getenv("PGHOST") : "", getenv("PGPORT") ? getenv("PGPORT") : "");
     if (admin_exec("CREATE ROLE " PROBE_ROLE " LOGIN PASSWORD '" PROBE_PASSWORD "'") != 0)
         return -1;
     snprintf(g.dir, sizeof g.dir, "/tmp/rotor-probe.XXXXXX");
-    if (!mkdtemp(g.dir))
-        return -1;
-    snprintf(cmd, sizeof cmd, "%s/tests/support/make-ca.sh %s", source_dir(), g.dir);
-    if (system(cmd) != 0)
+    if (!mkdtemp(g.dir) || testsrv_make_ca(g.dir, NULL) != 0)
         return -1;
     snprintf(g.ca, sizeof g.ca, "%s/ca.pem", g.dir);
-    snprintf(cert, sizeof cert, "%s/server.pem", g.dir);
-    snprintf(key, sizeof key, "%s/server.key", g.dir);
     snprintf(port_plain, sizeof port_plain, "%s/port-plain", g.dir);
     snprintf(port_tls, sizeof port_tls, "%s/port-tls", g.dir);
-
-    snprintf(script, sizeof script, "%s/tests/support/probe_server.py", source_dir());
-    char *plain[] = {"/usr/bin/python3", script, "--port-file", port_plain, "--watch-stdin", NULL};
-    if (server_spawn(&g.plain, plain, port_plain, "http") != 0)
+    if (testsrv_start(&g.plain, "probe_server.py", NULL, port_plain) != 0)
         return -1;
-    char tls_script[256];
-    snprintf(tls_script, sizeof tls_script, "%s/tests/support/https_server.py", source_dir());
-    char *tls[] = {"/usr/bin/python3", tls_script, "--cert",        cert, "--key", key,
-                   "--port-file",      port_tls,   "--watch-stdin", NULL};
-    return server_spawn(&g.tls, tls, port_tls, "https");
+    return testsrv_start(&g.tls, "https_server.py", g.dir, port_tls);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
     char cmd[128];
-    server_stop(&g.plain);
-    server_stop(&g.tls);
+    testsrv_stop(&g.plain);
+    testsrv_stop(&g.tls);
     snprintf(cmd, sizeof cmd, "rm -rf %s", g.dir);
     return system(cmd) == 0 ? 0 : -1;
 }
@@ -176,7 +107,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 }
 
 /* POSTs body (or GETs when NULL) to a control path; returns the answer, caller frees. */
-static char *control(const server_t *s, const char *path, const char *body)
+static char *control(const testsrv_t *s, const char *path, const char *body)
 {
     char url[256];
     buf_t b = {0};
@@ -196,7 +127,7 @@ static char *control(const server_t *s, const char *path, const char *body)
     return b.buf;
 }
 
-static void script(const server_t *s, const char *path, const char *responses_json)
+static void script(const testsrv_t *s, const char *path, const char *responses_json)
 {
     char body[4096];
     snprintf(body, sizeof body, "{\"path\":\"%s\",\"responses\":%s}", path, responses_json);
@@ -204,7 +135,7 @@ static void script(const server_t *s, const char *path, const char *responses_js
 }
 
 /* How many requests the server saw whose path (with query) starts with prefix. */
-static size_t requests_to(const server_t *s, const char *prefix)
+static size_t requests_to(const testsrv_t *s, const char *prefix)
 {
     char *text = control(s, "/_requests", NULL);
     json_t *all = json_loads(text, 0, NULL);
@@ -283,7 +214,7 @@ static void watch_probes(fx_t *f, const cfg_probe_t *probes, size_t n, uint64_t 
 }
 
 /* An http probe of path on server s; url must outlive the probe. */
-static cfg_probe_t http_probe(const server_t *s, const char *path, char *url, size_t len)
+static cfg_probe_t http_probe(const testsrv_t *s, const char *path, char *url, size_t len)
 {
     snprintf(url, len, "%s%s", s->base, path);
     return (cfg_probe_t){

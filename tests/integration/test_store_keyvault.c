@@ -5,7 +5,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +22,7 @@
 #include "rotor.h"
 #include "secret.h"
 #include "store.h"
+#include "testsrv.h"
 #include "util.h"
 
 #define VAULT_HOST "rotor-test.vault.azure.net"
@@ -36,26 +36,18 @@ static struct {
     char dir[64];
     char ca[160];
     char client_secret[64];
-    pid_t emu_pid, srv_pid;
-    int srv_stdin;
-    int port, srv_port;
+    pid_t emu_pid;
+    testsrv_t srv; /* a scripted server, for challenges the emulator never sends */
+    int port;
     char vault_url[128], resolve[128], authority[128], control[128];
 } g;
 
-static const char *source_dir(void)
-{
-    const char *d = getenv("ROTOR_SOURCE_DIR");
-    return d && *d ? d : ".";
-}
-
 /* fork+exec so the child dies with us (PR_SET_PDEATHSIG) even if this test crashes. */
-static pid_t spawn(char *const argv[], int stdin_fd)
+static pid_t spawn(char *const argv[])
 {
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (stdin_fd >= 0)
-            dup2(stdin_fd, 0);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -75,7 +67,7 @@ static bool wait_file(const char *path)
 static int group_setup(void **state)
 {
     (void)state;
-    char cmd[512], path[256], certdir[96], emu[256], portfile[128], srvfile[128];
+    char path[256], certdir[96], emu[256], portfile[128], srvfile[128];
     const char *vars[] = {"AZURE_TENANT_ID",      "AZURE_CLIENT_ID",
                           "AZURE_CLIENT_SECRET",  "AZURE_FEDERATED_TOKEN_FILE",
                           "AZURE_AUTHORITY_HOST", "AZURE_IMDS_ENDPOINT"};
@@ -90,9 +82,7 @@ static int group_setup(void **state)
     if (!mkdtemp(g.dir))
         return -1;
     snprintf(certdir, sizeof certdir, "%s/certs", g.dir);
-    snprintf(cmd, sizeof cmd, "%s/tests/support/make-ca.sh %s %s", source_dir(), certdir,
-             VAULT_HOST);
-    if (system(cmd) != 0)
+    if (testsrv_make_ca(certdir, VAULT_HOST) != 0)
         return -1;
     snprintf(g.ca, sizeof g.ca, "%s/ca.pem", certdir);
     snprintf(g.client_secret, sizeof g.client_secret, "client-secret-%d", (int)getpid());
@@ -103,7 +93,7 @@ static int group_setup(void **state)
     fputs(g.client_secret, f);
     fclose(f);
 
-    snprintf(emu, sizeof emu, "%s/tests/emulators/keyvault/server.mjs", source_dir());
+    snprintf(emu, sizeof emu, "%s/tests/emulators/keyvault/server.mjs", testsrv_source_dir());
     snprintf(portfile, sizeof portfile, "%s/ports.json", g.dir);
     char *eargv[] = {"/usr/bin/node",
                      emu,
@@ -118,7 +108,7 @@ static int group_setup(void **state)
                      "--client-secret-file",
                      path,
                      NULL};
-    g.emu_pid = spawn(eargv, -1);
+    g.emu_pid = spawn(eargv);
     if (g.emu_pid < 0 || !wait_file(portfile))
         return -1;
     json_t *ports = json_load_file(portfile, 0, NULL);
@@ -129,27 +119,8 @@ static int group_setup(void **state)
     snprintf(g.authority, sizeof g.authority, "https://localhost:%d", g.port);
     snprintf(g.control, sizeof g.control, "https://127.0.0.1:%d/_control", g.port);
 
-    /* A scripted server for challenges the emulator never sends. */
-    char script[256], cert[160], key[160];
-    snprintf(script, sizeof script, "%s/tests/support/https_server.py", source_dir());
-    snprintf(cert, sizeof cert, "%s/server.pem", certdir);
-    snprintf(key, sizeof key, "%s/server.key", certdir);
     snprintf(srvfile, sizeof srvfile, "%s/srv-port", g.dir);
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return -1;
-    char *sargv[] = {"/usr/bin/python3", script,  "--cert",        cert, "--key", key,
-                     "--port-file",      srvfile, "--watch-stdin", NULL};
-    g.srv_pid = spawn(sargv, fds[0]);
-    close(fds[0]);
-    g.srv_stdin = fds[1];
-    if (g.srv_pid < 0 || !wait_file(srvfile))
-        return -1;
-    f = fopen(srvfile, "r");
-    int ok = f && fscanf(f, "%d", &g.srv_port) == 1;
-    if (f)
-        fclose(f);
-    return ok ? 0 : -1;
+    return testsrv_start(&g.srv, "https_server.py", certdir, srvfile);
 }
 
 static int group_teardown(void **state)
@@ -158,11 +129,9 @@ static int group_teardown(void **state)
     if (g.skip)
         return 0;
     char cmd[128];
-    close(g.srv_stdin);
+    testsrv_stop(&g.srv);
     kill(g.emu_pid, SIGTERM);
-    kill(g.srv_pid, SIGTERM);
     waitpid(g.emu_pid, NULL, 0);
-    waitpid(g.srv_pid, NULL, 0);
     snprintf(cmd, sizeof cmd, "rm -rf %s", g.dir);
     return system(cmd) == 0 ? 0 : -1;
 }
@@ -685,8 +654,8 @@ static void test_token_expiry(void **state)
 static void check_foreign_challenge(fixture_t *f, const char *www)
 {
     char base[128], url[192], resolve[64], body[512];
-    snprintf(base, sizeof base, "https://localhost:%d", g.srv_port);
-    snprintf(resolve, sizeof resolve, "localhost:%d:127.0.0.1", g.srv_port);
+    snprintf(base, sizeof base, "https://localhost:%d", g.srv.port);
+    snprintf(resolve, sizeof resolve, "localhost:%d:127.0.0.1", g.srv.port);
     snprintf(url, sizeof url, "%s/_reset", base);
     json_decref(ctl_url(f, "POST", url, "{}"));
     snprintf(body, sizeof body,
