@@ -4,7 +4,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -491,29 +490,8 @@ static int entry_send_imds(az_entry_t *e)
 static void read_work(uv_work_t *w)
 {
     az_read_t *r = w->data;
-    int fd = open(r->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        r->err = -errno;
-        return;
-    }
     r->data = util_malloc(AZ_MAX_TOKEN_FILE + 1);
-    ssize_t got;
-    while (r->len < AZ_MAX_TOKEN_FILE &&
-           (got = read(fd, r->data + r->len, AZ_MAX_TOKEN_FILE - r->len)) != 0) {
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            r->err = -errno;
-            break;
-        }
-        r->len += (size_t)got;
-    }
-    close(fd);
-    while (r->len && isspace((unsigned char)r->data[r->len - 1]))
-        r->len--;
-    r->data[r->len] = '\0';
-    if (!r->err && r->len == 0)
-        r->err = -ENODATA;
+    r->err = util_read_token_file(r->path, r->data, AZ_MAX_TOKEN_FILE, &r->len);
 }
 
 static void read_free(az_read_t *r)

@@ -4,7 +4,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -157,27 +156,7 @@ static void k8s_fail(deploy_req_t *req, int status, const char *fmt, ...)
 static void k8s_read_work(uv_work_t *w)
 {
     k8s_read_t *r = w->data;
-    int fd = open(r->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        r->err = -errno;
-        return;
-    }
-    ssize_t got;
-    while (r->len < K8S_MAX_TOKEN && (got = read(fd, r->data + r->len, K8S_MAX_TOKEN - r->len))) {
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            r->err = -errno;
-            break;
-        }
-        r->len += (size_t)got;
-    }
-    close(fd);
-    while (r->len && isspace((unsigned char)r->data[r->len - 1]))
-        r->len--;
-    r->data[r->len] = '\0';
-    if (!r->err && r->len == 0)
-        r->err = -ENODATA;
+    r->err = util_read_token_file(r->path, r->data, K8S_MAX_TOKEN, &r->len);
 }
 
 static void k8s_read_free(k8s_read_t *r)

@@ -3,11 +3,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "rotor.h"
 
@@ -268,4 +270,29 @@ void util_utf8_trim(char *s)
         p += len;
     }
     *(char *)p = '\0';
+}
+
+int util_read_token_file(const char *path, char *buf, size_t max, size_t *len)
+{
+    int err = 0;
+    *len = 0;
+    buf[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t got;
+    while (*len < max && (got = read(fd, buf + *len, max - *len)) != 0) {
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            err = -errno;
+            break;
+        }
+        *len += (size_t)got;
+    }
+    close(fd);
+    while (*len && isspace((unsigned char)buf[*len - 1]))
+        (*len)--;
+    buf[*len] = '\0';
+    return err ? err : *len ? 0 : -ENODATA;
 }

@@ -44,4 +44,10 @@ void util_strlcpy(char *dst, const char *src, size_t len);
  * in half a character; PostgreSQL and jansson refuse it). */
 void util_utf8_trim(char *s);
 
+/* Reads at most max bytes of the file at path into buf (max + 1 bytes), drops trailing
+ * whitespace and terminates it; *len gets what is left. Blocking: for the threadpool, never the
+ * loop. Returns 0, a negative errno, or -ENODATA when nothing is left. buf is the caller's, and
+ * so is wiping it when it holds a token. */
+int util_read_token_file(const char *path, char *buf, size_t max, size_t *len);
+
 #endif

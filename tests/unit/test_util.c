@@ -6,8 +6,11 @@
 #include <cmocka.h>
 
 #include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rotor.h"
 #include "util.h"
@@ -212,6 +215,40 @@ static void test_is_uuid(void **state)
     assert_false(util_is_uuid("g23e4567-e89b-42d3-a456-426614174000"));
 }
 
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_read_token_file(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/rotor-util.XXXXXX", path[64], buf[9];
+    size_t len = 99;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/token", dir);
+    assert_int_equal(util_read_token_file(path, buf, sizeof buf - 1, &len), -ENOENT);
+    assert_int_equal(len, 0);
+    /* trailing whitespace (a kubelet-written file ends in a newline) is not the token */
+    write_file(path, "ab c\n \t");
+    assert_int_equal(util_read_token_file(path, buf, sizeof buf - 1, &len), 0);
+    assert_string_equal(buf, "ab c");
+    assert_int_equal(len, 4);
+    /* at most max bytes, terminated */
+    write_file(path, "0123456789abcdef");
+    assert_int_equal(util_read_token_file(path, buf, sizeof buf - 1, &len), 0);
+    assert_string_equal(buf, "01234567");
+    /* nothing but whitespace is no token */
+    write_file(path, " \n");
+    assert_int_equal(util_read_token_file(path, buf, sizeof buf - 1, &len), -ENODATA);
+    assert_string_equal(buf, "");
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -223,6 +260,7 @@ int main(void)
         cmocka_unit_test(test_format_time),
         cmocka_unit_test(test_uuid4),
         cmocka_unit_test(test_is_uuid),
+        cmocka_unit_test(test_read_token_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
