@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,32 +188,16 @@ static char *labels_canonical(const char *labels)
     return b.buf;
 }
 
-/* Binary search over a sorted array by a string key; returns the index where key is or belongs. */
-static size_t find_family(const char *name, bool *found)
+/* Binary search over n sorted elements of size bytes whose first member is their string key
+ * (families by name, series by labels); returns the index where key is or belongs. */
+_Static_assert(offsetof(metrics_family_t, name) == 0 && offsetof(metrics_series_t, labels) == 0,
+               "find_sorted reads the key as the first member");
+static size_t find_sorted(const void *base, size_t n, size_t size, const char *key, bool *found)
 {
-    size_t lo = 0, hi = nfamilies;
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(families[mid].name, name);
-        if (c == 0) {
-            *found = true;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    *found = false;
-    return lo;
-}
-
-static size_t find_series(const metrics_family_t *f, const char *labels, bool *found)
-{
-    size_t lo = 0, hi = f->nseries;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(f->series[mid].labels, labels);
+        int c = strcmp(*(const char *const *)((const char *)base + mid * size), key);
         if (c == 0) {
             *found = true;
             return mid;
@@ -229,7 +214,7 @@ static size_t find_series(const metrics_family_t *f, const char *labels, bool *f
 static metrics_family_t *family_get(const char *name, const char *help, metrics_type_t type)
 {
     bool found;
-    size_t i = find_family(name, &found);
+    size_t i = find_sorted(families, nfamilies, sizeof *families, name, &found);
     if (found)
         return families[i].type == type ? &families[i] : NULL;
     families = metrics_grow(families, &families_cap, nfamilies + 1, sizeof *families);
@@ -243,7 +228,7 @@ static metrics_family_t *family_get(const char *name, const char *help, metrics_
 static metrics_series_t *series_get(metrics_family_t *f, char *labels)
 {
     bool found;
-    size_t i = find_series(f, labels, &found);
+    size_t i = find_sorted(f->series, f->nseries, sizeof *f->series, labels, &found);
     if (found) {
         free(labels);
         return &f->series[i];
