@@ -58,6 +58,14 @@ void cli_whoami(char *buf, size_t len);
 /* Parses a --timeout value; prints the error. Returns 0 or CLI_USAGE. */
 int cli_parse_timeout(const char *prog, const char *text, uint64_t *ms);
 
+#define CLI_TEXT_MAX 1024 /* the schemas' maxLength for a reason or comment */
+#define CLI_BY_MAX 256    /* the schemas' maxLength for an actor */
+
+/* --wait, --timeout DUR and --until STATE (getopt letters 'w', 't', 'u'), which request and the
+ * decisions share. Returns 1 when ch was one of them, 0 when it is another option, CLI_USAGE
+ * after a message on a bad value. --until implies --wait. */
+int cli_wait_option(int ch, const char *prog, const char *arg, bool *wait, uint64_t *timeout_ms);
+
 /* Bootstrap servers for the CLI's Kafka clients: the configured list, or the embedded broker's
  * address from cfg->kafka.bootstrap_file. Returns 0 and a malloc'ed string the caller frees, or
  * ROTOR_EKAFKA with a message in err. */

@@ -64,6 +64,22 @@ int cli_parse_timeout(const char *prog, const char *text, uint64_t *ms)
     return 0;
 }
 
+int cli_wait_option(int ch, const char *prog, const char *arg, bool *wait, uint64_t *timeout_ms)
+{
+    switch (ch) {
+    case 'w':
+        *wait = true;
+        return 1;
+    case 't':
+        return cli_parse_timeout(prog, arg, timeout_ms) == 0 ? 1 : CLI_USAGE;
+    case 'u':
+        *wait = true;
+        return cli_set_until(prog, arg) == 0 ? 1 : CLI_USAGE;
+    default:
+        return 0;
+    }
+}
+
 int64_t cli_mono_ms(void)
 {
     struct timespec ts;

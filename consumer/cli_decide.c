@@ -8,9 +8,6 @@
 #include "cli.h"
 #include "util.h"
 
-#define CLI_TEXT_MAX 1024 /* the schemas' maxLength for reason and comment */
-#define CLI_BY_MAX 256    /* the schemas' maxLength for an actor */
-
 /* One decision: its event, its free-text field (or NULL) and when it makes sense. */
 typedef struct {
     const char *event_type;
@@ -65,24 +62,18 @@ static int cli_decide_parse(const cli_decision_t *d, int argc, char **argv, cli_
     int ch;
     optind = 0;
     while ((ch = getopt_long(argc, argv, "b:wt:u:h", opts, NULL)) != -1) {
+        int w = cli_wait_option(ch, argv[0], optarg, &o->wait, &o->timeout_ms);
+        if (w != 0) {
+            if (w < 0)
+                return w;
+            continue;
+        }
         switch (ch) {
         case 'b':
             o->by = optarg;
             break;
         case 'x':
             o->text = optarg;
-            break;
-        case 'w':
-            o->wait = true;
-            break;
-        case 't':
-            if (cli_parse_timeout(argv[0], optarg, &o->timeout_ms) != 0)
-                return CLI_USAGE;
-            break;
-        case 'u':
-            if (cli_set_until(argv[0], optarg) != 0)
-                return CLI_USAGE;
-            o->wait = true;
             break;
         case 'h':
             return CLI_HELP;

@@ -5,8 +5,6 @@
 
 #include "cli.h"
 
-#define CLI_TEXT_MAX 1024 /* the schemas' maxLength for reason and comment */
-
 typedef struct {
     const char *secret;
     const char *reason;
@@ -24,21 +22,15 @@ static int cli_request_parse(int argc, char **argv, cli_request_opts_t *o)
     int ch;
     optind = 0;
     while ((ch = getopt_long(argc, argv, "r:wt:u:h", opts, NULL)) != -1) {
+        int w = cli_wait_option(ch, argv[0], optarg, &o->wait, &o->timeout_ms);
+        if (w != 0) {
+            if (w < 0)
+                return w;
+            continue;
+        }
         switch (ch) {
         case 'r':
             o->reason = optarg;
-            break;
-        case 'w':
-            o->wait = true;
-            break;
-        case 't':
-            if (cli_parse_timeout(argv[0], optarg, &o->timeout_ms) != 0)
-                return CLI_USAGE;
-            break;
-        case 'u':
-            if (cli_set_until(argv[0], optarg) != 0)
-                return CLI_USAGE;
-            o->wait = true;
             break;
         case 'h':
             return CLI_HELP;
