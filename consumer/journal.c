@@ -160,6 +160,16 @@ static void log_db_error(const char *what, pgc_conn_t *c, PGresult *res)
     log_error("journal.query.failed", "query", what, "error", line);
 }
 
+/* What a failed query (status < 0) reports to its caller: a cancel as is, since whoever canceled
+ * knows; anything else is logged here, once, and is ROTOR_EDB. */
+static int db_failed(int status, const char *what, pgc_conn_t *c, PGresult *res)
+{
+    if (status == ROTOR_ECANCELED)
+        return status;
+    log_db_error(what, c, res);
+    return ROTOR_EDB;
+}
+
 /* ---- opening: connect, lock, migrate ---------------------------------------------------- */
 
 static void open_done(journal_t *j, int status, const char *reason)
@@ -460,9 +470,7 @@ static void on_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
     jreq_t *q = arg;
     journal_rows_cb cb = (journal_rows_cb)q->cb;
     if (status != 0) {
-        if (status != ROTOR_ECANCELED)
-            log_db_error("rotations", c, res);
-        cb(q->arg, status == ROTOR_ECANCELED ? status : ROTOR_EDB, NULL, 0);
+        cb(q->arg, db_failed(status, "rotations", c, res), NULL, 0);
         free(q);
         return;
     }
@@ -522,9 +530,7 @@ static void on_secret(pgc_conn_t *c, PGresult *res, int status, void *arg)
     if (status == 0 && (PQntuples(res) != 1 || rotor_slot_parse(PQgetvalue(res, 0, 0), &slot) < 0))
         status = ROTOR_EDB;
     if (status != 0) {
-        if (status != ROTOR_ECANCELED)
-            log_db_error("secrets", c, res);
-        cb(q->arg, status == ROTOR_ECANCELED ? status : ROTOR_EDB, slot, 0, 0);
+        cb(q->arg, db_failed(status, "secrets", c, res), slot, 0, 0);
     } else {
         cb(q->arg, 0, slot, strtoll(PQgetvalue(res, 0, 1), NULL, 10),
            strtoll(PQgetvalue(res, 0, 2), NULL, 10));
@@ -580,9 +586,8 @@ static void on_write(pgc_conn_t *c, PGresult *res, int status, void *arg)
     } else if (status == 0) {
         if (q->outbox && q->j->outbox_fn)
             q->j->outbox_fn(q->j->outbox_arg);
-    } else if (status != ROTOR_ECANCELED) {
-        log_db_error("write", c, res);
-        status = ROTOR_EDB;
+    } else {
+        status = db_failed(status, "write", c, res);
     }
     if (cb)
         cb(q->arg, status);
@@ -773,9 +778,7 @@ static void on_outbox_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
     jreq_t *q = arg;
     journal_outbox_cb cb = (journal_outbox_cb)q->cb;
     if (status != 0) {
-        if (status != ROTOR_ECANCELED)
-            log_db_error("outbox", c, res);
-        cb(q->arg, status == ROTOR_ECANCELED ? status : ROTOR_EDB, NULL, 0);
+        cb(q->arg, db_failed(status, "outbox", c, res), NULL, 0);
         free(q);
         return;
     }
