@@ -44,8 +44,10 @@ int password_random_below(uint32_t bound, uint32_t *out)
         ssize_t n = getrandom(&x, sizeof x, 0);
         if (n < 0 && errno == EINTR)
             continue;
+        /* A short read or an errno of 0 must still be an error: returning 0 here would hand
+         * back an unset *out (gcc -O3 sees that path and refuses to compile). */
         if (n != (ssize_t)sizeof x)
-            return n < 0 ? -errno : -EIO;
+            return n < 0 && errno > 0 ? -errno : -EIO;
         if ((uint64_t)x < limit) {
             *out = x % bound;
             secret_wipe(&x, sizeof x); /* it determines a password character */

@@ -7,6 +7,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/setup.sh"
 "$top/scripts/check-style.sh"
+"$top/scripts/build-matrix.sh" # Release with gcc and clang, warnings as errors
 "$top/scripts/build.sh"
 "$top/scripts/build.sh" --sanitize
 mkdir -p "$top/build-tests"

@@ -222,8 +222,8 @@ static void test_other_key_vault_types_ignored(void **state)
     };
     /* Data rotor would refuse on a secret event: not ours, so not an error either. */
     static const char *const data[] = {
-        "{\"Id\":\"https://myvault.vault.azure.net/keys/k1/abc\",\"ObjectType\":\"Key\","
-        "\"ObjectName\":\"k1\",\"Version\":\"abc\",\"NBF\":null,\"EXP\":\"1559082102\"}",
+        ("{\"Id\":\"https://myvault.vault.azure.net/keys/k1/abc\",\"ObjectType\":\"Key\","
+         "\"ObjectName\":\"k1\",\"Version\":\"abc\",\"NBF\":null,\"EXP\":\"1559082102\"}"),
         "{\"EXP\":true,\"ObjectName\":\"bad_name\"}",
         "[1]",
     };
