@@ -6,6 +6,7 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -89,4 +90,10 @@ void testsrv_stop(testsrv_t *s)
     kill(s->pid, SIGTERM);
     waitpid(s->pid, NULL, 0);
     s->pid = 0;
+}
+
+int testsrv_ci(void)
+{
+    const char *ci = getenv("CI");
+    return ci && (strcmp(ci, "true") == 0 || strcmp(ci, "1") == 0 || strcmp(ci, "yes") == 0);
 }

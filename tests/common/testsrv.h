@@ -24,6 +24,10 @@ int testsrv_make_ca(const char *dir, const char *host);
  * Returns 0 once the port is known, -1 if the server could not start. */
 int testsrv_start(testsrv_t *s, const char *script, const char *certdir, const char *portfile);
 
+/* True under CI=true: a test that would skip for a missing tool must fail there instead, or a
+ * machine without the tool passes CI while testing less. */
+int testsrv_ci(void);
+
 /* Stops a server testsrv_start started; nothing if it never started. */
 void testsrv_stop(testsrv_t *s);
 

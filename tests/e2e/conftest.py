@@ -7,6 +7,8 @@ import json
 from rotorlab import Lab, check_clean_exit
 from schemas import validate_event
 
+pytest_plugins = ["ci_skips"]
+
 
 @pytest.fixture
 def make_lab():
