@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "secret.h"
+#include "store.h"
 #include "util.h"
 
 #define CLI_METADATA_MS 5000
@@ -115,12 +116,14 @@ static void cli_check_store(cli_check_t *ck, const cfg_secret_t *s)
         cli_report(ck, true, "secret %s: store kind %s: not checked", s->name, s->store.kind);
         return;
     }
+    /* The daemon's own rules (owner, mode, no link), then what `rotor run` will need. */
+    char err[600];
     struct stat st;
-    if (stat(s->store.dir, &st) != 0) {
+    if (store_file_check(s->store.dir, err, sizeof err) != 0) {
+        cli_report(ck, false, "secret %s: %s", s->name, err);
+    } else if (lstat(s->store.dir, &st) != 0) {
         cli_report(ck, false, "secret %s: store dir %s: %s", s->name, s->store.dir,
                    strerror(errno));
-    } else if (!S_ISDIR(st.st_mode)) {
-        cli_report(ck, false, "secret %s: store dir %s: not a directory", s->name, s->store.dir);
     } else {
         bool w = access(s->store.dir, W_OK | X_OK) == 0;
         cli_report(ck, w, "secret %s: store dir %s %s", s->name, s->store.dir,

@@ -37,6 +37,7 @@ typedef struct {
     uv_work_t work;
     sf_op_t op;
     const char *dir; /* borrowed from the config, which outlives the store */
+    int root, vdir;  /* store.dir and .versions/<name> while the work runs, or -1 */
     char name[SF_MAX_NAME + 1];
     char version[SF_ID_LEN + 1]; /* in: get, disable ("" = none) */
     char *rotation_id, *slot, *role;
@@ -104,17 +105,32 @@ static int sf_random_hex(char *out, size_t nbytes)
     return 0;
 }
 
-/* ---- file primitives (threadpool only) ---- */
+/* ---- file primitives (threadpool only) ----
+ *
+ * The store directory is opened once per request with O_NOFOLLOW and checked (owned by rotor's
+ * effective uid, writable by nobody else); everything below it is reached with the *at() calls
+ * from that descriptor, never by path, and no open follows a symbolic link. Someone who could
+ * plant <dir>/pg-green -> /etc/passwd, or swap .versions for a link to their own directory, would
+ * otherwise read or redirect secret values. */
 
-static int sf_mkdir(const char *path)
+/* How an entry that cannot be used is described in a reason: a link is refused by name. */
+static const char *sf_strerror(int rc)
 {
-    if (mkdir(path, 0700) == 0 || errno == EEXIST)
-        return 0;
-    return -errno;
+    switch (rc) {
+    case -ELOOP:
+        return "is a symbolic link (refused, not followed)";
+    case -EINVAL:
+        return "is not a regular file";
+    case -ENOTDIR:
+        return "is not a directory";
+    default:
+        return strerror(-rc);
+    }
 }
 
-/* Creates path and its missing parents, 0700. */
-static int sf_mkdir_p(const char *path)
+/* Creates the parents of path that are missing, 0700. The store directory itself is created and
+ * checked by sf_open_dir. */
+static int sf_mkdir_parents(const char *path)
 {
     char buf[PATH_MAX];
     if (sf_path(buf, sizeof buf, "%s", path) < 0)
@@ -123,21 +139,111 @@ static int sf_mkdir_p(const char *path)
         if (*p != '/')
             continue;
         *p = '\0';
-        int rc = sf_mkdir(buf);
+        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+            return -errno;
         *p = '/';
-        if (rc < 0)
-            return rc;
     }
-    return sf_mkdir(buf);
+    return 0;
 }
 
-static int sf_fsync_dir(const char *dir)
+/* A directory of the store must be rotor's alone: another owner, or group or others with write
+ * permission, could replace what rotor writes or plant links in it. */
+static int sf_check_dir(int fd, const char *dir, const char *what, char *err, size_t errlen)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        snprintf(err, errlen, "store.dir %s: %s: %s", dir, what, strerror(errno));
+        return ROTOR_ESTORE;
+    }
+    if (st.st_uid != geteuid()) {
+        snprintf(err, errlen,
+                 "store.dir %s: %s is owned by uid %u, not by rotor's uid %u (refused: it must "
+                 "be rotor's own, mode 0700)",
+                 dir, what, (unsigned)st.st_uid, (unsigned)geteuid());
+        return ROTOR_ESTORE;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        snprintf(err, errlen,
+                 "store.dir %s: %s has mode %04o: group or others may write to it (refused: "
+                 "want 0700)",
+                 dir, what, (unsigned)(st.st_mode & 07777));
+        return ROTOR_ESTORE;
+    }
+    return 0;
+}
+
+/* Opens parent/name as a directory of the store, without following a link, creating it 0700 if
+ * create is set, and checks it. Returns 0 and *out, -ENOENT when it does not exist and create is
+ * not set (no reason set), or ROTOR_ESTORE with err set. what names it in messages. */
+static int sf_open_dir_at(int parent, const char *name, bool create, const char *dir,
+                          const char *what, int *out, char *err, size_t errlen)
+{
+    *out = -1;
+    if (create && mkdirat(parent, name, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "store.dir %s: cannot create %s: %s", dir, what, strerror(errno));
+        return ROTOR_ESTORE;
+    }
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        struct stat st;
+        if (e == ENOENT && !create)
+            return -ENOENT;
+        if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            e = S_ISLNK(st.st_mode) ? ELOOP : !S_ISDIR(st.st_mode) ? ENOTDIR : e;
+        snprintf(err, errlen, "store.dir %s: %s %s", dir, what, sf_strerror(-e));
+        return ROTOR_ESTORE;
+    }
+    int rc = sf_check_dir(fd, dir, what, err, errlen);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    *out = fd;
+    return 0;
+}
+
+/* Opens the store directory itself (see sf_open_dir_at). A trailing slash would make the kernel
+ * follow a link in the last component, so it is dropped; links in the parents are the
+ * operator's layout and are followed. */
+static int sf_open_root(const char *dir, bool create, int *out, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    if (sf_path(path, sizeof path, "%s", dir) < 0) {
+        snprintf(err, errlen, "store.dir %s: %s", dir, strerror(ENAMETOOLONG));
+        return ROTOR_ESTORE;
+    }
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        path[--n] = '\0';
+    int rc = create ? sf_mkdir_parents(path) : 0;
+    if (rc < 0) {
+        snprintf(err, errlen, "store.dir %s: cannot create its parents: %s", dir, strerror(-rc));
+        return ROTOR_ESTORE;
+    }
+    return sf_open_dir_at(AT_FDCWD, path, create, dir, "the directory", out, err, errlen);
+}
+
+/* r->vdir, .versions/<name>, opened on first use. Returns 0, -ENOENT (absent and not created),
+ * or ROTOR_ESTORE with a reason. */
+static int sf_vdir(sf_req_t *r, bool create)
+{
+    if (r->vdir >= 0)
+        return 0;
+    if (r->root < 0)
+        return -ENOENT;
+    char what[SF_MAX_NAME + 16];
+    int versions = -1;
+    int rc = sf_open_dir_at(r->root, ".versions", create, r->dir, ".versions", &versions, r->reason,
+                            sizeof r->reason);
+    if (rc == 0) {
+        snprintf(what, sizeof what, ".versions/%s", r->name);
+        rc = sf_open_dir_at(versions, r->name, create, r->dir, what, &r->vdir, r->reason,
+                            sizeof r->reason);
+        close(versions);
+    }
+    if (rc == ROTOR_ESTORE)
+        r->status = rc;
     return rc;
 }
 
@@ -155,44 +261,60 @@ static int sf_write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* Replaces dir/file with data, atomically and durably, mode 0600. */
-static int sf_atomic_write(sf_req_t *r, const char *dir, const char *file, const char *data,
-                           size_t len)
+/* Replaces dirfd/file with data, atomically and durably, mode 0600. label is the directory
+ * below store.dir ("" or ".versions/<name>/"), for messages. An entry that is not a regular file
+ * (a planted link) is refused rather than silently replaced. */
+static int sf_check_entry(sf_req_t *r, int dirfd, const char *label, const char *file)
 {
-    char tmp[PATH_MAX], dst[PATH_MAX], suffix[17];
-    int rc = sf_random_hex(suffix, 8);
-    if (rc == 0)
-        rc = sf_path(tmp, sizeof tmp, "%s/.tmp-%s", dir, suffix);
-    if (rc == 0)
-        rc = sf_path(dst, sizeof dst, "%s/%s", dir, file);
-    if (rc < 0)
-        return sf_fail(r, ROTOR_ESTORE, "%s/%s: %s", dir, file, strerror(-rc));
+    struct stat st;
+    if (fstatat(dirfd, file, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode))
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: %s%s %s", r->dir, label, file,
+                       sf_strerror(S_ISLNK(st.st_mode) ? -ELOOP : -EINVAL));
+    return 0;
+}
 
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+static int sf_atomic_write(sf_req_t *r, int dirfd, const char *label, const char *file,
+                           const char *data, size_t len)
+{
+    char tmp[32], suffix[17];
+    if (sf_check_entry(r, dirfd, label, file) < 0)
+        return r->status;
+    int rc = sf_random_hex(suffix, 8);
+    if (rc < 0)
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: %s%s: %s", r->dir, label, file,
+                       strerror(-rc));
+    snprintf(tmp, sizeof tmp, ".tmp-%s", suffix);
+    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
-        return sf_fail(r, ROTOR_ESTORE, "create %s: %s", tmp, strerror(errno));
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: create %s%s: %s", r->dir, label, tmp,
+                       strerror(errno));
     rc = sf_write_all(fd, data, len);
     if (rc == 0 && fsync(fd) < 0)
         rc = -errno;
     if (close(fd) < 0 && rc == 0)
         rc = -errno;
-    if (rc == 0 && rename(tmp, dst) < 0)
+    if (rc == 0 && renameat(dirfd, tmp, dirfd, file) < 0)
         rc = -errno;
     if (rc < 0) {
-        unlink(tmp);
-        return sf_fail(r, ROTOR_ESTORE, "write %s: %s", dst, strerror(-rc));
+        unlinkat(dirfd, tmp, 0);
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: write %s%s: %s", r->dir, label, file,
+                       strerror(-rc));
     }
-    rc = sf_fsync_dir(dir);
-    if (rc < 0)
-        return sf_fail(r, ROTOR_ESTORE, "fsync %s: %s", dir, strerror(-rc));
+    if (fsync(dirfd) < 0)
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: fsync %s: %s", r->dir, *label ? label : ".",
+                       strerror(errno));
     return 0;
 }
 
-/* Reads a whole file of at most SF_MAX_FILE bytes into a secret (it may hold one). Returns 0,
- * -ENOENT, or another negative errno. *out is owned by the caller. */
-static int sf_read_file(const char *path, rotor_secret_t **out)
+/* Reads dirfd/name, a regular file of at most SF_MAX_FILE bytes, into a secret (it may hold
+ * one), never following a link. Returns 0, -ENOENT (also when dirfd < 0: no directory), -ELOOP
+ * for a link, or another negative errno. *out is owned by the caller. */
+static int sf_read_file(int dirfd, const char *name, rotor_secret_t **out)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (dirfd < 0)
+        return -ENOENT;
+    /* O_NONBLOCK: a FIFO planted in place of a file must not hang a threadpool thread. */
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -errno;
     struct stat st;
@@ -231,14 +353,11 @@ static int sf_read_file(const char *path, rotor_secret_t **out)
  * value; a generated password never ends with one, so it is dropped. */
 static int sf_read_mount(sf_req_t *r, rotor_secret_t **out)
 {
-    char path[PATH_MAX];
-    int rc = sf_path(path, sizeof path, "%s/%s", r->dir, r->name);
-    if (rc == 0)
-        rc = sf_read_file(path, out);
+    int rc = sf_read_file(r->root, r->name, out);
     if (rc == -ENOENT)
         return sf_fail(r, ROTOR_ENOTFOUND, "secret %s has no current value", r->name);
     if (rc < 0)
-        return sf_fail(r, ROTOR_ESTORE, "read %s/%s: %s", r->dir, r->name, strerror(-rc));
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: %s %s", r->dir, r->name, sf_strerror(rc));
     rotor_secret_t *v = *out;
     if (v->len > 0 && v->buf[v->len - 1] == '\n') {
         v->buf[--v->len] = '\0';
@@ -337,26 +456,23 @@ static int sf_version_json(sf_req_t *r, const char *id, const rotor_secret_t *va
     return 0;
 }
 
-static int sf_versions_dir(const sf_req_t *r, char *buf, size_t len)
-{
-    return sf_path(buf, len, "%s/.versions/%s", r->dir, r->name);
-}
-
-/* Loads dir/<id>.json into *v, and its raw JSON into *doc (NULL to skip; caller decrefs).
- * Returns 0, -ENOENT, or ROTOR_ESTORE with a reason. */
+/* Loads .versions/<name>/<id>.json into *v, and its raw JSON into *doc (NULL to skip; caller
+ * decrefs). Returns 0, -ENOENT, or ROTOR_ESTORE with a reason. */
 static int sf_version_load(sf_req_t *r, const char *id, sf_version_t *v, json_t **doc)
 {
-    char dir[PATH_MAX], path[PATH_MAX];
-    int rc = sf_versions_dir(r, dir, sizeof dir);
-    if (rc == 0)
-        rc = sf_path(path, sizeof path, "%s/%s.json", dir, id);
+    char file[SF_ID_LEN + 6];
+    snprintf(file, sizeof file, "%s.json", id);
+    int rc = sf_vdir(r, false);
+    if (rc == ROTOR_ESTORE)
+        return rc;
     rotor_secret_t *raw = NULL;
     if (rc == 0)
-        rc = sf_read_file(path, &raw);
+        rc = sf_read_file(r->vdir, file, &raw);
     if (rc == -ENOENT)
         return rc;
     if (rc < 0)
-        return sf_fail(r, ROTOR_ESTORE, "read version %s of %s: %s", id, r->name, strerror(-rc));
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: version %s of %s %s", r->dir, id, r->name,
+                       sf_strerror(rc));
     json_error_t err;
     json_t *o = json_loadb(raw->buf, raw->len, 0, &err);
     secret_free(raw);
@@ -398,17 +514,22 @@ typedef bool (*sf_match_fn)(const sf_req_t *r, const sf_version_t *v, const void
 /* Sets r->out_version to the newest enabled version that `match` accepts ("" if none). */
 static int sf_scan(sf_req_t *r, sf_match_fn match, const void *ctx)
 {
-    char dir[PATH_MAX];
     r->out_version[0] = '\0';
-    if (sf_versions_dir(r, dir, sizeof dir) < 0)
-        return sf_fail(r, ROTOR_ESTORE, "%s: name too long", r->name);
-    DIR *d = opendir(dir);
-    if (!d && errno == ENOENT)
+    int rc = sf_vdir(r, false);
+    if (rc == -ENOENT)
         return 0;
-    if (!d)
-        return sf_fail(r, ROTOR_ESTORE, "open %s: %s", dir, strerror(errno));
+    if (rc < 0)
+        return rc;
+    /* A descriptor of its own: a second scan must start from the beginning again. */
+    int fd = openat(r->vdir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return sf_fail(r, ROTOR_ESTORE, "store.dir %s: open .versions/%s: %s", r->dir, r->name,
+                       strerror(errno));
+    }
     int64_t best = INT64_MIN;
-    int rc = 0;
     struct dirent *e;
     while (rc == 0 && (e = readdir(d))) {
         char id[SF_ID_LEN + 1];
@@ -470,7 +591,7 @@ static void sf_finish_put(sf_req_t *r, const char *id)
         r->reason[0] = '\0';
     }
     if ((rc == 0 || rc == ROTOR_ENOTFOUND) && (!mount || !sf_secret_equal(mount, v.value)))
-        sf_atomic_write(r, r->dir, r->name, v.value->buf, v.value->len);
+        sf_atomic_write(r, r->root, "", r->name, v.value->buf, v.value->len);
     secret_free(mount);
     sf_version_clear(&v);
 }
@@ -502,26 +623,26 @@ static void sf_do_current(sf_req_t *r)
 
 static void sf_do_put(sf_req_t *r)
 {
-    char vdir[PATH_MAX], id[SF_ID_LEN + 1], file[SF_ID_LEN + 6];
-    int rc = sf_versions_dir(r, vdir, sizeof vdir);
-    if (rc == 0)
-        rc = sf_mkdir_p(vdir);
-    if (rc == 0)
-        rc = sf_random_hex(id, SF_ID_LEN / 2);
+    char id[SF_ID_LEN + 1], file[SF_ID_LEN + 6], label[SF_MAX_NAME + 16];
+    /* A mount file that cannot be replaced is refused before a version is written for it. */
+    if (sf_check_entry(r, r->root, "", r->name) < 0 || sf_vdir(r, true) < 0)
+        return;
+    int rc = sf_random_hex(id, SF_ID_LEN / 2);
     if (rc < 0) {
-        sf_fail(r, ROTOR_ESTORE, "prepare %s: %s", vdir, strerror(-rc));
+        sf_fail(r, ROTOR_ESTORE, "store.dir %s: no random id: %s", r->dir, strerror(-rc));
         return;
     }
+    snprintf(label, sizeof label, ".versions/%s/", r->name);
     sf_buf_t json = {0};
     rc = sf_version_json(r, id, r->value, util_now_ms(), r->exp_ms, true, sf_tags_json(r), &json);
     snprintf(file, sizeof file, "%s.json", id);
     if (rc == 0)
-        rc = sf_atomic_write(r, vdir, file, json.p, json.len);
+        rc = sf_atomic_write(r, r->vdir, label, file, json.p, json.len);
     sf_buf_free(&json);
     /* The version first, then the mount: a crash in between leaves a findable version and the
      * old current value, never a current value without its record. */
     if (rc == 0)
-        rc = sf_atomic_write(r, r->dir, r->name, r->value->buf, r->value->len);
+        rc = sf_atomic_write(r, r->root, "", r->name, r->value->buf, r->value->len);
     if (rc == 0)
         util_strlcpy(r->out_version, id, sizeof r->out_version);
 }
@@ -556,8 +677,8 @@ static void sf_do_get(sf_req_t *r)
 /* Rewrites a version file with enabled = false, keeping every other field as it was. */
 static int sf_mark_disabled(sf_req_t *r, json_t *doc)
 {
-    char vdir[PATH_MAX], file[SF_ID_LEN + 6];
-    sf_versions_dir(r, vdir, sizeof vdir);
+    char file[SF_ID_LEN + 6], label[SF_MAX_NAME + 16];
+    snprintf(label, sizeof label, ".versions/%s/", r->name);
     snprintf(file, sizeof file, "%s.json", r->version);
     json_object_set_new(doc, "enabled", json_false());
     sf_buf_t json = {0};
@@ -566,7 +687,7 @@ static int sf_mark_disabled(sf_req_t *r, json_t *doc)
         rc = sf_fail(r, ROTOR_ESTORE, "cannot serialise version %s of %s", r->version, r->name);
     if (rc == 0) {
         sf_buf_append("\n", 1, &json);
-        rc = sf_atomic_write(r, vdir, file, json.p, json.len);
+        rc = sf_atomic_write(r, r->vdir, label, file, json.p, json.len);
     }
     sf_buf_free(&json);
     return rc;
@@ -586,12 +707,11 @@ static void sf_do_disable(sf_req_t *r)
 
     rotor_secret_t *mount = NULL;
     if (rc == 0 && sf_read_mount(r, &mount) == 0 && sf_secret_equal(mount, v.value)) {
-        char path[PATH_MAX];
-        sf_path(path, sizeof path, "%s/%s", r->dir, r->name);
-        if (unlink(path) < 0 && errno != ENOENT)
-            sf_fail(r, ROTOR_ESTORE, "remove %s: %s", path, strerror(errno));
+        if (unlinkat(r->root, r->name, 0) < 0 && errno != ENOENT)
+            sf_fail(r, ROTOR_ESTORE, "store.dir %s: remove %s: %s", r->dir, r->name,
+                    strerror(errno));
         else
-            sf_fsync_dir(r->dir);
+            fsync(r->root);
     } else if (r->status == ROTOR_ENOTFOUND) {
         r->status = 0; /* no mount file: nothing to remove */
         r->reason[0] = '\0';
@@ -602,17 +722,20 @@ static void sf_do_disable(sf_req_t *r)
 
 static void sf_do_write_current(sf_req_t *r)
 {
-    int rc = sf_mkdir_p(r->dir);
-    if (rc < 0) {
-        sf_fail(r, ROTOR_ESTORE, "create %s: %s", r->dir, strerror(-rc));
-        return;
-    }
-    sf_atomic_write(r, r->dir, r->name, r->value->buf, r->value->len);
+    sf_atomic_write(r, r->root, "", r->name, r->value->buf, r->value->len);
 }
 
 static void sf_work(uv_work_t *w)
 {
     sf_req_t *r = w->data;
+    /* Reads of a store that does not exist yet see an empty one; writes create it. */
+    bool create = r->op == SF_PUT || r->op == SF_WRITE_CURRENT;
+    r->vdir = -1;
+    int rc = sf_open_root(r->dir, create, &r->root, r->reason, sizeof r->reason);
+    if (rc == ROTOR_ESTORE) {
+        r->status = rc;
+        return;
+    }
     switch (r->op) {
     case SF_FIND:
         sf_do_find(r);
@@ -633,6 +756,11 @@ static void sf_work(uv_work_t *w)
         sf_do_write_current(r);
         break;
     }
+    if (r->vdir >= 0)
+        close(r->vdir);
+    if (r->root >= 0)
+        close(r->root);
+    r->vdir = r->root = -1;
 }
 
 /* ---- loop side ---- */
@@ -786,6 +914,15 @@ static const store_ops_t store_file_ops = {
     .close = sf_close,
 };
 
+int store_file_check(const char *dir, char *err, size_t errlen)
+{
+    int fd = -1;
+    int rc = sf_open_root(dir, false, &fd, err, errlen);
+    if (fd >= 0)
+        close(fd);
+    return rc == -ENOENT ? 0 : rc;
+}
+
 int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps,
                     store_t **out, char *err, size_t errlen)
 {
@@ -800,7 +937,12 @@ int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t
         snprintf(err, errlen, "secret %s: store.dir is too long", sec->name ? sec->name : "?");
         return ROTOR_ECONFIG;
     }
-    /* Nothing to open: the directory is created by the first write, on the threadpool. */
+    /* Checked once here, so that a directory rotor would refuse stops the start rather than the
+     * first rotation; every request checks it again on the threadpool. A directory that does
+     * not exist yet is created by the first write. */
+    int rc = store_file_check(dir, err, errlen);
+    if (rc < 0)
+        return rc;
     store_t *s = util_calloc(1, sizeof *s);
     s->ops = &store_file_ops;
     s->loop = loop;

@@ -394,6 +394,224 @@ static void test_store_open_kinds(void **state)
     assert_non_null(strstr(err, "store.dir"));
 }
 
+/* ---- a store directory that is not rotor's own, and links planted in it ---- */
+
+/* A request that must be refused: ROTOR_ESTORE with a reason naming store.dir and want. */
+static void expect_refused(const result_t *r, const char *want)
+{
+    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->status, ROTOR_ESTORE);
+    assert_non_null(strstr(r->reason, "store.dir "));
+    if (!strstr(r->reason, want))
+        fail_msg("reason \"%s\" does not say \"%s\"", r->reason, want);
+}
+
+static result_t try_put(fixture_t *f, const char *name, const char *value)
+{
+    result_t r = {0};
+    rotor_secret_t *v = secret_from(value, strlen(value));
+    assert_int_equal(f->store->ops->put(f->store, name, v, NULL, 0, on_version, &r), 0);
+    secret_free(v);
+    wait_for(f, &r);
+    return r;
+}
+
+static result_t try_get(fixture_t *f, const char *name)
+{
+    result_t r = {0};
+    assert_int_equal(f->store->ops->get(f->store, name, NULL, on_value, &r), 0);
+    wait_for(f, &r);
+    secret_free(r.value);
+    r.value = NULL;
+    return r;
+}
+
+static result_t try_find(fixture_t *f, const char *name)
+{
+    result_t r = {0};
+    assert_int_equal(f->store->ops->find(f->store, name, "rot-1", on_version, &r), 0);
+    wait_for(f, &r);
+    return r;
+}
+
+static result_t try_write_current(fixture_t *f, const char *name, const char *value)
+{
+    result_t r = {0};
+    rotor_secret_t *v = secret_from(value, strlen(value));
+    assert_int_equal(f->store->ops->write_current(f->store, name, v, on_done, &r), 0);
+    secret_free(v);
+    wait_for(f, &r);
+    return r;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+}
+
+/* store_open (start-up) refuses what the requests refuse, in the same words. */
+static void expect_open_refused(fixture_t *f, const char *want)
+{
+    store_t *s = NULL;
+    char err[512] = "";
+    assert_int_equal(store_open(&f->loop, &f->cfg, NULL, &s, err, sizeof err), ROTOR_ESTORE);
+    assert_null(s);
+    assert_non_null(strstr(err, "store.dir "));
+    assert_non_null(strstr(err, f->dir));
+    if (!strstr(err, want))
+        fail_msg("error \"%s\" does not say \"%s\"", err, want);
+    assert_int_equal(store_file_check(f->dir, err, sizeof err), ROTOR_ESTORE);
+}
+
+static void test_group_writable_dir_refused(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    assert_int_equal(chmod(f->dir, 0770), 0);
+    expect_open_refused(f, "mode 0770");
+    result_t r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, "mode 0770: group or others may write to it");
+    assert_false(exists(f->dir, "pg-green"));
+    assert_false(exists(f->dir, ".versions"));
+    r = try_get(f, "pg-green");
+    expect_refused(&r, "mode 0770");
+    /* Writable by others: refused too. */
+    assert_int_equal(chmod(f->dir, 0703), 0);
+    r = try_find(f, "pg-green");
+    expect_refused(&r, "mode 0703");
+    /* Readable by group and others only: accepted (each file is 0600). */
+    assert_int_equal(chmod(f->dir, 0755), 0);
+    char err[512] = "";
+    assert_int_equal(store_file_check(f->dir, err, sizeof err), 0);
+    put(f, "pg-green", "s3cret", "rot-1");
+    assert_int_equal(mode_of(f->dir, "pg-green"), 0600);
+}
+
+static void test_dir_of_another_owner_refused(void **state)
+{
+    fixture_t *f = *state;
+    if (geteuid() != 0)
+        skip(); /* only root can give a directory away */
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    assert_int_equal(chown(f->dir, 65534, 65534), 0);
+    expect_open_refused(f, "owned by uid 65534, not by rotor's uid 0");
+    result_t r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, "owned by uid 65534");
+    assert_false(exists(f->dir, "pg-green"));
+    /* .versions below a good directory is held to the same rule. */
+    assert_int_equal(chown(f->dir, 0, 0), 0);
+    char path[128];
+    snprintf(path, sizeof path, "%s/.versions", f->dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(chown(path, 65534, 65534), 0);
+    r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, ".versions is owned by uid 65534");
+    assert_false(exists(f->dir, "pg-green"));
+}
+
+static void test_symlinked_entry_refused(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    /* A file outside the store, standing in for /etc/passwd. */
+    char outside[128], link[128];
+    snprintf(outside, sizeof outside, "%.*s/outside", (int)strlen(f->dir) - 3, f->dir);
+    write_file(outside, "not-a-secret\n");
+    snprintf(link, sizeof link, "%s/pg-green", f->dir);
+    assert_int_equal(symlink(outside, link), 0);
+
+    result_t r = try_get(f, "pg-green");
+    expect_refused(&r, "pg-green is a symbolic link (refused, not followed)");
+    r = (result_t){0};
+    assert_int_equal(f->store->ops->current(f->store, "pg-green", on_version, &r), 0);
+    wait_for(f, &r);
+    expect_refused(&r, "pg-green is a symbolic link");
+    r = try_write_current(f, "pg-green", "replaced");
+    expect_refused(&r, "pg-green is a symbolic link");
+    r = try_put(f, "pg-green", "replaced");
+    expect_refused(&r, "pg-green is a symbolic link");
+    /* Neither followed nor replaced. */
+    char *text = slurp(f->dir, "../outside");
+    assert_string_equal(text, "not-a-secret\n");
+    free(text);
+    struct stat st;
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+
+    /* A version file that is a link is refused as well. */
+    result_t v = put(f, "pg-blue", "blue-value", "rot-1");
+    char vpath[128];
+    snprintf(vpath, sizeof vpath, "%s/.versions/pg-blue/%s.json", f->dir, v.version);
+    assert_int_equal(unlink(vpath), 0);
+    assert_int_equal(symlink(outside, vpath), 0);
+    r = (result_t){0};
+    assert_int_equal(f->store->ops->get(f->store, "pg-blue", v.version, on_value, &r), 0);
+    wait_for(f, &r);
+    expect_refused(&r, "is a symbolic link");
+    assert_null(r.value);
+}
+
+static void test_symlinked_versions_refused(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    char elsewhere[128], link[128];
+    snprintf(elsewhere, sizeof elsewhere, "%.*s/elsewhere", (int)strlen(f->dir) - 3, f->dir);
+    assert_int_equal(mkdir(elsewhere, 0700), 0);
+    snprintf(link, sizeof link, "%s/.versions", f->dir);
+    assert_int_equal(symlink(elsewhere, link), 0);
+    result_t r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, ".versions is a symbolic link (refused, not followed)");
+    r = try_find(f, "pg-green");
+    expect_refused(&r, ".versions is a symbolic link");
+    assert_false(exists(f->dir, "pg-green"));
+    assert_false(exists(elsewhere, "pg-green"));
+
+    /* .versions/<name> as a link. */
+    assert_int_equal(unlink(link), 0);
+    assert_int_equal(mkdir(link, 0700), 0);
+    snprintf(link, sizeof link, "%s/.versions/pg-green", f->dir);
+    assert_int_equal(symlink(elsewhere, link), 0);
+    r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, ".versions/pg-green is a symbolic link");
+    r = try_find(f, "pg-green");
+    expect_refused(&r, ".versions/pg-green is a symbolic link");
+    DIR *d = opendir(elsewhere);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        entries += e->d_name[0] != '.';
+    closedir(d);
+    assert_int_equal(entries, 0);
+}
+
+static void test_symlinked_store_dir_refused(void **state)
+{
+    fixture_t *f = *state;
+    char real[128];
+    snprintf(real, sizeof real, "%.*s/real", (int)strlen(f->dir) - 3, f->dir);
+    assert_int_equal(mkdir(real, 0700), 0);
+    assert_int_equal(symlink(real, f->dir), 0);
+    expect_open_refused(f, "the directory is a symbolic link (refused, not followed)");
+    result_t r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, "the directory is a symbolic link");
+    r = try_get(f, "pg-green");
+    expect_refused(&r, "the directory is a symbolic link");
+    assert_false(exists(real, "pg-green"));
+    /* With a trailing slash, which would make the kernel follow the link: refused as well. */
+    char slashed[128];
+    snprintf(slashed, sizeof slashed, "%s/", f->dir);
+    f->cfg.store.dir = slashed;
+    char err[512] = "";
+    assert_int_equal(store_file_check(slashed, err, sizeof err), ROTOR_ESTORE);
+    r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, "is a symbolic link");
+    f->cfg.store.dir = f->dir;
+    assert_false(exists(real, "pg-green"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -405,6 +623,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_find_finishes_interrupted_put, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_open_kinds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_writable_dir_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dir_of_another_owner_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlinked_entry_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlinked_versions_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlinked_store_dir_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
