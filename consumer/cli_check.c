@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "pg.h"
 #include "secret.h"
 #include "store.h"
 #include "util.h"
@@ -44,8 +45,8 @@ static void cli_check_journal(cli_check_t *ck, const rotor_config_t *cfg)
 {
     char err[1024];
     char *dsn = NULL;
-    if (config_dsn(cfg->journal.dsn_env, cfg->journal.dsn_file, "journal", &dsn, err, sizeof err) !=
-        0) {
+    const char *key = cfg->journal.dsn_file ? "journal.dsn_file" : "journal.dsn_env";
+    if (config_dsn(cfg->journal.dsn_env, cfg->journal.dsn_file, key, &dsn, err, sizeof err) != 0) {
         cli_report(ck, false, "journal: %s", err);
         return;
     }
@@ -89,7 +90,8 @@ static void cli_check_database(cli_check_t *ck, const cfg_secret_t *s, size_t in
     char err[1024];
     char *dsn = NULL;
     char key[200];
-    snprintf(key, sizeof key, "secrets[%zu].database", index);
+    snprintf(key, sizeof key, "secrets[%zu].database.%s", index,
+             s->database.dsn_file ? "dsn_file" : "dsn_env");
     if (config_dsn(s->database.dsn_env, s->database.dsn_file, key, &dsn, err, sizeof err) != 0) {
         cli_report(ck, false, "secret %s: database: %s", s->name, err);
         return;
@@ -97,16 +99,19 @@ static void cli_check_database(cli_check_t *ck, const cfg_secret_t *s, size_t in
     const char *keys[] = {"application_name", "connect_timeout", "dbname", NULL};
     const char *vals[] = {"rotor-cli", "10", dsn, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
-    secret_wipe(dsn, strlen(dsn));
-    free(dsn);
     if (PQstatus(c) != CONNECTION_OK) {
-        const char *m = PQerrorMessage(c);
+        /* As the daemon words it: nothing of the DSN that may be a password. */
+        char *m = pgc_redact_error(PQerrorMessage(c), keys, vals);
         cli_report(ck, false, "secret %s: database: cannot connect: %.*s", s->name, cli_msg_len(m),
                    m);
+        secret_wipe(m, strlen(m));
+        free(m);
     } else {
         cli_report(ck, true, "secret %s: database: connected as %s", s->name, PQuser(c));
         cli_check_roles(ck, c, s);
     }
+    secret_wipe(dsn, strlen(dsn));
+    free(dsn);
     PQfinish(c);
 }
 

@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "event.h"
+#include "pg.h"
 #include "secret.h"
 #include "util.h"
 
@@ -312,13 +313,20 @@ int cli_journal_open(const rotor_config_t *cfg, bool allow_empty, PGconn **out, 
     const char *keys[] = {"application_name", "connect_timeout", "dbname", NULL};
     const char *vals[] = {"rotor-cli", "10", dsn, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
-    secret_wipe(dsn, strlen(dsn));
-    free(dsn);
     if (PQstatus(c) != CONNECTION_OK) {
-        cli_db_error("cannot connect to the journal", c, NULL);
+        /* libpq may quote a piece of the DSN: the daemon's redaction applies here too. */
+        char *msg = pgc_redact_error(PQerrorMessage(c), keys, vals);
+        fprintf(stderr, "rotor: cannot connect to the journal: %.*s\n", (int)strcspn(msg, "\n"),
+                msg);
+        secret_wipe(msg, strlen(msg));
+        free(msg);
+        secret_wipe(dsn, strlen(dsn));
+        free(dsn);
         PQfinish(c);
         return ROTOR_EDB;
     }
+    secret_wipe(dsn, strlen(dsn));
+    free(dsn);
     int v = 0;
     if (cli_schema_version(c, &v) != 0) {
         PQfinish(c);

@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <libpq-fe.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2081,6 +2082,61 @@ static int dsn_from_file(const char *path, const char *what_key, char **out, cha
     return 0;
 }
 
+/* libpq's parser quotes the token it stumbles on (`invalid percent-encoded token: "s3cr%ZZet"`),
+ * and that token may be the password: rotor never repeats libpq's text, it names the kind of
+ * mistake in its own words, found by the message's unquoted start. */
+static const struct {
+    const char *libpq; /* how libpq's message starts */
+    const char *says;  /* what rotor says instead */
+} dsn_mistakes[] = {
+    {"invalid percent-encoded token", "a \"%\" in the URI is not followed by two hex digits "
+                                      "(write a literal % as %25)"},
+    {"forbidden value %00", "the URI holds %00"},
+    {"missing \"=\" after", "a word without \"=\" (write key=value pairs separated by spaces, "
+                            "and quote a value that holds spaces as '...')"},
+    {"unterminated quoted string", "a quoted value is not closed"},
+    {"invalid connection option", "an unknown keyword"},
+    {"invalid URI query parameter", "an unknown URI query parameter"},
+    {"extra key/value separator", "a URI query parameter with more than one \"=\""},
+    {"missing key/value separator", "a URI query parameter without \"=\""},
+    {"end of string reached when looking for matching", "an IPv6 address in the URI without \"]\""},
+    {"IPv6 host address may not be empty", "an empty IPv6 address in the URI"},
+    {"unexpected character", "an unexpected character after the URI's host"},
+};
+
+/* A DSN libpq cannot parse fails here, at start-up, rather than in a connection whose error
+ * would quote it into the journal, the events and the logs. Also refused: a string that is
+ * neither key=value pairs nor a URI, which libpq would take as a database name. */
+static int dsn_check(const char *dsn, const char *what_key, const char *source, char *err,
+                     size_t errlen)
+{
+    const char *says = NULL;
+    bool uri = strncmp(dsn, "postgresql://", 13) == 0 || strncmp(dsn, "postgres://", 11) == 0;
+    char *msg = NULL;
+    PQconninfoOption *opts = NULL;
+    if (!uri && !strchr(dsn, '='))
+        says = "it is neither key=value pairs nor a postgresql:// URI";
+    else if (!(opts = PQconninfoParse(dsn, &msg))) {
+        says = msg ? "libpq cannot parse it" : "out of memory parsing it";
+        for (size_t i = 0; msg && i < sizeof dsn_mistakes / sizeof dsn_mistakes[0]; i++)
+            if (strncmp(msg, dsn_mistakes[i].libpq, strlen(dsn_mistakes[i].libpq)) == 0)
+                says = dsn_mistakes[i].says;
+    }
+    if (msg) {
+        secret_wipe(msg, strlen(msg));
+        PQfreemem(msg);
+    }
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (o->val)
+            secret_wipe(o->val, strlen(o->val));
+    PQconninfoFree(opts);
+    if (!says)
+        return 0;
+    snprintf(err, errlen, "%s: %s is not a valid DSN: %s (the value is not shown)", what_key,
+             source, says);
+    return ROTOR_ECONFIG;
+}
+
 int config_dsn(const char *dsn_env, const char *dsn_file, const char *what_key, char **out,
                char *err, size_t errlen)
 {
@@ -2093,16 +2149,57 @@ int config_dsn(const char *dsn_env, const char *dsn_file, const char *what_key, 
         snprintf(err, errlen, "%s: expected exactly one of dsn_env or dsn_file", what_key);
         return ROTOR_ECONFIG;
     }
-    if (dsn_file && *dsn_file)
-        return dsn_from_file(dsn_file, what_key, out, err, errlen);
-    const char *v = getenv(dsn_env);
-    if (!v || !*v) {
-        snprintf(err, errlen, "%s: environment variable %s is %s", what_key, dsn_env,
-                 v ? "empty" : "not set");
-        return ROTOR_ECONFIG;
+    char source[1100];
+    if (dsn_file && *dsn_file) {
+        int rc = dsn_from_file(dsn_file, what_key, out, err, errlen);
+        if (rc != 0)
+            return rc;
+        snprintf(source, sizeof source, "the first line of %s", dsn_file);
+    } else {
+        const char *v = getenv(dsn_env);
+        if (!v || !*v) {
+            snprintf(err, errlen, "%s: environment variable %s is %s", what_key, dsn_env,
+                     v ? "empty" : "not set");
+            return ROTOR_ECONFIG;
+        }
+        *out = util_strdup(v);
+        snprintf(source, sizeof source, "environment variable %s", dsn_env);
     }
-    *out = util_strdup(v);
-    return 0;
+    int rc = dsn_check(*out, what_key, source, err, errlen);
+    if (rc != 0) {
+        secret_wipe(*out, strlen(*out));
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+int config_check_dsns(const rotor_config_t *cfg, char *err, size_t errlen)
+{
+    char key[PATH_LEN];
+    char *dsn = NULL;
+    bool file = cfg->journal.dsn_file && *cfg->journal.dsn_file;
+    int rc = config_dsn(cfg->journal.dsn_env, cfg->journal.dsn_file,
+                        file ? "journal.dsn_file" : "journal.dsn_env", &dsn, err, errlen);
+    for (size_t i = 0; rc == 0 && i <= cfg->nsecrets; i++) {
+        if (dsn) {
+            secret_wipe(dsn, strlen(dsn));
+            free(dsn);
+            dsn = NULL;
+        }
+        if (i == cfg->nsecrets)
+            break;
+        const cfg_secret_t *s = &cfg->secrets[i];
+        file = s->database.dsn_file && *s->database.dsn_file;
+        snprintf(key, sizeof key, "secrets[%zu].database.%s (secret %s)", i,
+                 file ? "dsn_file" : "dsn_env", s->name);
+        rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &dsn, err, errlen);
+    }
+    if (dsn) {
+        secret_wipe(dsn, strlen(dsn));
+        free(dsn);
+    }
+    return rc;
 }
 
 void config_kv_free(cfg_kv_t *kv, size_t n)

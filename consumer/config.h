@@ -210,10 +210,17 @@ void config_free(rotor_config_t *cfg);
 const cfg_secret_t *config_secret(const rotor_config_t *cfg, const char *name);
 
 /* Resolves a DSN from an environment variable name or a file path (exactly one is set).
+ * The DSN must be one libpq can parse (key=value pairs or a postgresql:// URI).
  * Returns 0 and a malloc'ed string the caller frees (wiping it: it may hold a password), or
- * ROTOR_ECONFIG with a message naming what_key in err. */
+ * ROTOR_ECONFIG with a message naming what_key and the variable or file in err, never the
+ * value. */
 int config_dsn(const char *dsn_env, const char *dsn_file, const char *what_key, char **out,
                char *err, size_t errlen);
+
+/* Resolves and parses every DSN of cfg (journal, each secret's admin DSN), as `rotor run` does
+ * before it starts anything: 0, or ROTOR_ECONFIG with err naming the first bad key and the
+ * variable or file, never the value nor libpq's words (which quote it). */
+int config_check_dsns(const rotor_config_t *cfg, char *err, size_t errlen);
 
 /* Every librdkafka property: kafka.properties as they are, then kafka.properties_env and
  * kafka.properties_file resolved now (read each time: a mounted secret may have rotated).

@@ -369,6 +369,10 @@ static int verify_connect(db_req_t *r, const char *dsn)
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(dsn, &err);
     if (!opts) {
+        /* libpq's message quotes the token it could not parse, which may be the password: it
+         * is wiped, never passed on (config_dsn refuses such a DSN at start-up). */
+        if (err)
+            secret_wipe(err, strlen(err));
         PQfreemem(err);
         return ROTOR_ECONFIG;
     }
@@ -393,7 +397,7 @@ static int verify_connect(db_req_t *r, const char *dsn)
     free(kw);
     free(val);
     for (PQconninfoOption *o = opts; o->keyword; o++)
-        if (o->val && strcmp(o->keyword, "password") == 0)
+        if (o->val)
             secret_wipe(o->val, strlen(o->val));
     PQconninfoFree(opts);
     /* pg.c holds its own (wiped) copy now. */

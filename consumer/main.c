@@ -129,7 +129,16 @@ static int cli_run(cli_ctx_t *ctx, int argc, char **argv)
         return CLI_USAGE;
     }
     const rotor_config_t *cfg = cli_config(ctx);
-    return cfg ? daemon_run(cfg) : CLI_EXIT_ERROR;
+    if (!cfg)
+        return CLI_EXIT_ERROR;
+    /* Every DSN is parsed before anything starts: a malformed one is refused here, naming its
+     * key, rather than quoted by libpq into the journal, the events and the logs later. */
+    char err[1024];
+    if (config_check_dsns(cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "rotor: %s\n", err);
+        return CLI_EXIT_ERROR;
+    }
+    return daemon_run(cfg);
 }
 
 static int cli_version(cli_ctx_t *ctx, int argc, char **argv)

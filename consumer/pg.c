@@ -2,6 +2,7 @@
 #include "pg.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -242,6 +243,166 @@ static void conn_fail(pgc_conn_t *c, const char *msg)
         fail_all_queries(c, ROTOR_EDB);
 }
 
+/* ---- connect-phase messages ----
+ *
+ * libpq's connect-phase messages quote what it read from the conninfo: its parser quotes the token
+ * it stumbled on (`invalid percent-encoded token: "s3cr%ZZet"`), its option checks the value they
+ * refused (`invalid integer value "pa" for connection option "port"`, from a URI whose password
+ * held a "/"). Any of these may be a piece of a password, and the message goes on into the
+ * journal, the events and the logs. So every quoted fragment is replaced by "***", except in the
+ * lines that report a connection attempt or the server's answer (the host or socket libpq tried,
+ * the role or database the server names: what an operator needs), libpq's own words (option
+ * names, syntax characters) and a host name that looks like one. Last, any password of the
+ * conninfo is blotted out wherever it still appears. */
+
+#define PGC_REDACTED "***"
+
+/* Quoted words of libpq's own (`missing "=" after`, `matching "]"`, `for connection option
+ * "port"`): a syntax character or the name of a connection option. */
+static bool quote_is_literal(const char *q, size_t n)
+{
+    if (n == 1 && strchr("=]:/", q[0]))
+        return true;
+    PQconninfoOption *opts = PQconndefaults();
+    bool keyword = false;
+    for (PQconninfoOption *o = opts; o && o->keyword && !keyword; o++)
+        keyword = strlen(o->keyword) == n && memcmp(o->keyword, q, n) == 0;
+    PQconninfoFree(opts);
+    return keyword;
+}
+
+/* A DNS name or an address: no character a password fragment would need to be noticed. */
+static bool quote_is_host_name(const char *q, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)q[i]) && !strchr(".-_:[]%", q[i]))
+            return false;
+    return n > 0;
+}
+
+static bool starts(const char *line, const char *prefix)
+{
+    return strncmp(line, prefix, strlen(prefix)) == 0;
+}
+
+/* A line that reports a connection attempt or the server's answer, kept as it is. */
+static bool line_is_attempt(const char *line, size_t n)
+{
+    static const char *const prefixes[] = {
+        "connection to server ", "FATAL:", "ERROR:", "PANIC:", "DETAIL:", "HINT:"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (starts(line, prefixes[i]))
+            return true;
+    return n > 0 && line[0] == '\t'; /* libpq's hint under an attempt */
+}
+
+/* Appends line (n bytes, without its newline) to out with the quotes it may not keep redacted. */
+static char *redact_line(char *out, const char *line, size_t n)
+{
+    if (line_is_attempt(line, n)) {
+        memcpy(out, line, n);
+        return out + n;
+    }
+    bool host_line = starts(line, "could not translate host name ");
+    const char *end = line + n;
+    while (line < end) {
+        const char *open = memchr(line, '"', (size_t)(end - line));
+        const char *close = open ? memchr(open + 1, '"', (size_t)(end - open - 1)) : NULL;
+        if (!close) {
+            /* An unterminated quote hides the rest of the line. */
+            size_t k = open ? (size_t)(open - line) + 1 : (size_t)(end - line);
+            memcpy(out, line, k);
+            out += k;
+            if (open) {
+                memcpy(out, PGC_REDACTED, strlen(PGC_REDACTED));
+                out += strlen(PGC_REDACTED);
+            }
+            return out;
+        }
+        size_t k = (size_t)(open - line) + 1, qn = (size_t)(close - open - 1);
+        memcpy(out, line, k);
+        out += k;
+        if (quote_is_literal(open + 1, qn) || (host_line && quote_is_host_name(open + 1, qn))) {
+            memcpy(out, open + 1, qn);
+            out += qn;
+        } else {
+            memcpy(out, PGC_REDACTED, strlen(PGC_REDACTED));
+            out += strlen(PGC_REDACTED);
+        }
+        *out++ = '"';
+        line = close + 1;
+    }
+    return out;
+}
+
+/* Replaces every occurrence of secret in s (in place: "***" is never longer than a secret of
+ * three bytes or more; shorter ones are left alone, they would blot out ordinary words). */
+static void blot(char *s, const char *secret)
+{
+    size_t n = secret ? strlen(secret) : 0, r = strlen(PGC_REDACTED);
+    if (n < r)
+        return;
+    for (char *p = strstr(s, secret); p; p = strstr(p + r, secret)) {
+        memcpy(p, PGC_REDACTED, r);
+        memmove(p + r, p + n, strlen(p + n) + 1);
+    }
+}
+
+/* PQconninfoFree leaves the values in freed memory: wipe them first (one is the password). */
+static void conninfo_free(PQconninfoOption *opts)
+{
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (o->val)
+            secret_wipe(o->val, strlen(o->val));
+    PQconninfoFree(opts);
+}
+
+static bool is_conninfo(const char *v)
+{
+    return strchr(v, '=') || strncmp(v, "postgresql://", 13) == 0 ||
+           strncmp(v, "postgres://", 11) == 0;
+}
+
+char *pgc_redact_error(const char *msg, const char *const *keywords, const char *const *values)
+{
+    size_t len = msg ? strlen(msg) : 0;
+    /* Worst case: every two bytes `""` become `"***"`. */
+    char *out = util_malloc(len * 3 + 1), *o = out;
+    for (const char *line = msg; line && *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        o = redact_line(o, line, n);
+        if (nl)
+            *o++ = '\n';
+        line += n + (nl ? 1 : 0);
+    }
+    *o = '\0';
+    for (int i = 0; keywords && values && keywords[i]; i++) {
+        if (!values[i])
+            continue;
+        if (strcmp(keywords[i], "password") == 0)
+            blot(out, values[i]);
+        if (strcmp(keywords[i], "dbname") == 0 && is_conninfo(values[i])) {
+            PQconninfoOption *opts = PQconninfoParse(values[i], NULL);
+            for (PQconninfoOption *p = opts; p && p->keyword; p++)
+                if (p->val && strcmp(p->keyword, "password") == 0)
+                    blot(out, p->val);
+            conninfo_free(opts);
+        }
+    }
+    return out;
+}
+
+/* A connection could not be made: the reason, with nothing of the conninfo that may be secret. */
+static void conn_fail_connect(pgc_conn_t *c)
+{
+    char *msg = pgc_redact_error(c->pg ? PQerrorMessage(c->pg) : NULL,
+                                 (const char *const *)c->keywords, (const char *const *)c->values);
+    conn_fail(c, *msg ? msg : "connection failed");
+    secret_wipe(msg, strlen(msg));
+    free(msg);
+}
+
 /* ---- connecting ---- */
 
 static void on_connect_poll(uv_poll_t *h, int status, int events);
@@ -262,7 +423,7 @@ static void connect_step(pgc_conn_t *c, PostgresPollingStatusType st)
         events = UV_WRITABLE;
         break;
     default:
-        conn_fail(c, PQerrorMessage(c->pg));
+        conn_fail_connect(c);
         return;
     }
     if (poll_watch(c, events, on_connect_poll) != 0)
@@ -330,7 +491,7 @@ static void start_libpq(pgc_conn_t *c)
         return;
     }
     if (PQstatus(c->pg) == CONNECTION_BAD) {
-        conn_fail(c, PQerrorMessage(c->pg));
+        conn_fail_connect(c);
         return;
     }
     PQsetnonblocking(c->pg, 1);
@@ -453,14 +614,12 @@ static void effective_params(pgc_conn_t *c, const char *eff[3])
             continue;
         if (!expanded && strcmp(c->keywords[i], "dbname") == 0) {
             expanded = true;
-            bool conninfo = strchr(v, '=') || strncmp(v, "postgresql://", 13) == 0 ||
-                            strncmp(v, "postgres://", 11) == 0;
-            PQconninfoOption *opts = conninfo ? PQconninfoParse(v, NULL) : NULL;
+            PQconninfoOption *opts = is_conninfo(v) ? PQconninfoParse(v, NULL) : NULL;
             for (PQconninfoOption *o = opts; o && o->keyword; o++)
                 for (int f = 0; f < 3; f++)
                     if (o->val && *o->val && strcmp(o->keyword, names[f]) == 0)
                         eff[f] = util_strdup(o->val);
-            PQconninfoFree(opts);
+            conninfo_free(opts);
             continue;
         }
         for (int f = 0; f < 3; f++)

@@ -45,8 +45,15 @@ int pgc_query(pgc_conn_t *c, const char *sql, int nparams, const char *const *pa
  * the uv close callback. c must not be used after this call. */
 void pgc_close(pgc_conn_t *c);
 
-/* Last error message of the connection (borrowed, valid until the next call on c). */
+/* Last error message of the connection (borrowed, valid until the next call on c). A failed
+ * connection's message is redacted (see pgc_redact_error): it may be logged and journaled. */
 const char *pgc_error(pgc_conn_t *c);
+
+/* libpq's message about a connection that failed (msg), with every quoted fragment that may come
+ * from the conninfo replaced by "***" (the host or socket of an attempt and the server's answer
+ * are kept) and any password of keywords/values (as given to PQconnectdbParams, expanded dbname
+ * included; NULL-terminated) blotted out. Returns a malloc'ed string: wipe and free it. */
+char *pgc_redact_error(const char *msg, const char *const *keywords, const char *const *values);
 
 /* The libpq connection (borrowed), e.g. for PQescapeIdentifier. Never use it for I/O. */
 PGconn *pgc_raw(pgc_conn_t *c);

@@ -79,6 +79,8 @@ static void probe_name(const probe_one_t *p, char *buf, size_t len)
 static void req_free(probe_req_t *r)
 {
     free(r->probes);
+    if (r->dsn)
+        secret_wipe(r->dsn, strlen(r->dsn)); /* the admin DSN: it may hold a password */
     free(r->dsn);
     free(r->role);
     free(r->query);

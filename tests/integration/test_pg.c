@@ -202,8 +202,96 @@ static void test_connect_bad_option(void **state)
     uv_run(&x.loop, UV_RUN_DEFAULT);
     assert_int_equal(x.connect_calls, 1);
     assert_int_equal(x.connect_status, ROTOR_EDB);
-    assert_non_null(strstr(pgc_error(x.conn), "nosuchoption"));
+    /* libpq's word for it stays; the quoted token, which could be a password, does not. */
+    assert_non_null(strstr(pgc_error(x.conn), "invalid connection option \"***\""));
+    assert_null(strstr(pgc_error(x.conn), "nosuchoption"));
     ctx_finish(&x);
+}
+
+/* Connects with dsn (only the given keywords and values when kw is set) and returns the error. */
+static void expect_connect_error(const char *dsn, const char *const *kw, const char *const *val,
+                                 const char *secret, const char *want)
+{
+    ctx_t x;
+    ctx_init(&x);
+    if (kw)
+        assert_int_equal(pgc_connect(&x.loop, kw, val, on_connect, &x, &x.conn), 0);
+    else
+        assert_int_equal(pgc_connect_dsn(&x.loop, dsn, on_connect, &x, &x.conn), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_calls, 1);
+    assert_int_equal(x.connect_status, ROTOR_EDB);
+    const char *err = pgc_error(x.conn);
+    if (strstr(err, secret))
+        fail_msg("the error of %s shows \"%s\": %s", dsn ? dsn : "keywords", secret, err);
+    if (!strstr(err, want))
+        fail_msg("the error of %s does not say \"%s\": %s", dsn ? dsn : "keywords", want, err);
+    ctx_finish(&x);
+}
+
+/* Issue 8: libpq's connect-phase messages quote what they read from the conninfo, and pgc_error
+ * goes on into the journal, the events and the logs. None of these DSNs reaches pg.c through the
+ * config (config_dsn refuses the malformed ones), but one built at run time (an Entra token
+ * appended to the admin DSN) or handed to pg.c by other code could. */
+static void test_connect_error_never_shows_secret(void **state)
+{
+    (void)state;
+    /* The parser quotes the token it stumbles on. */
+    expect_connect_error("postgresql://u:s3cr%ZZet@h/db", NULL, NULL, "s3cr",
+                         "invalid percent-encoded token: \"***\"");
+    expect_connect_error("host=/tmp s3cretX user=x", NULL, NULL, "s3cretX",
+                         "missing \"=\" after \"***\"");
+    /* A password with a space, unquoted: the second half is a word without "=". */
+    expect_connect_error("host=/tmp password=abc s3cretY", NULL, NULL, "s3cretY",
+                         "missing \"=\" after \"***\"");
+    expect_connect_error("host=/tmp password='s3cretZ", NULL, NULL, "s3cretZ",
+                         "unterminated quoted string");
+    /* Parsed, but a "/" in the URI's password made its first half the port. */
+    expect_connect_error("postgresql://u:s3cretP/rest@127.0.0.1/db", NULL, NULL, "s3cretP",
+                         "for connection option \"port\"");
+    /* Parsed, but an "@" in the URI's password made its second half part of the host name. */
+    expect_connect_error("postgresql://u:p@ss4cret@127.0.0.1/db", NULL, NULL, "ss4cret",
+                         "could not translate host name \"***\"");
+    /* A password is blotted out even where libpq's own lines would keep it. */
+    const char *kw[] = {"host", "port", "user", "password", "dbname", NULL};
+    const char *val[] = {env("PGHOST"), env("PGPORT"), "s3cretU", "s3cretU", "postgres", NULL};
+    expect_connect_error(NULL, kw, val, "s3cretU", "failed for user \"***\"");
+    char dsn[512];
+    snprintf(dsn, sizeof dsn, "host=%s port=%s user=s3cretV password=s3cretV dbname=postgres",
+             env("PGHOST"), env("PGPORT"));
+    expect_connect_error(dsn, NULL, NULL, "s3cretV", "failed for user \"***\"");
+}
+
+/* What an operator needs stays: the host or socket tried, the server's answer, names in it. */
+static void test_connect_error_keeps_host_and_answer(void **state)
+{
+    (void)state;
+    const char *kw[] = {"host", "port", "user", "password", "dbname", NULL};
+    const char *val[] = {env("PGHOST"), env("PGPORT"), "nosuchrole", "pw-s3cret", "postgres", NULL};
+    expect_connect_error(NULL, kw, val, "pw-s3cret",
+                         "FATAL:  password authentication failed for user \"nosuchrole\"");
+    expect_connect_error("host=127.0.0.1 port=1 user=x password=pw-s3cret", NULL, NULL, "pw-s3cret",
+                         "Connection refused");
+    expect_connect_error("host=no-such-host.invalid user=x password=pw-s3cret", NULL, NULL,
+                         "pw-s3cret", "could not translate host name \"no-such-host.invalid\"");
+}
+
+static void test_redact_error_is_pure(void **state)
+{
+    (void)state;
+    const char *kw[] = {"dbname", "password", NULL};
+    const char *val[] = {"postgresql://u:inner-s3cret@h/db", "outer-s3cret", NULL};
+    char *m = pgc_redact_error("a \"x\" b \"=\" c \"\" d \"unterminated inner-s3cret\n"
+                               "connection to server at \"h\" (1.2.3.4), port 5432 failed: "
+                               "FATAL:  no \"outer-s3cret\" or \"inner-s3cret\" for \"u\"\n",
+                               kw, val);
+    assert_string_equal(m, "a \"***\" b \"=\" c \"***\" d \"***\n"
+                           "connection to server at \"h\" (1.2.3.4), port 5432 failed: "
+                           "FATAL:  no \"***\" or \"***\" for \"u\"\n");
+    free(m);
+    m = pgc_redact_error(NULL, NULL, NULL);
+    assert_string_equal(m, "");
+    free(m);
 }
 
 static void test_queue_order_and_params(void **state)
@@ -379,6 +467,9 @@ int main(void)
         cmocka_unit_test(test_connect_dsn_multihost),
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_connect_bad_option),
+        cmocka_unit_test(test_connect_error_never_shows_secret),
+        cmocka_unit_test(test_connect_error_keeps_host_and_answer),
+        cmocka_unit_test(test_redact_error_is_pure),
         cmocka_unit_test(test_queue_order_and_params),
         cmocka_unit_test(test_sql_error_then_ok),
         cmocka_unit_test(test_broken_connection),

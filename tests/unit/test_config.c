@@ -820,6 +820,86 @@ static void test_dsn_needs_exactly_one(void **state)
     assert_null(dsn);
 }
 
+/* Issue 8: a DSN libpq cannot parse is refused where it is read, naming the key and where it
+ * came from; neither the value nor libpq's message (which quotes the token it stumbled on) is
+ * repeated. */
+static void test_dsn_malformed_refused_without_value(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *dsn, *secret, *says;
+    } cases[] = {
+        {"postgresql://u:s3cr%ZZet@h/db", "s3cr", "not followed by two hex digits"},
+        {"host=/tmp password s3cretX", "s3cretX", "a word without \"=\""},
+        {"host=/tmp password=abc s3cretY", "s3cretY", "a word without \"=\""},
+        {"host=/tmp password='s3cretZ", "s3cretZ", "a quoted value is not closed"},
+        {"host=/tmp s3cretW=1", "s3cretW", "an unknown keyword"},
+        {"postgresql://h/db?s3cretQ=1", "s3cretQ", "an unknown URI query parameter"},
+        {"s3cretBare", "s3cretBare", "neither key=value pairs nor a postgresql:// URI"},
+    };
+    char *dsn = NULL, err[512];
+    char path[] = "/tmp/rotor-test-dsn-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        setenv("ROTOR_TEST_DSN", cases[i].dsn, 1);
+        assert_int_equal(
+            config_dsn("ROTOR_TEST_DSN", NULL, "journal.dsn_env", &dsn, err, sizeof err),
+            ROTOR_ECONFIG);
+        assert_null(dsn);
+        if (strstr(err, cases[i].secret) || !strstr(err, cases[i].says) ||
+            !strstr(err, "journal.dsn_env: environment variable ROTOR_TEST_DSN is not a valid "
+                         "DSN: "))
+            fail_msg("%s: %s", cases[i].dsn, err);
+
+        FILE *fp = fopen(path, "w");
+        fprintf(fp, "%s\n", cases[i].dsn);
+        fclose(fp);
+        assert_int_equal(
+            config_dsn(NULL, path, "secrets[0].database.dsn_file", &dsn, err, sizeof err),
+            ROTOR_ECONFIG);
+        assert_null(dsn);
+        char want[300];
+        snprintf(want, sizeof want, "secrets[0].database.dsn_file: the first line of %s", path);
+        if (strstr(err, cases[i].secret) || !strstr(err, want))
+            fail_msg("%s: %s", cases[i].dsn, err);
+    }
+    unlink(path);
+    unsetenv("ROTOR_TEST_DSN");
+}
+
+/* `rotor run` checks every DSN before it starts: the journal's, then each secret's. */
+static void test_check_dsns_names_the_key(void **state)
+{
+    (void)state;
+    rotor_config_t *c = NULL;
+    char err[512];
+    assert_int_equal(parse(SECRET_HEAD, &c, err, sizeof err), 0);
+    setenv("ROTOR_JOURNAL_DSN", "host=/tmp dbname=rotor", 1);
+    setenv("APP_DB_ADMIN_DSN", "postgresql://admin@db/app", 1);
+    assert_int_equal(config_check_dsns(c, err, sizeof err), 0);
+
+    setenv("APP_DB_ADMIN_DSN", "postgresql://admin:pa%ZZss@db/app", 1);
+    assert_int_equal(config_check_dsns(c, err, sizeof err), ROTOR_ECONFIG);
+    assert_null(strstr(err, "pa%ZZss"));
+    assert_null(strstr(err, "ZZ"));
+    assert_non_null(strstr(err, "secrets[0].database.dsn_env (secret app-db): environment "
+                                "variable APP_DB_ADMIN_DSN is not a valid DSN"));
+
+    setenv("ROTOR_JOURNAL_DSN", "host=/tmp password s3cret", 1);
+    assert_int_equal(config_check_dsns(c, err, sizeof err), ROTOR_ECONFIG);
+    assert_null(strstr(err, "s3cret"));
+    assert_non_null(
+        strstr(err, "journal.dsn_env: environment variable ROTOR_JOURNAL_DSN is not a valid DSN"));
+
+    unsetenv("ROTOR_JOURNAL_DSN");
+    assert_int_equal(config_check_dsns(c, err, sizeof err), ROTOR_ECONFIG);
+    assert_string_equal(err, "journal.dsn_env: environment variable ROTOR_JOURNAL_DSN is not set");
+    unsetenv("APP_DB_ADMIN_DSN");
+    config_free(c);
+}
+
 /* ---- the reference in docs/ is held against config_keys[] ---- */
 
 /* Splits one markdown table row into trimmed cells, honouring "\|" inside cells. */
@@ -1046,6 +1126,8 @@ int main(void)
         cmocka_unit_test(test_dsn_from_env),
         cmocka_unit_test(test_dsn_from_file),
         cmocka_unit_test(test_dsn_needs_exactly_one),
+        cmocka_unit_test(test_dsn_malformed_refused_without_value),
+        cmocka_unit_test(test_check_dsns_names_the_key),
         cmocka_unit_test(test_doc_table_matches_config_keys),
         cmocka_unit_test(test_doc_example_is_the_example_file),
         cmocka_unit_test(test_every_table_key_is_accepted),
