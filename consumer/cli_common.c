@@ -304,8 +304,8 @@ int cli_journal_open(const rotor_config_t *cfg, bool allow_empty, PGconn **out, 
 {
     char err[1024];
     char *dsn = NULL;
-    if (config_dsn(cfg->journal.dsn_env, cfg->journal.dsn_file, "journal", &dsn, err, sizeof err) !=
-        0) {
+    const char *key = cfg->journal.dsn_file ? "journal.dsn_file" : "journal.dsn_env";
+    if (config_dsn(cfg->journal.dsn_env, cfg->journal.dsn_file, key, &dsn, err, sizeof err) != 0) {
         fprintf(stderr, "rotor: %s\n", err);
         return ROTOR_ECONFIG;
     }

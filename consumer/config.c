@@ -2104,9 +2104,27 @@ static const struct {
     {"unexpected character", "an unexpected character after the URI's host"},
 };
 
+/* What a URI's unencoded "@" or "/" in the password leaves behind: libpq parses it, but the
+ * password's tail lands in the host or the port, which its messages quote. NULL if neither. */
+static const char *dsn_misplaced(const PQconninfoOption *opts)
+{
+    for (const PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (strcmp(o->keyword, "port") == 0 && o->val[strspn(o->val, "0123456789,")])
+            return "the port is not a number (write a \"/\" in the URI's password as %2F)";
+        /* "@" first is an abstract socket; anywhere else it was meant for the user info. */
+        for (const char *h = o->val; strcmp(o->keyword, "host") == 0 && *h; h++)
+            if (*h == '@' && h != o->val && h[-1] != ',')
+                return "the host holds an \"@\" (write an \"@\" in the URI's password as %40)";
+    }
+    return NULL;
+}
+
 /* A DSN libpq cannot parse fails here, at start-up, rather than in a connection whose error
  * would quote it into the journal, the events and the logs. Also refused: a string that is
- * neither key=value pairs nor a URI, which libpq would take as a database name. */
+ * neither key=value pairs nor a URI, which libpq would take as a database name, and the two
+ * misreadings of dsn_misplaced. */
 static int dsn_check(const char *dsn, const char *what_key, const char *source, char *err,
                      size_t errlen)
 {
@@ -2121,6 +2139,8 @@ static int dsn_check(const char *dsn, const char *what_key, const char *source, 
         for (size_t i = 0; msg && i < sizeof dsn_mistakes / sizeof dsn_mistakes[0]; i++)
             if (strncmp(msg, dsn_mistakes[i].libpq, strlen(dsn_mistakes[i].libpq)) == 0)
                 says = dsn_mistakes[i].says;
+    } else {
+        says = dsn_misplaced(opts);
     }
     if (msg) {
         secret_wipe(msg, strlen(msg));

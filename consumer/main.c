@@ -9,6 +9,7 @@
 #include "daemon.h"
 #include "rotor.h"
 #include "secret.h"
+#include "store.h"
 
 #define CLI_DEFAULT_CONFIG "./rotor.yaml"
 
@@ -137,6 +138,14 @@ static int cli_run(cli_ctx_t *ctx, int argc, char **argv)
     if (config_check_dsns(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "rotor: %s\n", err);
         return CLI_EXIT_ERROR;
+    }
+    /* A file store's directory that is not rotor's own is refused before anything starts too. */
+    for (size_t i = 0; i < cfg->nsecrets; i++) {
+        const cfg_secret_t *s = &cfg->secrets[i];
+        if (s->store.kind_id == STORE_FILE && store_file_check(s->store.dir, err, sizeof err)) {
+            fprintf(stderr, "rotor: secret %s: %s\n", s->name, err);
+            return CLI_EXIT_ERROR;
+        }
     }
     return daemon_run(cfg);
 }

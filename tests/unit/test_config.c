@@ -836,6 +836,9 @@ static void test_dsn_malformed_refused_without_value(void **state)
         {"host=/tmp s3cretW=1", "s3cretW", "an unknown keyword"},
         {"postgresql://h/db?s3cretQ=1", "s3cretQ", "an unknown URI query parameter"},
         {"s3cretBare", "s3cretBare", "neither key=value pairs nor a postgresql:// URI"},
+        {"postgresql://u:s3cretP/rest@h/db", "s3cretP", "the port is not a number"},
+        {"postgresql://u:p@s3cretH@h/db", "s3cretH", "the host holds an \"@\""},
+        {"host=h port=s3cretN", "s3cretN", "the port is not a number"},
     };
     char *dsn = NULL, err[512];
     char path[] = "/tmp/rotor-test-dsn-XXXXXX";
