@@ -5,8 +5,6 @@ own message would quote the token it could not parse (`invalid percent-encoded t
 import secrets
 import subprocess
 
-import pytest
-
 from rotorlab import ROTOR
 
 # (how the password is mangled, the DSN built around it). The secret is random per run, so a
@@ -44,19 +42,19 @@ def nothing_started(lab):
     return lab.pg.query("SELECT count(*) FROM pg_namespace WHERE nspname = 'rotor'")[0][0] == 0
 
 
-@pytest.mark.parametrize("how,template", MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_journal_dsn_refused_at_start(make_lab, how, template):
+def test_malformed_journal_dsn_refused_at_start(make_lab):
     lab = make_lab()
-    pw = secret()
-    dsn = template.format(pw=pw, host=lab.pg.dir, port=lab.pg.port)
-    d = lab.start(extra_env={"ROTOR_JOURNAL_DSN": dsn}, wait_ready=False)
-    code = d.wait(30)
-    assert_refused(d.text(), code, "journal.dsn_env", "ROTOR_JOURNAL_DSN", pw=pw)
-    assert nothing_started(lab)
-    # the CLI reads the same DSN, and refuses it in the same words
-    for args in (["check"], ["status"]):
-        out, code = cli(lab, {"ROTOR_JOURNAL_DSN": dsn}, *args)
-        assert_refused(out, code, "journal.dsn_env", "ROTOR_JOURNAL_DSN", pw=pw)
+    for how, template in MALFORMED:
+        pw = secret()
+        dsn = template.format(pw=pw, host=lab.pg.dir, port=lab.pg.port)
+        d = lab.start(extra_env={"ROTOR_JOURNAL_DSN": dsn}, wait_ready=False)
+        code = d.wait(30)
+        assert_refused(d.text(), code, "journal.dsn_env", "ROTOR_JOURNAL_DSN", pw=pw)
+        assert nothing_started(lab), how
+        # the CLI reads the same DSN, and refuses it in the same words
+        for args in (["check"], ["status"]):
+            out, code = cli(lab, {"ROTOR_JOURNAL_DSN": dsn}, *args)
+            assert_refused(out, code, "journal.dsn_env", "ROTOR_JOURNAL_DSN", pw=pw)
 
 
 def test_malformed_admin_dsn_refused_at_start(make_lab):
