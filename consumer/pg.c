@@ -263,7 +263,9 @@ static bool quote_is_literal(const char *q, size_t n)
 {
     if (n == 1 && strchr("=]:/", q[0]))
         return true;
-    PQconninfoOption *opts = PQconndefaults();
+    /* The option list without defaults: PQconndefaults would read the environment, the service
+     * file and the password database. */
+    PQconninfoOption *opts = PQconninfoParse("", NULL);
     bool keyword = false;
     for (PQconninfoOption *o = opts; o && o->keyword && !keyword; o++)
         keyword = strlen(o->keyword) == n && memcmp(o->keyword, q, n) == 0;
