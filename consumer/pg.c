@@ -368,8 +368,8 @@ static bool is_conninfo(const char *v)
 char *pgc_redact_error(const char *msg, const char *const *keywords, const char *const *values)
 {
     size_t len = msg ? strlen(msg) : 0;
-    /* Worst case: every two bytes `""` become `"***"`. */
-    char *out = util_malloc(len * 3 + 1), *o = out;
+    /* Worst case: a line that is one lone quote, `"` into `"***` (and `""` into `"***"`). */
+    char *out = util_malloc(len * 4 + 1), *o = out;
     for (const char *line = msg; line && *line;) {
         const char *nl = strchr(line, '\n');
         size_t n = nl ? (size_t)(nl - line) : strlen(line);

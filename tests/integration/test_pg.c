@@ -289,6 +289,13 @@ static void test_redact_error_is_pure(void **state)
                            "connection to server at \"h\" (1.2.3.4), port 5432 failed: "
                            "FATAL:  no \"***\" or \"***\" for \"u\"\n");
     free(m);
+    /* The longest output for its length: lone quotes, one a line. */
+    m = pgc_redact_error("\"\n\"\n\"", NULL, NULL);
+    assert_string_equal(m, "\"***\n\"***\n\"***");
+    free(m);
+    m = pgc_redact_error("\"", NULL, NULL);
+    assert_string_equal(m, "\"***");
+    free(m);
     m = pgc_redact_error(NULL, NULL, NULL);
     assert_string_equal(m, "");
     free(m);
