@@ -5,7 +5,10 @@ batches, not one statement per row."""
 import json
 import re
 import secrets
+import time
 import urllib.request
+
+import psycopg2
 
 from rotorlab import wait_for
 
@@ -110,6 +113,29 @@ def test_unpublishable_row_is_parked_counted_and_replayable(lab):
     assert owner == ("rotor/gone-pod", None)
     assert not any(e["id"] in (big["id"], gone["id"]) for e in lab.events())
     assert d.text().count('"relay.parked"') == 1
+
+
+def test_rows_of_a_live_instance_are_not_adopted(lab):
+    # Before, any unsent row over a minute old was taken by whichever replica swept first, and
+    # taken back ten seconds later: two producers publishing one secret's events.
+    lab.start(extra_env={"ROTOR_INSTANCE": INSTANCE})
+    live = psycopg2.connect(host=lab.pg.dir, port=lab.pg.port, user="postgres", dbname="postgres",
+                            application_name="rotor/live-pod")
+    try:
+        ev = event_row()
+        insert_row(lab, ev, owner="rotor/live-pod", age="2 minutes")
+        rotation_events_arrive(lab)  # takes a few sweeps (every 10 s)
+        wait_for(lambda: lab.pg.query("SELECT count(*) FROM pg_stat_activity WHERE "
+                                      "application_name = %s", (OWNER,))[0][0] > 0, 10,
+                 what="rotor's own journal session")
+        time.sleep(11)  # at least one more sweep
+        assert lab.pg.query("SELECT owner FROM rotor.outbox WHERE convert_from(value, 'UTF8')"
+                            "::jsonb->>'id' = %s", (ev["id"],))[0][0] == "rotor/live-pod"
+    finally:
+        live.close()
+    # its owner went away: the row is adopted and published
+    wait_for(lambda: any(e["id"] == ev["id"] for e in lab.events()), 40, 0.5,
+             what="the row of the vanished owner to be published")
 
 
 def test_delivered_rows_are_marked_in_batches(lab):
