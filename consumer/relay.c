@@ -65,6 +65,7 @@ struct relay_s {
     uv_timer_t mark_timer; /* flushes the delivered ids */
     int64_t last_id;       /* highest row handed to the producer (the read cursor) */
     int64_t fetch_from;    /* last_id when the read on its way was sent */
+    int64_t rewound;       /* lowest rewind while that read was on its way, 0 = none */
     relay_row_t *inflight;
     int ninflight, capinflight;
     relay_block_t *blocks;
@@ -195,11 +196,14 @@ static void maybe_free(relay_t *r)
     free(r);
 }
 
-/* The next read starts at row id again (ids below it that are still unsent are not re-read). */
+/* The next read starts at row id again (ids below it that are still unsent are not re-read). A
+ * read on its way moves the cursor when it lands: the rewind is applied again then. */
 static void rewind_to(relay_t *r, int64_t id)
 {
     if (id - 1 < r->last_id)
         r->last_id = id - 1;
+    if (r->fetching && (r->rewound == 0 || id < r->rewound))
+        r->rewound = id;
 }
 
 static void fetch(relay_t *r);
@@ -390,16 +394,9 @@ static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int 
     }
 }
 
-static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int n)
+/* Hands rows to the producer; returns whether to read on at once. */
+static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
 {
-    relay_t *r = arg;
-    r->fetching = false;
-    if (r->stopped) {
-        maybe_free(r);
-        return;
-    }
-    if (status != 0)
-        return; /* the next tick tries again */
     drop_stale_blocks(r, rows, n);
     for (int i = 0; i < n; i++) {
         const journal_outbox_row_t *row = &rows[i];
@@ -409,7 +406,7 @@ static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int
         }
         if (r->ninflight >= RELAY_MAX_INFLIGHT) {
             r->throttled = true; /* read on once reports have come back */
-            return;
+            return false;
         }
         event_header_t hdrs[RELAY_MAX_HEADERS + 1];
         json_t *doc;
@@ -442,10 +439,28 @@ static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int
                 r->throttled = true;
             else
                 log_warn("relay.produce_failed", "error", rotor_strerror(rc));
-            return;
+            return false;
         }
     }
-    if (n == RELAY_FETCH || r->again) {
+    return n == RELAY_FETCH;
+}
+
+static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int n)
+{
+    relay_t *r = arg;
+    r->fetching = false;
+    if (r->stopped) {
+        maybe_free(r);
+        return;
+    }
+    int64_t rewound = r->rewound;
+    r->rewound = 0;
+    bool more = status == 0 && publish_rows(r, rows, n);
+    /* A report that failed while this read was on its way asked for rows this read started
+     * after (or that the cursor then passed): the next tick goes back for them. */
+    if (rewound > 0 && rewound - 1 < r->last_id)
+        r->last_id = rewound - 1;
+    if (status == 0 && (more || r->again)) {
         r->again = false;
         fetch(r);
     }
