@@ -253,7 +253,7 @@ static void on_timer(uv_timer_t *t)
         /* Read the outbox from its start now and then: a row an operator unparked, or one
          * whose mark statement failed, sits behind the cursor. Rows still in flight or
          * waiting for their mark are skipped (on_rows), so this sends no duplicate itself. */
-        r->last_id = 0;
+        rewind_to(r, 1);
         count(r);
         if (!r->adopting) {
             r->adopting = true;
@@ -433,6 +433,9 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
                 snprintf(why, sizeof why, "refused by the producer: %s", rotor_strerror(rc));
             park(r, row->id, row->topic, rc, why);
             r->last_id = row->id;
+            relay_block_t *b = block_find(r, row->key, row->key_len);
+            if (b && b->floor == row->id)
+                block_drop(r, b); /* the rows behind it no longer wait for it */
         } else {
             /* Queue full, producer closing, or a producer error: this row and the rest wait. */
             if (rc == -ENOBUFS)
