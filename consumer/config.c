@@ -35,7 +35,8 @@ const config_key_t config_keys[] = {
     {"kafka.partitions", "integer(1..64)", "3", false,
      "embedded broker: partitions per topic it creates"},
     {"kafka.max_message_bytes", "integer(1000..1000000000)", "1048576", false,
-     "input larger than this is dead-lettered"},
+     "largest Kafka message: input larger is dead-lettered; the producer's message.max.bytes "
+     "(unless kafka.properties sets it), to which dead letters are cut"},
     {"kafka.properties", "map", "{}", false,
      "extra librdkafka properties (string, number or bool values, passed as strings)"},
     {"kafka.properties_env", "map(env-name)", "{}", false,

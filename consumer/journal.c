@@ -88,6 +88,13 @@ const char *const journal_migrations[] = {
     "  claimed_by text NOT NULL DEFAULT current_setting('application_name'),"
     "  claimed_at timestamptz NOT NULL DEFAULT now(),"
     "  PRIMARY KEY (secret, due));",
+    /* 6: relay */
+    /* An outbox row Kafka refuses for good (too large, unknown topic) is parked instead of
+     * blocking every row behind it: parked_at and park_reason say when and why; an operator
+     * replays it by setting parked_at back to NULL (docs/operations.md). Only adds columns, so
+     * its order against other appended migrations does not matter. */
+    "ALTER TABLE rotor.outbox ADD COLUMN IF NOT EXISTS parked_at timestamptz,"
+    "  ADD COLUMN IF NOT EXISTS park_reason text;",
 };
 const int journal_nmigrations = sizeof journal_migrations / sizeof journal_migrations[0];
 
@@ -816,7 +823,7 @@ int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outb
      * instance become this one's through journal_outbox_adopt. */
     return jq(j,
               "SELECT id, topic, key, value, headers::text FROM rotor.outbox"
-              " WHERE sent_at IS NULL AND id > $1::bigint"
+              " WHERE sent_at IS NULL AND parked_at IS NULL AND id > $1::bigint"
               "  AND owner = current_setting('application_name')"
               " ORDER BY id LIMIT $2::int",
               2, params, on_outbox_rows, jreq_new(j, (void *)cb, arg, false));
@@ -835,18 +842,69 @@ static void on_adopted(pgc_conn_t *c, PGresult *res, int status, void *arg)
     free(q);
 }
 
+/* Owned by the relay (relay.c). */
 int journal_outbox_adopt(journal_t *j, journal_adopt_cb cb, void *arg)
 {
     /* A pod replaced under a new name leaves unsent rows behind; after a minute they are this
-     * instance's to publish (one instance wins each row: the UPDATE locks it). */
+     * instance's to publish (one instance wins each row: the UPDATE locks it).
+     * Only rows of an owner with no journal session left (its application_name is gone from
+     * pg_stat_activity, which every role may read) are taken: a live replica whose rows wait on
+     * a slow broker keeps them, instead of two replicas taking one row from each other every ten
+     * seconds and publishing one secret's events from two producers out of order. Parked rows
+     * are never adopted: another producer would refuse them just the same. */
     return jq(j,
-              "WITH m AS (UPDATE rotor.outbox SET owner = current_setting('application_name')"
-              " WHERE sent_at IS NULL AND owner <> current_setting('application_name')"
-              "  AND created_at < now() - interval '1 minute' RETURNING id)"
+              "WITH m AS (UPDATE rotor.outbox o SET owner = current_setting('application_name')"
+              " WHERE sent_at IS NULL AND parked_at IS NULL"
+              "  AND owner <> current_setting('application_name')"
+              "  AND created_at < now() - interval '1 minute'"
+              "  AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
+              "   WHERE a.application_name = o.owner) RETURNING id)"
               " SELECT min(id) FROM m",
               0, NULL, on_adopted, jreq_new(j, (void *)cb, arg, false));
 }
 
+/* Owned by the relay (relay.c). */
+int journal_outbox_park(journal_t *j, int64_t id, const char *reason, journal_done_cb cb, void *arg)
+{
+    char ids[24];
+    fmt_ms(ids, sizeof ids, id);
+    const char *params[] = {ids, reason};
+    /* A row already sent (a copy went through before the refusal) stays sent. */
+    return jq(j,
+              "WITH m AS (UPDATE rotor.outbox SET parked_at = now(), park_reason = $2"
+              " WHERE id = $1::bigint AND sent_at IS NULL AND parked_at IS NULL RETURNING id)"
+              " SELECT count(*) + 1 FROM m",
+              2, params, on_write, jreq_new(j, (void *)cb, arg, false));
+}
+
+static void on_outbox_stats(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_outbox_stats_cb cb = (journal_outbox_stats_cb)q->cb;
+    int64_t backlog = 0, parked = 0;
+    if (status == 0) {
+        backlog = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        parked = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    } else {
+        status = db_failed(status, "outbox stats", c, res);
+    }
+    cb(q->arg, status, backlog, parked);
+    free(q);
+}
+
+/* Owned by the relay (relay.c). */
+int journal_outbox_stats(journal_t *j, journal_outbox_stats_cb cb, void *arg)
+{
+    /* Whole journal, every owner: what an operator alerts on. The outbox_unsent index keeps it
+     * to the unsent rows. */
+    return jq(j,
+              "SELECT count(*) FILTER (WHERE parked_at IS NULL),"
+              " count(*) FILTER (WHERE parked_at IS NOT NULL)"
+              " FROM rotor.outbox WHERE sent_at IS NULL",
+              0, NULL, on_outbox_stats, jreq_new(j, (void *)cb, arg, false));
+}
+
+/* Owned by the relay (relay.c): one statement for a whole batch of delivery reports. */
 int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb cb, void *arg)
 {
     /* "{1,2,3}" as one array parameter. */

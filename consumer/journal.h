@@ -127,7 +127,7 @@ int journal_version_written(journal_t *j, const char *secret, const char *versio
 int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, const char *outbox,
                            journal_done_cb cb, void *arg);
 
-/* Outbox rows not yet sent, written by this instance (or abandoned for over a minute by
+/* Outbox rows not yet sent nor parked, written by this instance (or abandoned for over a minute by
  * another), with id > after_id, oldest first. Rows and their buffers are borrowed during the
  * callback. */
 typedef struct {
@@ -143,13 +143,23 @@ typedef void (*journal_outbox_cb)(void *arg, int status, const journal_outbox_ro
 int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb,
                          void *arg);
 
-/* Takes over unsent rows another instance left for over a minute (a pod replaced under a new
- * name). first_id: the lowest adopted id, 0 when none. */
+/* Takes over unsent, unparked rows another instance left for over a minute and that has no
+ * journal session any more (a pod replaced under a new name). first_id: the lowest adopted id,
+ * 0 when none. */
 typedef void (*journal_adopt_cb)(void *arg, int status, int64_t first_id);
 int journal_outbox_adopt(journal_t *j, journal_adopt_cb cb, void *arg);
 
-/* Marks rows sent (ids borrowed for the call). */
+/* Marks rows sent, all in one statement (ids borrowed for the call). */
 int journal_outbox_sent(journal_t *j, const int64_t *ids, int n, journal_done_cb cb, void *arg);
+
+/* Parks a row Kafka refuses for good: it is no longer fetched nor adopted until an operator
+ * clears parked_at (docs/operations.md). reason is borrowed for the call. */
+int journal_outbox_park(journal_t *j, int64_t id, const char *reason, journal_done_cb cb,
+                        void *arg);
+
+/* Unsent rows of the whole outbox (every owner): waiting to be published, and parked. */
+typedef void (*journal_outbox_stats_cb)(void *arg, int status, int64_t backlog, int64_t parked);
+int journal_outbox_stats(journal_t *j, journal_outbox_stats_cb cb, void *arg);
 
 /* 1 while connected. */
 int journal_ok(journal_t *j);

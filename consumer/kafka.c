@@ -52,6 +52,7 @@ struct kafka_s {
     bool fatal;
     int open_handles;
     rd_kafka_resp_err_t last_err[2]; /* last logged error per client, so each is logged once */
+    size_t max_message_bytes;        /* the producer's message.max.bytes, as configured */
 };
 
 static const char *const kafka_client_names[] = {"consumer", "producer"};
@@ -352,6 +353,39 @@ static void kafka_consumer_serve(kafka_t *k)
 
 /* ---- producer ---- */
 
+/* One message's failure as a rotor error: a message that Kafka will never take as it is (too
+ * large, malformed, for a topic or partition that does not exist) as a negative errno that
+ * kafka_err_permanent() recognises; what passes (queue full, broker away, timed out, purged at
+ * shutdown) as -ENOBUFS or ROTOR_EKAFKA. librdkafka has already retried what it could retry. */
+static int kafka_msg_err(rd_kafka_resp_err_t e)
+{
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+        return 0;
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        return -ENOBUFS;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+        return -EMSGSIZE;
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+        return -ENOENT;
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+        return -EINVAL;
+    default:
+        return ROTOR_EKAFKA;
+    }
+}
+
+bool kafka_err_permanent(int err)
+{
+    return err == -EMSGSIZE || err == -ENOENT || err == -EINVAL;
+}
+
 static void kafka_dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     (void)rk;
@@ -359,7 +393,7 @@ static void kafka_dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *o
     if (!m->err)
         k->last_err[KAFKA_PRODUCER] = RD_KAFKA_RESP_ERR_NO_ERROR;
     if (k->cbs->on_delivery)
-        k->cbs->on_delivery(k, m->_private, m->err ? ROTOR_EKAFKA : 0,
+        k->cbs->on_delivery(k, m->_private, kafka_msg_err(m->err),
                             m->err ? rd_kafka_err2str(m->err) : NULL, k->cbs->arg);
 }
 
@@ -379,10 +413,22 @@ static int kafka_make_producer(kafka_t *k, const char *brokers, char *err, size_
     if (!conf)
         return ROTOR_ECONFIG;
     int rc = kafka_conf_table(conf, defaults, sizeof defaults / sizeof defaults[0], err, errlen);
+    /* kafka.max_message_bytes is the largest Kafka message rotor handles, in and out: the
+     * producer takes the same limit (librdkafka's own default, 1000000, is below the input
+     * limit's default of 1 MiB, so a dead letter of an accepted input could never be sent). An
+     * operator's message.max.bytes still wins; the relay reads the result back
+     * (kafka_max_message_bytes) to cut dead letters to it. */
+    char maxb[24];
+    snprintf(maxb, sizeof maxb, "%zu", k->cfg->kafka.max_message_bytes);
+    if (!rc && k->cfg->kafka.max_message_bytes >= 1000)
+        rc = kafka_conf_set(conf, "message.max.bytes", maxb, err, errlen);
     if (!rc)
         rc = kafka_conf_user(k, conf, err, errlen);
     if (!rc)
         rc = kafka_conf_table(conf, enforced, sizeof enforced / sizeof enforced[0], err, errlen);
+    size_t len = sizeof maxb;
+    if (!rc && rd_kafka_conf_get(conf, "message.max.bytes", maxb, &len) == RD_KAFKA_CONF_OK)
+        k->max_message_bytes = (size_t)strtoull(maxb, NULL, 10);
     if (rc) {
         rd_kafka_conf_destroy(conf);
         return rc;
@@ -422,19 +468,17 @@ int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len
     if (!e)
         return 0;
     rd_kafka_headers_destroy(hdrs);
-    switch (e) {
-    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
-        return -ENOBUFS;
-    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
-        return -EMSGSIZE;
-    default:
-        return ROTOR_EKAFKA;
-    }
+    return kafka_msg_err(e);
 }
 
 int kafka_outq_len(kafka_t *k)
 {
     return rd_kafka_outq_len(k->producer);
+}
+
+size_t kafka_max_message_bytes(kafka_t *k)
+{
+    return k->max_message_bytes;
 }
 
 /* ---- partitioning ---- */

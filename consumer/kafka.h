@@ -9,6 +9,7 @@
 #define ROTOR_KAFKA_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -34,7 +35,8 @@ typedef struct {
 typedef struct {
     /* A consumed message; ownership passes to the callee until kafka_msg_done(). */
     void (*on_message)(kafka_t *k, kafka_msg_t *msg, void *arg);
-    /* Delivery report for kafka_produce(opaque): err 0 or a negative rotor error. */
+    /* Delivery report for kafka_produce(opaque): err 0 or a negative error, permanent when
+     * kafka_err_permanent(err). */
     void (*on_delivery)(kafka_t *k, void *opaque, int err, const char *reason, void *arg);
     /* Partitions of the commands topic assigned (assigned = 1) or revoked (0). */
     void (*on_rebalance)(kafka_t *k, const int32_t *partitions, int n, int assigned, void *arg);
@@ -50,9 +52,20 @@ int kafka_start(uv_loop_t *loop, const rotor_config_t *cfg, const char *brokers,
                 const kafka_callbacks_t *cbs, kafka_t **out, char *err, size_t errlen);
 
 /* Produces one message (key, value and headers are copied). headers: name/value pairs, may be
- * NULL. opaque is handed back in on_delivery. Returns 0 or a negative error (no report then). */
+ * NULL. opaque is handed back in on_delivery. Returns 0 or a negative error (no report then):
+ * -ENOBUFS when the queue is full, an error for which kafka_err_permanent() holds when this
+ * message can never be produced as it is. */
 int kafka_produce(kafka_t *k, const char *topic, const void *key, size_t key_len, const void *value,
                   size_t len, const event_header_t *headers, size_t nheaders, void *opaque);
+
+/* Whether an error of kafka_produce() or of a delivery report is the message's own fault and
+ * would come back on every attempt (too large, malformed, unknown topic or partition), as
+ * opposed to one that passes (queue full, broker away, timed out). */
+bool kafka_err_permanent(int err);
+
+/* The producer's message.max.bytes (kafka.max_message_bytes unless the operator's properties
+ * set it): value, key and headers of one produced message must fit in it. */
+size_t kafka_max_message_bytes(kafka_t *k);
 
 /* The owner is done with msg: commits offset+1 (asynchronously), frees msg, hands over the next
  * message if any. */

@@ -1,4 +1,5 @@
-/* relay.c: outbox rows to Kafka, marked sent on the delivery report. */
+/* relay.c: outbox rows to Kafka, marked sent in batches on the delivery reports; a row Kafka
+ * refuses for good is parked so that the rows behind it keep flowing. */
 #include "relay.h"
 
 #include <errno.h>
@@ -11,37 +12,224 @@
 #include <jansson.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
-#define RELAY_BATCH 100
+#define RELAY_FETCH 100         /* rows per outbox read */
+#define RELAY_MAX_INFLIGHT 2000 /* handed to the producer, not reported: no more reads above */
+#define RELAY_MARK_ROWS 500     /* delivered ids marked sent in one statement at this many... */
+#define RELAY_MARK_MS 20        /* ...or this long after the first of them was reported */
+#define RELAY_TICK_MS 1000      /* outbox poll: rows of a restart, retries after a failure */
+#define RELAY_SWEEP_TICKS 10    /* adopt, read the outbox from its start, refresh the gauges */
+#define RELAY_MAX_HEADERS 32
+/* librdkafka counts a record's own framing (varints, timestamp, attributes) against
+ * message.max.bytes, and the broker counts the record batch's (61 bytes) against its limit:
+ * a cut dead letter leaves this much room for both. */
+#define RELAY_FRAME_SLACK 512
+/* The dead-letter headers that say a row is one (journal_dead_letter) and that it was cut. */
+#define RELAY_DLQ_HEADER "rotor-dlq-reason"
+#define RELAY_TRUNC_HEADER "rotor-truncated"
+
+#define PARKED_TOTAL "rotor_outbox_parked_total"
+#define PARKED_TOTAL_HELP "Outbox rows parked because Kafka refused them for good"
+#define BACKLOG_GAUGE "rotor_outbox_backlog"
+#define BACKLOG_HELP "Outbox rows not yet published, all instances (parked ones excluded)"
+#define PARKED_GAUGE "rotor_outbox_parked"
+#define PARKED_HELP "Outbox rows parked and not replayed, all instances"
+
+/* A row handed to the producer and not yet reported. The key is kept for ordering: a row
+ * whose delivery failed holds back the later rows of its key (see relay_delivered). */
+typedef struct {
+    int64_t id;
+    unsigned char *key; /* owned */
+    size_t key_len;
+} relay_row_t;
+
+/* A key whose row `floor` failed to deliver and was not delivered since: its later rows are
+ * not marked sent, they are published again after it. */
+typedef struct {
+    unsigned char *key; /* owned */
+    size_t key_len;
+    int64_t floor;
+} relay_block_t;
+
+typedef struct {
+    int64_t *v;
+    int n, cap;
+} relay_ids_t;
 
 struct relay_s {
     journal_t *j;
     kafka_t *k;
-    uv_timer_t timer;
-    int64_t last_id; /* highest row handed to the producer */
+    uv_timer_t timer;      /* the poll tick */
+    uv_timer_t mark_timer; /* flushes the delivered ids */
+    int64_t last_id;       /* highest row handed to the producer (the read cursor) */
+    int64_t fetch_from;    /* last_id when the read on its way was sent */
+    int64_t rewound;       /* lowest rewind while that read was on its way, 0 = none */
+    relay_row_t *inflight;
+    int ninflight, capinflight;
+    relay_block_t *blocks;
+    int nblocks, capblocks;
+    relay_ids_t done;    /* delivered, waiting for the next mark statement */
+    relay_ids_t marking; /* in the mark statement on its way */
+    relay_ids_t parking; /* in park statements on their way */
     bool fetching;
-    bool again;    /* a kick arrived during a fetch */
-    int produced;  /* handed to the producer, not yet reported */
-    int64_t *done; /* delivered, to be marked sent */
-    int ndone, capdone;
-    bool marking;
+    bool again;     /* a kick arrived during a fetch */
+    bool throttled; /* a read stopped at RELAY_MAX_INFLIGHT or a full producer queue */
+    bool marking_busy;
     bool adopting;
+    bool counting;
+    bool failing; /* a delivery failed since the last success: one warning per outage */
     int ticks;
     bool stopped;
-    bool closed; /* the timer's close callback ran */
+    int closed; /* close callbacks run, out of 2 */
 };
+
+/* ---- small sets ---------------------------------------------------------------------------- */
+
+static void *grow(void *p, int *cap, int first, size_t size)
+{
+    *cap = *cap ? *cap * 2 : first;
+    void *q = realloc(p, (size_t)*cap * size);
+    if (!q)
+        abort(); /* as util_malloc does */
+    return q;
+}
+
+static void ids_add(relay_ids_t *s, int64_t id)
+{
+    if (s->n == s->cap)
+        s->v = grow(s->v, &s->cap, 64, sizeof *s->v);
+    s->v[s->n++] = id;
+}
+
+static bool ids_has(const relay_ids_t *s, int64_t id)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->v[i] == id)
+            return true;
+    return false;
+}
+
+static void ids_del(relay_ids_t *s, int64_t id)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->v[i] == id) {
+            s->v[i] = s->v[--s->n];
+            return;
+        }
+}
+
+static int inflight_find(const relay_t *r, int64_t id)
+{
+    /* Reports come back roughly in the order rows went out, and new rows are appended: search
+     * from the oldest. Bounded by RELAY_MAX_INFLIGHT. */
+    for (int i = 0; i < r->ninflight; i++)
+        if (r->inflight[i].id == id)
+            return i;
+    return -1;
+}
+
+static void inflight_add(relay_t *r, int64_t id, const unsigned char *key, size_t key_len)
+{
+    if (r->ninflight == r->capinflight)
+        r->inflight = grow(r->inflight, &r->capinflight, 128, sizeof *r->inflight);
+    relay_row_t *row = &r->inflight[r->ninflight++];
+    row->id = id;
+    row->key_len = key ? key_len : 0;
+    row->key = key ? util_malloc(key_len ? key_len : 1) : NULL;
+    if (key && key_len)
+        memcpy(row->key, key, key_len);
+}
+
+static bool same_key(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
+{
+    if (!a || !b)
+        return a == b;
+    return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+static relay_block_t *block_find(relay_t *r, const unsigned char *key, size_t key_len)
+{
+    for (int i = 0; i < r->nblocks; i++)
+        if (same_key(r->blocks[i].key, r->blocks[i].key_len, key, key_len))
+            return &r->blocks[i];
+    return NULL;
+}
+
+/* Takes ownership of key. */
+static void block_set(relay_t *r, unsigned char *key, size_t key_len, int64_t floor)
+{
+    relay_block_t *b = block_find(r, key, key_len);
+    if (b) {
+        if (floor < b->floor)
+            b->floor = floor;
+        free(key);
+        return;
+    }
+    if (r->nblocks == r->capblocks)
+        r->blocks = grow(r->blocks, &r->capblocks, 8, sizeof *r->blocks);
+    r->blocks[r->nblocks++] = (relay_block_t){key, key_len, floor};
+}
+
+static void block_drop(relay_t *r, relay_block_t *b)
+{
+    free(b->key);
+    *b = r->blocks[--r->nblocks];
+}
 
 /* Frees the relay once stopped and no journal request can call back into it. */
 static void maybe_free(relay_t *r)
 {
-    if (r->closed && !r->fetching && !r->marking && !r->adopting) {
-        free(r->done);
-        free(r);
-    }
+    if (r->closed < 2 || r->fetching || r->marking_busy || r->adopting || r->counting ||
+        r->parking.n > 0)
+        return;
+    for (int i = 0; i < r->ninflight; i++)
+        free(r->inflight[i].key);
+    for (int i = 0; i < r->nblocks; i++)
+        free(r->blocks[i].key);
+    free(r->inflight);
+    free(r->blocks);
+    free(r->done.v);
+    free(r->marking.v);
+    free(r->parking.v);
+    free(r);
+}
+
+/* The next read starts at row id again (ids below it that are still unsent are not re-read). A
+ * read on its way moves the cursor when it lands: the rewind is applied again then. */
+static void rewind_to(relay_t *r, int64_t id)
+{
+    if (id - 1 < r->last_id)
+        r->last_id = id - 1;
+    if (r->fetching && (r->rewound == 0 || id < r->rewound))
+        r->rewound = id;
 }
 
 static void fetch(relay_t *r);
+
+/* ---- gauges, adoption ------------------------------------------------------------------------ */
+
+static void on_stats(void *arg, int status, int64_t backlog, int64_t parked)
+{
+    relay_t *r = arg;
+    r->counting = false;
+    if (status == 0) {
+        metrics_gauge(BACKLOG_GAUGE, BACKLOG_HELP, NULL, (double)backlog);
+        metrics_gauge(PARKED_GAUGE, PARKED_HELP, NULL, (double)parked);
+    }
+    if (r->stopped)
+        maybe_free(r);
+}
+
+static void count(relay_t *r)
+{
+    if (r->counting || r->stopped)
+        return;
+    r->counting = true;
+    if (journal_outbox_stats(r->j, on_stats, r) < 0)
+        r->counting = false;
+}
 
 static void on_adopted(void *arg, int status, int64_t first_id)
 {
@@ -53,8 +241,7 @@ static void on_adopted(void *arg, int status, int64_t first_id)
     }
     if (status == 0 && first_id > 0) {
         log_info("relay.adopted", "note", "publishing rows another instance left unsent");
-        if (first_id - 1 < r->last_id)
-            r->last_id = first_id - 1; /* the cursor must go back to reach them */
+        rewind_to(r, first_id); /* the cursor must go back to reach them */
         fetch(r);
     }
 }
@@ -62,13 +249,68 @@ static void on_adopted(void *arg, int status, int64_t first_id)
 static void on_timer(uv_timer_t *t)
 {
     relay_t *r = t->data;
-    if (++r->ticks % 10 == 0 && !r->adopting && !r->stopped) {
-        r->adopting = true;
-        if (journal_outbox_adopt(r->j, on_adopted, r) < 0)
-            r->adopting = false;
+    if (r->ticks++ % RELAY_SWEEP_TICKS == 0 && !r->stopped) {
+        /* Read the outbox from its start now and then: a row an operator unparked, or one
+         * whose mark statement failed, sits behind the cursor. Rows still in flight or
+         * waiting for their mark are skipped (on_rows), so this sends no duplicate itself. */
+        rewind_to(r, 1);
+        count(r);
+        if (!r->adopting) {
+            r->adopting = true;
+            if (journal_outbox_adopt(r->j, on_adopted, r) < 0)
+                r->adopting = false;
+        }
     }
     fetch(r);
 }
+
+/* ---- parking ----------------------------------------------------------------------------------
+ */
+
+typedef struct {
+    relay_t *r;
+    int64_t id;
+} relay_park_t;
+
+static void on_parked(void *arg, int status)
+{
+    relay_park_t *p = arg;
+    relay_t *r = p->r;
+    ids_del(&r->parking, p->id);
+    if (status == 0) {
+        metrics_count(PARKED_TOTAL, PARKED_TOTAL_HELP, NULL, 1);
+        count(r);
+    } else if (!r->stopped) {
+        rewind_to(r, p->id); /* refused again on the next read, and parked then */
+    }
+    free(p);
+    if (r->stopped)
+        maybe_free(r);
+}
+
+/* Kafka will never take row id as it is: record that in the outbox, once, and go on with the
+ * rows behind it. The operator sees it in rotor.outbox, the log and the metrics, and replays it
+ * by clearing parked_at (docs/operations.md). */
+static void park(relay_t *r, int64_t id, const char *topic, int err, const char *why)
+{
+    char ids[24], reason[512];
+    snprintf(ids, sizeof ids, "%" PRId64, id);
+    snprintf(reason, sizeof reason, "%s", why && *why ? why : rotor_strerror(err));
+    log_warn("relay.parked", "outbox_id", ids, "topic", topic, "error", reason, "note",
+             "Kafka refuses this row for good; the relay goes on without it");
+    relay_park_t *p = util_malloc(sizeof *p);
+    p->r = r;
+    p->id = id;
+    ids_add(&r->parking, id);
+    if (journal_outbox_park(r->j, id, reason, on_parked, p) < 0) {
+        ids_del(&r->parking, id);
+        rewind_to(r, id);
+        free(p);
+    }
+}
+
+/* ---- publishing -------------------------------------------------------------------------------
+ */
 
 /* Headers stored as a JSON object of strings. */
 static size_t headers_from_json(const char *text, event_header_t *out, size_t max, json_t **doc)
@@ -89,6 +331,123 @@ static size_t headers_from_json(const char *text, event_header_t *out, size_t ma
     return n;
 }
 
+/* What the headers add to a record, counting each varint at its widest. */
+static size_t headers_size(const event_header_t *h, size_t n)
+{
+    size_t size = 5;
+    for (size_t i = 0; i < n; i++)
+        size += 10 + strlen(h[i].name) + (h[i].value ? h[i].len : 0);
+    return size;
+}
+
+/* A dead letter carries its input's original bytes, and an input can be as large as the consumer
+ * takes (inputs over kafka.max_message_bytes are dead-lettered too, whole): the bytes are cut
+ * here so that value, key and headers fit the producer's message.max.bytes, and the header
+ * rotor-truncated gives the original length. Here and not in journal_dead_letter: the journal
+ * keeps every original byte for the operator (rotor.outbox), only the producer knows its
+ * effective limit (an operator's message.max.bytes may override kafka.max_message_bytes), and
+ * the journal knows nothing of Kafka. The same row is cut the same way on every send, so a
+ * repeat is still an exact copy. Any other row is never cut: a truncated CloudEvent is no event,
+ * and a row too large is parked instead. Returns the length to send. */
+static size_t fit_dead_letter(const relay_t *r, const journal_outbox_row_t *row,
+                              event_header_t *hdrs, size_t *nh, char *orig, size_t origlen)
+{
+    size_t max = kafka_max_message_bytes(r->k);
+    bool dead_letter = false;
+    for (size_t i = 0; i < *nh; i++)
+        if (strcmp(hdrs[i].name, RELAY_DLQ_HEADER) == 0)
+            dead_letter = true;
+    if (!dead_letter || max == 0)
+        return row->len;
+    size_t fixed = row->key_len + headers_size(hdrs, *nh) + RELAY_FRAME_SLACK;
+    if (row->len + fixed <= max)
+        return row->len;
+    snprintf(orig, origlen, "%zu", row->len);
+    hdrs[*nh] = (event_header_t){.name = RELAY_TRUNC_HEADER, .value = orig, .len = strlen(orig)};
+    (*nh)++;
+    fixed += 10 + strlen(RELAY_TRUNC_HEADER) + strlen(orig);
+    return fixed < max ? max - fixed : 0;
+}
+
+/* Whether the row is already on its way or waiting for its mark (a re-read must not send a
+ * second copy of it). */
+static bool tracked(const relay_t *r, int64_t id)
+{
+    return inflight_find(r, id) >= 0 || ids_has(&r->done, id) || ids_has(&r->marking, id) ||
+           ids_has(&r->parking, id);
+}
+
+/* A block whose failed row this read passed over without finding it unsent (an operator marked,
+ * parked or deleted it) would hold its key back for ever: it goes. */
+static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int n)
+{
+    for (int b = 0; b < r->nblocks;) {
+        int64_t floor = r->blocks[b].floor;
+        bool covered = floor > r->fetch_from && (n < RELAY_FETCH || rows[n - 1].id >= floor);
+        bool found = false;
+        for (int i = 0; covered && i < n && !found; i++)
+            found = rows[i].id == floor;
+        if (covered && !found)
+            block_drop(r, &r->blocks[b]);
+        else
+            b++;
+    }
+}
+
+/* Hands rows to the producer; returns whether to read on at once. */
+static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
+{
+    drop_stale_blocks(r, rows, n);
+    for (int i = 0; i < n; i++) {
+        const journal_outbox_row_t *row = &rows[i];
+        if (tracked(r, row->id)) {
+            r->last_id = row->id;
+            continue;
+        }
+        if (r->ninflight >= RELAY_MAX_INFLIGHT) {
+            r->throttled = true; /* read on once reports have come back */
+            return false;
+        }
+        event_header_t hdrs[RELAY_MAX_HEADERS + 1];
+        json_t *doc;
+        size_t nh = headers_from_json(row->headers, hdrs, RELAY_MAX_HEADERS, &doc);
+        char orig[24];
+        size_t len = fit_dead_letter(r, row, hdrs, &nh, orig, sizeof orig);
+        int rc = kafka_produce(r->k, row->topic, row->key, row->key_len, row->value, len, hdrs, nh,
+                               (void *)(intptr_t)row->id);
+        size_t total = len + row->key_len + headers_size(hdrs, nh);
+        json_decref(doc);
+        if (rc == 0) {
+            inflight_add(r, row->id, row->key, row->key_len);
+            r->last_id = row->id;
+        } else if (kafka_err_permanent(rc)) {
+            /* Refused before it left (larger than message.max.bytes, unknown topic): it would
+             * be refused on every tick, and everything behind it with it. */
+            char why[160];
+            if (rc == -EMSGSIZE)
+                snprintf(why, sizeof why,
+                         "message too large: %zu bytes of value, key and headers over the "
+                         "producer's message.max.bytes (%zu)",
+                         total, kafka_max_message_bytes(r->k));
+            else
+                snprintf(why, sizeof why, "refused by the producer: %s", rotor_strerror(rc));
+            park(r, row->id, row->topic, rc, why);
+            r->last_id = row->id;
+            relay_block_t *b = block_find(r, row->key, row->key_len);
+            if (b && b->floor == row->id)
+                block_drop(r, b); /* the rows behind it no longer wait for it */
+        } else {
+            /* Queue full, producer closing, or a producer error: this row and the rest wait. */
+            if (rc == -ENOBUFS)
+                r->throttled = true;
+            else
+                log_warn("relay.produce_failed", "error", rotor_strerror(rc));
+            return false;
+        }
+    }
+    return n == RELAY_FETCH;
+}
+
 static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int n)
 {
     relay_t *r = arg;
@@ -97,25 +456,14 @@ static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int
         maybe_free(r);
         return;
     }
-    if (status != 0)
-        return; /* the next tick tries again */
-    for (int i = 0; i < n; i++) {
-        event_header_t hdrs[32];
-        json_t *doc;
-        size_t nh = headers_from_json(rows[i].headers, hdrs, 32, &doc);
-        int rc = kafka_produce(r->k, rows[i].topic, rows[i].key, rows[i].key_len, rows[i].value,
-                               rows[i].len, hdrs, nh, (void *)(intptr_t)rows[i].id);
-        json_decref(doc);
-        if (rc < 0) {
-            /* Queue full or producer closing: the rest waits for the next tick. */
-            if (rc != -ENOBUFS)
-                log_warn("relay.produce_failed", "error", rotor_strerror(rc));
-            return;
-        }
-        r->produced++;
-        r->last_id = rows[i].id;
-    }
-    if (n == RELAY_BATCH || r->again) {
+    int64_t rewound = r->rewound;
+    r->rewound = 0;
+    bool more = status == 0 && publish_rows(r, rows, n);
+    /* A report that failed while this read was on its way asked for rows this read started
+     * after (or that the cursor then passed): the next tick goes back for them. */
+    if (rewound > 0 && rewound - 1 < r->last_id)
+        r->last_id = rewound - 1;
+    if (status == 0 && (more || r->again)) {
         r->again = false;
         fetch(r);
     }
@@ -130,7 +478,8 @@ static void fetch(relay_t *r)
         return;
     }
     r->fetching = true;
-    if (journal_outbox_fetch(r->j, r->last_id, RELAY_BATCH, on_rows, r) < 0)
+    r->fetch_from = r->last_id;
+    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, on_rows, r) < 0)
         r->fetching = false;
 }
 
@@ -139,59 +488,115 @@ void relay_kick(void *relay)
     fetch(relay);
 }
 
+/* ---- marking sent -----------------------------------------------------------------------------
+ */
+
 static void mark(relay_t *r);
+static void on_mark_timer(uv_timer_t *t);
 
 static void on_marked(void *arg, int status)
 {
     relay_t *r = arg;
-    r->marking = false;
-    if (status != 0 && status != ROTOR_ECONFLICT)
+    r->marking_busy = false;
+    if (status != 0 && status != ROTOR_ECONFLICT && !r->stopped)
         log_warn("relay.mark_failed", "error", rotor_strerror(status), "note",
                  "rows will be published again: consumers dedupe by event id");
-    if (r->stopped)
+    r->marking.n = 0; /* if the mark failed, the next sweep re-reads and re-sends them */
+    if (r->stopped) {
         maybe_free(r);
-    else if (r->ndone > 0)
+        return;
+    }
+    if (r->done.n >= RELAY_MARK_ROWS)
         mark(r);
+    else if (r->done.n > 0 && !uv_is_active((uv_handle_t *)&r->mark_timer))
+        uv_timer_start(&r->mark_timer, on_mark_timer, RELAY_MARK_MS, 0);
 }
 
+/* One statement for every id delivered since the last one: a burst of delivery reports (one
+ * produce response carries many) costs one journal round trip, not one per row. */
 static void mark(relay_t *r)
 {
-    if (r->marking || r->ndone == 0 || r->stopped)
-        return;
-    r->marking = true;
-    int rc = journal_outbox_sent(r->j, r->done, r->ndone, on_marked, r);
-    r->ndone = 0;
-    if (rc < 0)
-        r->marking = false;
+    if (r->marking_busy || r->done.n == 0 || r->stopped)
+        return; /* on_marked sends what gathered meanwhile */
+    uv_timer_stop(&r->mark_timer);
+    relay_ids_t t = r->marking;
+    r->marking = r->done;
+    r->done = t;
+    r->done.n = 0;
+    r->marking_busy = true;
+    if (journal_outbox_sent(r->j, r->marking.v, r->marking.n, on_marked, r) < 0) {
+        r->marking_busy = false;
+        r->marking.n = 0; /* journal down: the next sweep re-sends them */
+    }
 }
 
+static void on_mark_timer(uv_timer_t *t)
+{
+    mark(t->data);
+}
+
+static void delivered_ok(relay_t *r, int64_t id)
+{
+    ids_add(&r->done, id);
+    if (r->done.n >= RELAY_MARK_ROWS)
+        mark(r);
+    else if (!r->marking_busy && !uv_is_active((uv_handle_t *)&r->mark_timer))
+        uv_timer_start(&r->mark_timer, on_mark_timer, RELAY_MARK_MS, 0);
+}
+
+/* Ordering per key (one secret's events). The idempotent producer delivers a partition's
+ * messages in order and without duplicates, retrying what can be retried by itself; a failed
+ * report means it gave up (message.timeout.ms), and later messages of the same partition may
+ * still have been written: the log can hold B without the A before it. Sending A again then
+ * puts A after B, so B is sent again too, after A: the key's last word in the topic is right
+ * again, and B is not marked sent until then, so a crash before the re-send still re-sends
+ * both, A first. Rows of other keys are marked as usual. */
 void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
 {
     int64_t id = (int64_t)(intptr_t)opaque;
-    r->produced--;
-    if (err < 0) {
-        char ids[24];
-        snprintf(ids, sizeof ids, "%" PRId64, id);
-        log_warn("relay.delivery_failed", "outbox_id", ids, "error", reason ? reason : "");
-        /* Publish it (and what followed) again on the next fetch. */
-        if (id <= r->last_id)
-            r->last_id = id - 1;
-        return;
+    int at = inflight_find(r, id);
+    unsigned char *key = NULL;
+    size_t key_len = 0;
+    if (at >= 0) {
+        key = r->inflight[at].key;
+        key_len = r->inflight[at].key_len;
+        r->inflight[at] = r->inflight[--r->ninflight];
     }
-    if (r->ndone == r->capdone) {
-        r->capdone = r->capdone ? r->capdone * 2 : 64;
-        int64_t *d = realloc(r->done, (size_t)r->capdone * sizeof *d);
-        if (!d)
-            abort();
-        r->done = d;
+    relay_block_t *b = block_find(r, key, key_len);
+    char ids[24];
+    snprintf(ids, sizeof ids, "%" PRId64, id);
+    if (err == 0) {
+        r->failing = false;
+        if (b && b->floor < id) {
+            rewind_to(r, id); /* sent again after the row that failed before it */
+        } else {
+            if (b && b->floor == id)
+                block_drop(r, b);
+            delivered_ok(r, id);
+        }
+        free(key);
+    } else if (kafka_err_permanent(err)) {
+        if (b && b->floor == id)
+            block_drop(r, b); /* the rows behind it no longer wait for it */
+        park(r, id, NULL, err, reason);
+        free(key);
+    } else {
+        if (!r->failing)
+            log_warn("relay.delivery_failed", "outbox_id", ids, "error", reason ? reason : "",
+                     "note", "published again from this row on the next tick");
+        r->failing = true;
+        block_set(r, key, key_len, id); /* takes key */
+        rewind_to(r, id);
     }
-    r->done[r->ndone++] = id;
-    mark(r);
+    if (r->throttled && r->ninflight < RELAY_MAX_INFLIGHT / 2) {
+        r->throttled = false;
+        fetch(r);
+    }
 }
 
 int relay_backlog(relay_t *r)
 {
-    return r->produced + r->ndone + (r->marking ? 1 : 0);
+    return r->ninflight + r->done.n + r->marking.n;
 }
 
 int relay_start(uv_loop_t *loop, journal_t *j, kafka_t *k, relay_t **out)
@@ -200,8 +605,11 @@ int relay_start(uv_loop_t *loop, journal_t *j, kafka_t *k, relay_t **out)
     r->j = j;
     r->k = k;
     uv_timer_init(loop, &r->timer);
+    uv_timer_init(loop, &r->mark_timer);
     r->timer.data = r;
-    uv_timer_start(&r->timer, on_timer, 0, 1000);
+    r->mark_timer.data = r;
+    uv_timer_start(&r->timer, on_timer, 0, RELAY_TICK_MS);
+    metrics_count(PARKED_TOTAL, PARKED_TOTAL_HELP, NULL, 0); /* shown from the start, at 0 */
     *out = r;
     return 0;
 }
@@ -209,7 +617,7 @@ int relay_start(uv_loop_t *loop, journal_t *j, kafka_t *k, relay_t **out)
 static void on_closed(uv_handle_t *h)
 {
     relay_t *r = h->data;
-    r->closed = true;
+    r->closed++;
     maybe_free(r);
 }
 
@@ -217,6 +625,10 @@ void relay_stop(relay_t *r)
 {
     if (!r)
         return;
+    /* Delivered rows not marked yet are marked now rather than at the timer, so that a clean
+     * stop re-sends as little as it can after the restart. */
+    mark(r);
     r->stopped = true;
     uv_close((uv_handle_t *)&r->timer, on_closed);
+    uv_close((uv_handle_t *)&r->mark_timer, on_closed);
 }

@@ -308,11 +308,15 @@ secrets:
 
     # -- Kafka through kcat --------------------------------------------------------------------
 
-    def produce(self, value, key="app-db", topic="rotor.commands", headers=()):
+    def produce(self, value, key="app-db", topic="rotor.commands", headers=(), props=()):
+        """props: librdkafka properties of kcat's producer, e.g. (("message.max.bytes", "2000000"),)
+        to send a message larger than librdkafka's default limit."""
         path = os.path.join(self.root, f"msg-{pysecrets.token_hex(4)}")
         with open(path, "wb") as f:
             f.write(value if isinstance(value, bytes) else value.encode())
         argv = [KCAT, "-b", self.bootstrap, "-P", "-t", topic]
+        for name, val in props:
+            argv += ["-X", f"{name}={val}"]
         if key is not None:
             argv += ["-k", key]
         for name, val in headers:
