@@ -113,6 +113,10 @@ def run(mode, n, timeout):
         # the baseline, twice: the same topic, whole, raw
         kc = [lab.kcat_consume_count(topic) for _ in range(2)]
         kcat_msgs = kc[0][0]
+        expected = n if kv else n + 1  # the commands topic also holds the first request
+        if kcat_msgs != expected:
+            print(f"# WARNING: the topic holds {kcat_msgs} messages, {expected} were produced",
+                  flush=True)
         kcat_s = sum(s for _, s in kc) / len(kc)
         rotor_rate = handled / elapsed
         kcat_rate = kcat_msgs / kcat_s
