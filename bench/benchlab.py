@@ -81,10 +81,11 @@ def mib(kb):
 
 class BenchLab:
     def __init__(self, secrets=1, approval="{ mode: auto, soak: 0s }", keyvault_topic=False,
-                 log_level="info", schedule=None, pg_settings=()):
+                 log_level="info", schedule=None, pg_settings=(), partitions=3):
         self.root = tempfile.mkdtemp(prefix="rotor-bench-")
         os.chmod(self.root, 0o755)
         self.n = secrets
+        self.partitions = partitions
         self.broker = None
         self.rotor = None
         self.pg = None
@@ -140,6 +141,7 @@ class BenchLab:
 kafka:
   brokers: {brokers}
   group: rotor-bench
+  partitions: {self.partitions}
   topics: {{ commands: rotor.commands, events: rotor.events, deadletter: rotor.deadletter{kv} }}
   max_message_bytes: 65536
 journal: {{ dsn_env: ROTOR_JOURNAL_DSN }}
@@ -216,6 +218,13 @@ secrets:
         t0 = time.monotonic()
         subprocess.run(argv + [path], check=True, timeout=600)
         return time.monotonic() - t0
+
+    def kcat_producer(self, topic, keyed):
+        """A kcat -P that produces every line written to its stdin (key<TAB>value when keyed)."""
+        argv = [KCAT, "-b", self.bootstrap, "-P", "-t", topic] + (["-K", "\t"] if keyed else [])
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+        note_pid(p.pid)
+        return p
 
     def kcat_consume_count(self, topic, timeout=600):
         """The baseline: kcat's raw consume of the whole topic; (messages, seconds)."""
