@@ -88,12 +88,15 @@ def main():
         kcat_total = sum(w for _, w in kd.values())
         row = dict(common_fields(), secrets=n, window_s=round(dt, 1),
                    rss_mib=round(mib(st["VmRSS"]), 2), hwm_mib=round(mib(st["VmHWM"]), 2),
+                   rss_anon_mib=round(mib(st["RssAnon"]), 2),
+                   rss_file_mib=round(mib(st["RssFile"]), 2),
                    threads=len(r1), loop_wakeups_s=round(loop, 2),
                    process_wakeups_s=round(proc_total, 2), kcat_wakeups_s=round(kcat_total, 2),
                    ratio_process_kcat=round(proc_total / kcat_total, 2) if kcat_total else "",
                    kcat_rss_mib=round(mib(proc_status(kcat.p.pid)["VmRSS"]), 2))
         print(f"idle: rotor VmRSS {row['rss_mib']} MiB (VmHWM {row['hwm_mib']}; goal <= 8: "
-              f"{'met' if row['rss_mib'] <= 8 else 'NOT met'}), loop thread {loop:.2f} wake-ups/s "
+              f"{'met' if row['rss_mib'] <= 8 else 'NOT met'}; anonymous {row['rss_anon_mib']}, "
+              f"file-backed {row['rss_file_mib']}), loop thread {loop:.2f} wake-ups/s "
               f"(goal <= 1: {'met' if loop <= 1 else 'NOT met'}), whole process "
               f"{proc_total:.2f}/s over {len(r1)} threads; baseline kcat -G {kcat_total:.2f}/s "
               f"(RSS {row['kcat_rss_mib']} MiB): rotor/kcat {row['ratio_process_kcat']}",

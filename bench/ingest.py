@@ -14,7 +14,7 @@ MODE
 The rotor process is fresh for each run, the broker a `rotor broker` of its own with 32
 partitions a topic. The clock runs from the first message produced to the moment
 rotor_input_messages_total (read from /metrics every 50 ms) has grown by N.
-  keyvault: the N events, keyless, are produced by one `kcat -P -l FILE` while rotor is in its
+  keyvault: the N events, with distinct keys, are produced by one `kcat -P -l FILE` while rotor is in its
   group; over 32 partitions they fit in the mock broker, which keeps 5 MiB a partition.
   absorbed, redelivered: every command is keyed by the secret, so all N are on one partition,
   where 5 MiB hold about 8 000 of them: one kcat -P fed through a pipe keeps at most
@@ -113,8 +113,9 @@ def paced_produce(lab, lines, topic, base, backlog, deadline):
 
 def run(mode, n, timeout, backlog):
     kv = mode == "keyvault"
-    # 32 partitions: keyless Key Vault events spread over them, so that the mock broker's 5 MiB a
-    # partition holds all 100 000 (the kcat baseline reads them all).
+    # 32 partitions: Key Vault events with distinct keys spread evenly over them, so that the mock
+    # broker's 5 MiB a partition holds all 100 000 (the kcat baseline reads them all). Keyless,
+    # kcat's sticky partitioner left some partitions over 5 MiB, and the oldest were deleted.
     lab = BenchLab(secrets=1, approval="{ mode: manual, gate: retire }", keyvault_topic=kv,
                    partitions=32)
     try:
@@ -123,7 +124,8 @@ def run(mode, n, timeout, backlog):
         lines = []
         if kv:
             topic = KV_TOPIC
-            lines = [json.dumps(keyvault_event(i)) + "\n" for i in range(n)]
+            # keyed as Event Hubs' partition keys would be: spread evenly over the partitions
+            lines = [f"kv-{i}\t{json.dumps(keyvault_event(i))}\n" for i in range(n)]
         else:
             topic = "rotor.commands"
             first = open_rotation(lab, secret)
@@ -139,7 +141,7 @@ def run(mode, n, timeout, backlog):
             path = os.path.join(lab.root, "messages.txt")
             with open(path, "w") as f:
                 f.writelines(lines)
-            produce_s = lab.kcat_produce(path, topic, keyed=False)
+            produce_s = lab.kcat_produce(path, topic, keyed=True)
             produced = n
         else:
             produced = paced_produce(lab, lines, topic, base, backlog, deadline)
