@@ -8,7 +8,7 @@ After a settling time, over a window of SECONDS:
                process (threads started within the window count from zero), per thread too.
 Baseline in the same window: `kcat -G` consuming rotor's commands topic in a group of its own, a
 bare librdkafka consumer doing nothing: the floor librdkafka's own threads set.
-Then, for 10 s, strace on the loop thread alone: which system calls wake it, and the timeouts its
+Then, for 31 s (IDLE_STRACE), strace on the loop thread alone: which system calls wake it, and the timeouts its
 epoll_wait is given (each a libuv timer coming due).
 """
 
@@ -24,6 +24,8 @@ from benchlab import (KCAT, BenchLab, append_result, common_fields, mib, proc_st
                       switches)
 
 SETTLE_S = float(os.environ.get("IDLE_SETTLE", "15"))
+# one schedule round (daemon.schedule_interval, 30 s by default) falls inside the strace window
+STRACE_S = int(os.environ.get("IDLE_STRACE", "31"))
 
 
 def deltas(a, b, dt):
@@ -33,6 +35,18 @@ def deltas(a, b, dt):
         v0, n0, _ = a.get(tid, (0, 0, name))
         out[tid] = (name, ((v1 - v0) + (n1 - n0)) / dt)
     return out
+
+
+def pss_kib(pid):
+    """Proportional set size (shared pages divided among their users), from smaps_rollup."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def strace_loop(pid, seconds):
@@ -84,19 +98,25 @@ def main():
         st = proc_status(pid)
         rd, kd = deltas(r0, r1, dt), deltas(k0, k1, dt)
         loop = rd[pid][1]
+        loop_vol = (r1[pid][0] - r0[pid][0]) / dt
+        loop_invol = (r1[pid][1] - r0[pid][1]) / dt
+        pss = pss_kib(pid)
         proc_total = sum(w for _, w in rd.values())
         kcat_total = sum(w for _, w in kd.values())
         row = dict(common_fields(), secrets=n, window_s=round(dt, 1),
                    rss_mib=round(mib(st["VmRSS"]), 2), hwm_mib=round(mib(st["VmHWM"]), 2),
                    rss_anon_mib=round(mib(st["RssAnon"]), 2),
                    rss_file_mib=round(mib(st["RssFile"]), 2),
+                   pss_mib=round(mib(pss), 2) if pss else "",
                    threads=len(r1), loop_wakeups_s=round(loop, 2),
+                   loop_voluntary_s=round(loop_vol, 2), loop_involuntary_s=round(loop_invol, 2),
                    process_wakeups_s=round(proc_total, 2), kcat_wakeups_s=round(kcat_total, 2),
                    ratio_process_kcat=round(proc_total / kcat_total, 2) if kcat_total else "",
                    kcat_rss_mib=round(mib(proc_status(kcat.p.pid)["VmRSS"]), 2))
         print(f"idle: rotor VmRSS {row['rss_mib']} MiB (VmHWM {row['hwm_mib']}; goal <= 8: "
               f"{'met' if row['rss_mib'] <= 8 else 'NOT met'}; anonymous {row['rss_anon_mib']}, "
-              f"file-backed {row['rss_file_mib']}), loop thread {loop:.2f} wake-ups/s "
+              f"file-backed {row['rss_file_mib']}, PSS {row['pss_mib']}), loop thread {loop:.2f} "
+              f"wake-ups/s ({loop_vol:.2f} voluntary + {loop_invol:.2f} involuntary) "
               f"(goal <= 1: {'met' if loop <= 1 else 'NOT met'}), whole process "
               f"{proc_total:.2f}/s over {len(r1)} threads; baseline kcat -G {kcat_total:.2f}/s "
               f"(RSS {row['kcat_rss_mib']} MiB): rotor/kcat {row['ratio_process_kcat']}",
@@ -111,7 +131,7 @@ def main():
             kn[name] += w
         print("#   kcat threads (wake-ups/s): " +
               ", ".join(f"{k} {v:.2f}" for k, v in sorted(kn.items(), key=lambda x: -x[1])))
-        tr = strace_loop(pid, 10)
+        tr = strace_loop(pid, STRACE_S)
         if tr:
             calls, timeouts, woke, secs = tr
             row["strace_epoll_s"] = round(sum(woke.values()) / secs, 2)

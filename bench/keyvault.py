@@ -97,7 +97,6 @@ def main():
                    peak_10s=peak, throttled=throttled, all_done_s=round(elapsed, 1),
                    vault_requests=len(vault), rss_mib=round(mib(st["VmRSS"]), 1),
                    hwm_mib=round(mib(st["VmHWM"]), 1))
-        append_result("keyvault", row)
         print(f"keyvault: {completed}/{n} rotations completed ({failed} failed) in {elapsed:.1f} s; "
               f"{len(ok)} writes over {span_s:.2f} s: mean {mean:.2f} writes/s "
               f"({mean / limit_rate:.3f} of the limit), sustained {rate:.2f} writes/s against the "
@@ -106,8 +105,14 @@ def main():
               f"(limit {limit}); throttled (429) {throttled} (goal 0: "
               f"{'met' if throttled == 0 else 'NOT met'}); {len(vault)} vault requests; rotor "
               f"VmHWM {row['hwm_mib']} MiB", flush=True)
+        created = lab.pg.query(
+            "SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at)) "
+            "FROM rotor.rotations")[0]
+        row["created_span_s"] = round(float(created[1]) - float(created[0]), 1)
         print("#   writes (first s, last s, count) after the first vault request: " +
-              ", ".join(f"{k} {v}" for k, v in phases.items()))
+              ", ".join(f"{k} {v}" for k, v in phases.items()) +
+              f"; the {n} rotations were created over {row['created_span_s']} s (journal)")
+        append_result("keyvault", row)
         print("| date | secrets | writes | mean writes/s (/ limit) | sustained writes/s (/ limit) "
               "| peak per 10 s | 429s | all done (s) | load |")
         print(f"| {row['date']} | {n} | {len(ok)} | {row['mean_writes_s']} ({row['mean_ratio']}) | "
