@@ -49,6 +49,24 @@ def pss_kib(pid):
     return None
 
 
+def rss_by_file(pid, top=8):
+    """The mappings' resident size (kB) summed per backing file (anonymous ones under their
+    kind: [heap], [stack], or "anonymous"), largest first."""
+    per, name = collections.Counter(), None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):
+                    parts = line.split()
+                    name = os.path.basename(parts[5]) if len(parts) > 5 else "anonymous"
+                elif first == "Rss:":
+                    per[name] += int(line.split()[1])
+    except OSError:
+        return []
+    return per.most_common(top)
+
+
 def strace_loop(pid, seconds):
     """Counts what the loop thread does for `seconds` with strace (main thread only)."""
     if not shutil.which("strace"):
@@ -131,6 +149,8 @@ def main():
             kn[name] += w
         print("#   kcat threads (wake-ups/s): " +
               ", ".join(f"{k} {v:.2f}" for k, v in sorted(kn.items(), key=lambda x: -x[1])))
+        print("#   resident by mapping (MiB): " + ", ".join(
+            f"{name} {mib(kb):.2f}" for name, kb in rss_by_file(pid)), flush=True)
         tr = strace_loop(pid, STRACE_S)
         if tr:
             calls, timeouts, woke, secs = tr
