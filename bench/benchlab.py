@@ -261,15 +261,26 @@ def uptime_load():
 
 
 def append_result(name, row):
-    """Appends one tab-separated row to bench/results/<name>.tsv (header written once)."""
+    """Appends one tab-separated row to bench/results/<name>.tsv. A row with columns the file
+    does not have yet rewrites it with the union of the columns (old rows get empty cells), so
+    that every row of the file stays under its header."""
     d = os.environ.get("BENCH_RESULTS_DIR") or os.path.join(HERE, "results")
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, f"{name}.tsv")
-    new = not os.path.exists(path)
-    with open(path, "a") as f:
-        if new:
-            f.write("\t".join(row.keys()) + "\n")
-        f.write("\t".join(str(v) for v in row.values()) + "\n")
+    rows, cols = [], []
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        if lines:
+            cols = lines[0].split("\t")
+            rows = [dict(zip(cols, line.split("\t"))) for line in lines[1:] if line]
+    cols += [k for k in row if k not in cols]
+    rows.append({k: str(v) for k, v in row.items()})
+    with open(path + ".tmp", "w") as f:
+        f.write("\t".join(cols) + "\n")
+        for r in rows:
+            f.write("\t".join(r.get(k, "") for k in cols) + "\n")
+    os.replace(path + ".tmp", path)
     return path
 
 
