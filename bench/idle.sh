@@ -5,6 +5,7 @@
 # the same window; then strace of the loop thread says what wakes it.
 #   bench/idle.sh [SECRETS [SECONDS]]     IDLE_SETTLE (default 15 s) before the window
 # Rows: bench/results/idle.tsv.
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 window=${2:-60}
 bench_run $((window + 240)) idle.py "${1:-100}" "$window"

@@ -6,6 +6,7 @@
 # (distinct rotation.requested for a secret waiting on manual approval), redelivered (the same
 # request event id again). INGEST_TIMEOUT (default 600 s) bounds each run; a run that times out
 # reports the rate of what it handled and says TIMED OUT. Rows: bench/results/ingest.tsv.
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 modes=${1:-keyvault,redelivered,absorbed}

@@ -4,6 +4,7 @@
 # sustained write rate against the limit (goal >= 0.95) and the throttled answers (goal 0).
 #   bench/keyvault.sh [SECRETS [LIMIT]]    KEYVAULT_TIMEOUT (default 900 s) bounds the wait
 # Rows: bench/results/keyvault.tsv. Needs node (tests/emulators/keyvault/server.mjs).
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 command -v node >/dev/null || { echo "bench: node is missing (scripts/setup.sh)" >&2; exit 2; }
 export KEYVAULT_TIMEOUT=${KEYVAULT_TIMEOUT:-900}

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh: sourced by bench/{ingest,keyvault,idle}.sh. Checks the tools, makes a temporary
 # directory, and on any exit kills what the Python driver started (it records every child's pid
 # in $BENCH_PIDFILE) in case the driver itself died before its own clean-up.
@@ -27,7 +28,7 @@ bench_cleanup() {
   if [ "$rc" -ne 0 ] && [ -s "$BENCH_PIDFILE" ]; then
     # Only after a failure: a clean run has stopped its children itself.
     while read -r pid; do
-      [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+      if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
     done <"$BENCH_PIDFILE"
   fi
   rm -rf "$BENCH_TMP"
