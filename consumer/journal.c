@@ -578,14 +578,17 @@ static void on_secret_figures(pgc_conn_t *c, PGresult *res, int status, void *ar
 
 int journal_secret_figures(journal_t *j, journal_figures_cb cb, void *arg)
 {
-    /* The latest completed rotation of each secret is the one whose password production uses
-     * (a rolled-back or aborted one left the earlier one in place), so its expires_at is the
-     * VALID UNTIL that matters. */
+    /* The password production uses is the one of the latest rotation that ended on the new
+     * slot: completed, or aborted after the swap (journal_update makes its to_slot active, as
+     * for a completed one). A rollback or an earlier abort left the one before in place. So
+     * that row's expires_at is the VALID UNTIL that matters. */
     return jq(j,
               "SELECT DISTINCT ON (secret) secret,"
               "  (extract(epoch from finished_at) * 1000)::bigint,"
               "  coalesce((extract(epoch from expires_at) * 1000)::bigint, 0)"
-              " FROM rotor.rotations WHERE status = 'completed' AND finished_at IS NOT NULL"
+              " FROM rotor.rotations"
+              " WHERE (status = 'completed' OR (status = 'aborted' AND swapped))"
+              "  AND finished_at IS NOT NULL"
               " ORDER BY secret, finished_at DESC",
               0, NULL, on_secret_figures, jreq_new(j, (void *)cb, arg, false));
 }

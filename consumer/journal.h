@@ -76,8 +76,9 @@ typedef void (*journal_secret_cb)(void *arg, int status, rotor_slot_t active, in
 int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_secret_cb cb,
                    void *arg);
 
-/* Per secret, its latest completed rotation: when it finished and the VALID UNTIL it set
- * (expires_at; 0 when none), for the expiry gauges. Rows borrowed during the callback. */
+/* Per secret, the latest rotation that changed the password production uses (completed, or
+ * aborted after the swap): when it finished and the VALID UNTIL it set (expires_at; 0 when
+ * none), for the expiry gauges. Rows borrowed during the callback. */
 typedef struct {
     char secret[128];
     int64_t rotated_ms;

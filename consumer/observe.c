@@ -50,28 +50,33 @@ void observe_secret(const char *secret, int64_t rotated_ms, int64_t valid_until_
                       (double)valid_until_ms / 1000.0);
 }
 
-void observe_attempt(const journal_rot_t *row, rotor_stage_t stage, const char *outcome,
-                     int64_t took_ms)
+void observe_attempt(rotor_stage_t stage, const char *outcome, int64_t took_ms)
 {
-    char labels[96];
-    if (took_ms >= 0) {
-        snprintf(labels, sizeof labels, "stage=\"%s\",outcome=\"%s\"", rotor_stage_name(stage),
-                 outcome);
-        metrics_observe("rotor_stage_duration_seconds", STAGE_HELP, labels, stage_buckets,
-                        N(stage_buckets), (double)took_ms / 1000.0);
-    }
-    if (journal_status_open(row->status))
+    if (took_ms < 0)
         return;
+    char labels[96];
+    snprintf(labels, sizeof labels, "stage=\"%s\",outcome=\"%s\"", rotor_stage_name(stage),
+             outcome);
+    metrics_observe("rotor_stage_duration_seconds", STAGE_HELP, labels, stage_buckets,
+                    N(stage_buckets), (double)took_ms / 1000.0);
+}
+
+void observe_rotation_ended(const journal_rot_t *row)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "status=\"%s\"", journal_status_name(row->status));
+    metrics_count("rotor_rotations_total", "Rotations that ended, by final status", labels, 1);
     int64_t now = util_now_ms();
     if (row->created_at_ms > 0) {
-        snprintf(labels, sizeof labels, "status=\"%s\"", journal_status_name(row->status));
         double took = now > row->created_at_ms ? (double)(now - row->created_at_ms) / 1000.0 : 0;
         metrics_observe("rotor_rotation_duration_seconds", ROTATION_HELP, labels, rotation_buckets,
                         N(rotation_buckets), took);
     }
-    /* Only a completed rotation changes the password production uses; a rolled-back or aborted
-     * one leaves the previous figures true. */
-    if (row->status == RS_COMPLETED)
+    /* Only a rotation that got past the swap and was not swapped back changed the password
+     * production uses: a completed one, or one aborted after the swap (its standby slot is the
+     * active one now). A rollback, or an abort before the swap, leaves the previous figures true.
+     * journal_secret_figures() picks the same rows after a restart. */
+    if (row->status == RS_COMPLETED || (row->status == RS_ABORTED && row->swapped))
         observe_secret(row->secret, now, row->expires_at_ms);
 }
 

@@ -11,13 +11,16 @@
 #include "journal.h"
 #include "rotor.h"
 
-/* An attempt of `stage` ended with outcome "ok", "retry" or "failed", and row (borrowed) is
- * what the journal now holds. took_ms < 0 means this process did not see the attempt begin (an
- * approval that was already waiting when it started): no duration is observed then. When row
- * ended the rotation, its duration is observed by final status, and a completed one sets its
- * secret's gauges (observe_secret). */
-void observe_attempt(const journal_rot_t *row, rotor_stage_t stage, const char *outcome,
-                     int64_t took_ms);
+/* An attempt of `stage` ended with outcome "ok", "retry" or "failed", now journaled. took_ms < 0
+ * means this process did not see the attempt begin (an approval that was already waiting when
+ * it started): no duration is observed then. */
+void observe_attempt(rotor_stage_t stage, const char *outcome, int64_t took_ms);
+
+/* The journal now holds row (borrowed), which ended its rotation (completed, rolled back,
+ * aborted): counted and its duration observed by final status; one that changed the password
+ * production uses (completed, or aborted after the swap) sets its secret's gauges
+ * (observe_secret). Called once per rotation, by the process that ended it. */
+void observe_rotation_ended(const journal_rot_t *row);
 
 /* Sets secret's rotor_secret_last_rotation_timestamp_seconds (rotated_ms) and
  * rotor_secret_valid_until_timestamp_seconds (valid_until_ms; not set when 0). Figures older

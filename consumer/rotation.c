@@ -323,6 +323,8 @@ static void on_persisted(void *arg, int status)
     free(p);
     r->writing = false;
     if (status == 0) {
+        if (!journal_status_open(r->next.status))
+            observe_rotation_ended(&r->next); /* every write that ends one, an abort's too */
         r->row = r->next;
         r->row.seq++;
     }
@@ -660,11 +662,7 @@ static void count_transition(const rotation_t *r)
                   labels, 1);
     metrics_gauge("rotor_rotations_open", "Rotations open in this process", NULL,
                   engine_open_count(r->eng) - (journal_status_open(r->row.status) ? 0 : 1));
-    if (!journal_status_open(r->row.status)) {
-        snprintf(labels, sizeof labels, "status=\"%s\"", journal_status_name(r->row.status));
-        metrics_count("rotor_rotations_total", "Rotations that ended, by final status", labels, 1);
-    }
-    observe_attempt(&r->row, r->finished, outcome, r->took_ms);
+    observe_attempt(r->finished, outcome, r->took_ms);
 }
 
 void rot_on_effect_persisted(rotation_t *r, int status)

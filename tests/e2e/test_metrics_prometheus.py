@@ -1,7 +1,8 @@
 """What an operator watches, checked with the operator's own tools: promtool accepts rotor's
 /metrics, and a real Prometheus scrapes it and answers queries over rotor_build_info, the
 stage-duration histogram and the per-secret VALID UNTIL gauge with the figures the journal holds.
-After a restart, before any rotation, the per-secret gauges are read back from the journal.
+After a restart, before any rotation, the per-secret gauges are read back from the journal; a
+rotation aborted after the swap (production keeps its new password) moves them and is counted.
 
 prometheus and promtool come from Debian's prometheus package (scripts/setup.sh). Without them
 the test skips on a workstation, and fails under CI=true, where a skip would hide the check."""
@@ -214,15 +215,54 @@ def test_prometheus_scrapes_rotor(make_lab):
         prom.stop()
 
     # After a restart, before any rotation of the new process, the gauges come from the journal.
+    # The new process gates the retirement by hand, for the abort below.
     d.signal(signal.SIGTERM)
     assert d.wait(30) == 0
+    lab.write_config(approval="{ mode: manual, gate: retire }")
     d2 = lab.start()
-    port2 = http_port(d2)
-    text = wait_for(lambda: (lambda t: t if "rotor_secret_valid_until_timestamp_seconds" in t
-                             else None)(scrape(port2)), 20, what="the gauges after a restart")
-    promtool_check(text)
-    assert abs(sample(text, 'rotor_secret_valid_until_timestamp_seconds{secret="app-db"}')
-               - expires_at) < 0.002
-    assert abs(sample(text, 'rotor_secret_last_rotation_timestamp_seconds{secret="app-db"}')
-               - finished_at) < 0.002
+    text = gauges_after_start(d2)
+    assert abs(valid_until(text) - expires_at) < 0.002
+    assert abs(last_rotation(text) - finished_at) < 0.002
     assert sample(text, 'rotor_rotations_total{status="completed"}') is None
+
+    # A rotation aborted after the swap leaves production on its new password: the gauges follow
+    # it, and the end is counted by its status (an abort is a command, not a stage's end).
+    request_id = lab.request(reason="abort after the swap")
+    rot2 = lab.rotation_for(request_id)
+    lab.wait_status(rot2["id"], "waiting", timeout=60)
+    lab.command("rotation.abort", rot2["id"], by="pytest", reason="metrics")
+    lab.wait_status(rot2["id"], "aborted", timeout=30)
+    expires2, finished2, swapped = lab.pg.query(
+        "SELECT extract(epoch from expires_at)::float8, extract(epoch from finished_at)::float8,"
+        " swapped FROM rotor.rotations WHERE id = %s", (rot2["id"],))[0]
+    assert swapped and expires2 > expires_at
+    port2 = http_port(d2)
+    text = wait_for(lambda: (lambda t: t if 'rotor_rotations_total{status="aborted"} 1' in t
+                             else None)(scrape(port2)), 10, what="the abort in /metrics")
+    promtool_check(text)
+    assert sample(text, 'rotor_rotation_duration_seconds_count{status="aborted"}') == 1
+    assert abs(valid_until(text) - expires2) < 0.002
+    assert abs(last_rotation(text) - finished2) < 5
+
+    # and a restart reads that row back, not the completed one before it.
+    d2.signal(signal.SIGTERM)
+    assert d2.wait(30) == 0
+    text = gauges_after_start(lab.start())
+    assert abs(valid_until(text) - expires2) < 0.002
+    assert abs(last_rotation(text) - finished2) < 0.002
+
+
+def gauges_after_start(daemon):
+    port = http_port(daemon)
+    text = wait_for(lambda: (lambda t: t if "rotor_secret_valid_until_timestamp_seconds" in t
+                             else None)(scrape(port)), 20, what="the gauges after a restart")
+    promtool_check(text)
+    return text
+
+
+def valid_until(text):
+    return sample(text, 'rotor_secret_valid_until_timestamp_seconds{secret="app-db"}')
+
+
+def last_rotation(text):
+    return sample(text, 'rotor_secret_last_rotation_timestamp_seconds{secret="app-db"}')
