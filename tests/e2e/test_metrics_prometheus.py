@@ -132,6 +132,10 @@ def test_prometheus_scrapes_rotor(make_lab):
     text = wait_for(lambda: (lambda t: t if 'rotor_rotations_total{status="completed"} 1' in t
                              else None)(scrape(port)), 10, what="the completion in /metrics")
     promtool_check(text)
+    # Every family served is in the operator's table (docs/operations.md, "Metrics").
+    served = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    undocumented = served - documented_metrics()
+    assert not undocumented, f"add to docs/operations.md's metrics table: {sorted(undocumented)}"
 
     expires_at, finished_at = lab.pg.query(
         "SELECT extract(epoch from expires_at)::float8, extract(epoch from finished_at)::float8"
@@ -250,6 +254,16 @@ def test_prometheus_scrapes_rotor(make_lab):
     text = gauges_after_start(lab.start())
     assert abs(valid_until(text) - expires2) < 0.002
     assert abs(last_rotation(text) - finished2) < 0.002
+
+
+def documented_metrics():
+    """Names in the first column of the metrics table of docs/operations.md."""
+    source = os.environ.get("ROTOR_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+    with open(os.path.join(source, "docs", "operations.md")) as f:
+        doc = f.read()
+    table = doc[doc.index("### Metrics"):]
+    table = table[:table.index("\n\n", table.index("| name |"))]
+    return set(re.findall(r"^\| `(rotor_[a-z0-9_]+)", table, re.M))
 
 
 def gauges_after_start(daemon):
