@@ -449,7 +449,8 @@ static int entry_send_entra(az_entry_t *e, const char *assertion)
                           .headers = headers,
                           .body = form.p,
                           .body_len = form.len,
-                          .ca_file = c->ca_file};
+                          .ca_file = c->ca_file,
+                          .service = "entra"};
     int rc = http_send(c->http, &req, on_token_response, e, &e->req);
     buf_free(&form);
     return rc;
@@ -480,7 +481,8 @@ static int entry_send_imds(az_entry_t *e)
                           .headers = headers,
                           .ca_file = c->ca_file,
                           .timeout_ms = 10000,
-                          .connect_timeout_ms = 3000};
+                          .connect_timeout_ms = 3000,
+                          .service = "entra"};
     int rc = http_send(c->http, &req, on_token_response, e, &e->req);
     buf_free(&url);
     return rc;

@@ -19,6 +19,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "observe.h"
 #include "relay.h"
 #include "rotation.h"
 #include "schedule.h"
@@ -375,6 +376,7 @@ static void on_engine_ready(engine_t *e, int status, const char *reason, void *a
         fail(d, "kafka", err);
         return;
     }
+    observe_load_secrets(d->journal, d->cfg); /* the expiry gauges are right after a restart */
     relay_start(&d->loop, d->journal, d->kafka, &d->relay);
     journal_on_outbox(d->journal, relay_kick, d->relay);
     schedule_start(&d->loop, d->cfg, d->journal, d->engine, d->source, owns, d, &d->schedule);

@@ -202,6 +202,7 @@ static void k8s_read_done(uv_work_t *w, int status)
         .body = req->body,
         .body_len = req->body ? strlen(req->body) : 0,
         .ca_file = req->k->ca_file,
+        .service = "kubernetes",
     };
     int rc = http_send(req->k->http, &hr, k8s_on_http, req, &req->http);
     secret_wipe(auth, alen);

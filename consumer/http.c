@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "metrics.h"
 #include "rotor.h"
 #include "secret.h"
 #include "util.h"
@@ -55,6 +56,7 @@ struct http_req_s {
     size_t rlen, rcap;
     char *hdr[HDR_N];
     char errbuf[CURL_ERROR_SIZE];
+    const char *service; /* borrowed static string (http_request_t.service) */
     bool done;
     struct http_req_s *prev, *next;
 };
@@ -143,6 +145,24 @@ static void req_free(http_req_t *r)
     free(r);
 }
 
+/* Counted here, where every request ends, rather than in each driver: the drivers' retry loops
+ * (429, 5xx, a challenge) then show as they are, one sample per round trip. A request that got
+ * no response is counted by why, so a dead endpoint does not hide among the 5xx. */
+static void count_request(const char *service, long code, int status)
+{
+    char labels[96], num[24];
+    const char *c = num;
+    if (status == ROTOR_ECANCELED)
+        c = "canceled";
+    else if (code > 0)
+        snprintf(num, sizeof num, "%ld", code);
+    else
+        c = status == ROTOR_ETIMEOUT ? "timeout" : "error";
+    snprintf(labels, sizeof labels, "service=\"%s\",code=\"%s\"", service ? service : "other", c);
+    metrics_count("rotor_http_requests_total",
+                  "HTTP requests rotor made that ended, by service and status code", labels, 1);
+}
+
 /* Calls the request's callback once and frees it; the easy handle is already out of the multi. */
 static void req_complete(http_req_t *r, int status, const char *error)
 {
@@ -160,6 +180,7 @@ static void req_complete(http_req_t *r, int status, const char *error)
     res.content_type = r->hdr[HDR_CTYPE];
     res.location = r->hdr[HDR_LOCATION];
     res.error = error;
+    count_request(r->service, res.status, status);
     r->cb(r->arg, status, &res);
     req_free(r);
 }
@@ -429,6 +450,7 @@ int http_send(http_t *h, const http_request_t *req, http_cb cb, void *arg, http_
     r->h = h;
     r->cb = cb;
     r->arg = arg;
+    r->service = req->service;
     r->easy = curl_easy_init();
     if (!r->easy || req_setup(r, req) != 0 ||
         curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {

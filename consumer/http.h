@@ -23,6 +23,9 @@ typedef struct {
     uint64_t connect_timeout_ms; /* 0 = 10 s */
     const char *resolve;         /* optional "host:port:address" pin (curl's CURLOPT_RESOLVE), so
                                   * a test can give 127.0.0.1 a vault-like name; copied */
+    const char *service; /* what is asked, for rotor_http_requests_total{service}: "keyvault",
+                          * "entra", "kubernetes", "probe"; a borrowed static string; NULL
+                          * counts as "other" */
 } http_request_t;
 
 typedef struct {
@@ -48,8 +51,10 @@ typedef void (*http_cb)(void *arg, int status, const http_response_t *res);
  * resolver (it would block the loop on DNS). */
 int http_init(uv_loop_t *loop, http_t **out);
 
-/* Starts a request. Returns 0 and *out (valid until the callback returns; may be NULL if the
- * caller does not need it), calling cb exactly once, later; or a negative error, never calling
+/* Starts a request. Every request that was started is counted once when it ends, in
+ * rotor_http_requests_total{service,code}: code is the HTTP status, or "timeout", "error"
+ * (no response) or "canceled". Returns 0 and *out (valid until the callback returns; may be NULL if
+ * the caller does not need it), calling cb exactly once, later; or a negative error, never calling
  * cb. */
 int http_send(http_t *h, const http_request_t *req, http_cb cb, void *arg, http_req_t **out);
 

@@ -560,6 +560,46 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
               2, params, on_secret, jreq_new(j, (void *)cb, arg, false));
 }
 
+/* ---- per-secret figures (metrics) ----------------------------------------------------------- */
+
+static void on_secret_figures(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_figures_cb cb = (journal_figures_cb)q->cb;
+    if (status != 0) {
+        cb(q->arg, db_failed(status, "secret figures", c, res), NULL, 0);
+        free(q);
+        return;
+    }
+    int n = PQntuples(res);
+    journal_figures_t *rows = util_calloc((size_t)n, sizeof *rows);
+    for (int i = 0; i < n; i++) {
+        util_strlcpy(rows[i].secret, PQgetvalue(res, i, 0), sizeof rows[i].secret);
+        rows[i].rotated_ms = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        rows[i].valid_until_ms = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+    }
+    cb(q->arg, 0, rows, n);
+    free(rows);
+    free(q);
+}
+
+int journal_secret_figures(journal_t *j, journal_figures_cb cb, void *arg)
+{
+    /* The password production uses is the one of the latest rotation that ended on the new
+     * slot: completed, or aborted after the swap (journal_update makes its to_slot active, as
+     * for a completed one). A rollback or an earlier abort left the one before in place. So
+     * that row's expires_at is the VALID UNTIL that matters. */
+    return jq(j,
+              "SELECT DISTINCT ON (secret) secret,"
+              "  (extract(epoch from finished_at) * 1000)::bigint,"
+              "  coalesce((extract(epoch from expires_at) * 1000)::bigint, 0)"
+              " FROM rotor.rotations"
+              " WHERE (status = 'completed' OR (status = 'aborted' AND swapped))"
+              "  AND finished_at IS NOT NULL"
+              " ORDER BY secret, finished_at DESC",
+              0, NULL, on_secret_figures, jreq_new(j, (void *)cb, arg, false));
+}
+
 /* ---- writes: mutation + history + outbox in one statement ---------------------------------- */
 
 /* Inserts the outbox rows of the JSON array `arr` ({topic, key, value, headers}); `from` joins

@@ -76,6 +76,17 @@ typedef void (*journal_secret_cb)(void *arg, int status, rotor_slot_t active, in
 int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_secret_cb cb,
                    void *arg);
 
+/* Per secret, the latest rotation that changed the password production uses (completed, or
+ * aborted after the swap): when it finished and the VALID UNTIL it set (expires_at; 0 when
+ * none), for the expiry gauges. Rows borrowed during the callback. */
+typedef struct {
+    char secret[128];
+    int64_t rotated_ms;
+    int64_t valid_until_ms;
+} journal_figures_t;
+typedef void (*journal_figures_cb)(void *arg, int status, const journal_figures_t *rows, int n);
+int journal_secret_figures(journal_t *j, journal_figures_cb cb, void *arg);
+
 /* Open rotations (rows borrowed during the callback). */
 typedef void (*journal_rows_cb)(void *arg, int status, const journal_rot_t *rows, int n);
 int journal_load_open(journal_t *j, journal_rows_cb cb, void *arg);

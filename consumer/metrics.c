@@ -1,27 +1,37 @@
-/* metrics.c: an in-process registry of Prometheus counters and gauges, rendered as text 0.0.4. */
+/* metrics.c: an in-process registry of Prometheus counters, gauges and histograms, rendered as
+ * text 0.0.4. */
 #include "metrics.h"
 
 #include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+#include "rotor.h"
 #include "util.h"
 
-typedef enum { METRICS_COUNTER, METRICS_GAUGE } metrics_type_t;
+typedef enum { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM } metrics_type_t;
 
 typedef struct {
     char *labels; /* canonical: sorted by label name, values escaped, no braces */
-    double value;
+    double value; /* a histogram's sum */
+    /* Histograms only: observations per bucket, not cumulative (the last one is +Inf), and
+     * their number. Counting per bucket keeps an observation O(log buckets); the cumulative
+     * counts the format wants are summed at render time, which is rare. */
+    uint64_t *counts;
+    uint64_t count;
 } metrics_series_t;
 
 typedef struct {
     const char *name; /* borrowed static string */
     const char *help; /* borrowed static string; the first caller's wins */
     metrics_type_t type;
+    const double *buckets; /* histograms: borrowed static upper bounds, ascending, finite */
+    size_t nbuckets;
     metrics_series_t *series; /* sorted by labels */
     size_t nseries, cap;
 } metrics_family_t;
@@ -211,7 +221,16 @@ static size_t find_sorted(const void *base, size_t n, size_t size, const char *k
     return lo;
 }
 
-static metrics_family_t *family_get(const char *name, const char *help, metrics_type_t type)
+static metrics_family_t *family_find(const char *name)
+{
+    bool found;
+    size_t i = find_sorted(families, nfamilies, sizeof *families, name, &found);
+    return found ? &families[i] : NULL;
+}
+
+/* buckets/nbuckets: histograms only (else NULL, 0); a family keeps its first caller's. */
+static metrics_family_t *family_get(const char *name, const char *help, metrics_type_t type,
+                                    const double *buckets, size_t nbuckets)
 {
     bool found;
     size_t i = find_sorted(families, nfamilies, sizeof *families, name, &found);
@@ -219,7 +238,11 @@ static metrics_family_t *family_get(const char *name, const char *help, metrics_
         return families[i].type == type ? &families[i] : NULL;
     families = metrics_grow(families, &families_cap, nfamilies + 1, sizeof *families);
     memmove(&families[i + 1], &families[i], (nfamilies - i) * sizeof *families);
-    families[i] = (metrics_family_t){.name = name, .help = help ? help : "", .type = type};
+    families[i] = (metrics_family_t){.name = name,
+                                     .help = help ? help : "",
+                                     .type = type,
+                                     .buckets = buckets,
+                                     .nbuckets = nbuckets};
     nfamilies++;
     return &families[i];
 }
@@ -236,6 +259,8 @@ static metrics_series_t *series_get(metrics_family_t *f, char *labels)
     f->series = metrics_grow(f->series, &f->cap, f->nseries + 1, sizeof *f->series);
     memmove(&f->series[i + 1], &f->series[i], (f->nseries - i) * sizeof *f->series);
     f->series[i] = (metrics_series_t){.labels = labels, .value = 0};
+    if (f->type == METRICS_HISTOGRAM)
+        f->series[i].counts = util_calloc(f->nbuckets + 1, sizeof *f->series[i].counts);
     f->nseries++;
     return &f->series[i];
 }
@@ -243,7 +268,7 @@ static metrics_series_t *series_get(metrics_family_t *f, char *labels)
 /* A bad name, label set or type clash is a programming error; it is logged and the sample
  * dropped rather than crashing the daemon over a metric. */
 static metrics_series_t *metrics_lookup(const char *name, const char *help, const char *labels,
-                                        metrics_type_t type)
+                                        metrics_type_t type, const double *buckets, size_t nbuckets)
 {
     if (!metrics_name_valid(name)) {
         log_warn("metrics.invalid", "name", name, "reason", "bad metric name");
@@ -254,7 +279,7 @@ static metrics_series_t *metrics_lookup(const char *name, const char *help, cons
         log_warn("metrics.invalid", "name", name, "reason", "bad label set");
         return NULL;
     }
-    metrics_family_t *f = family_get(name, help, type);
+    metrics_family_t *f = family_get(name, help, type, buckets, nbuckets);
     if (!f) {
         log_warn("metrics.invalid", "name", name, "reason", "type differs from first use");
         free(canon);
@@ -270,16 +295,92 @@ void metrics_count(const char *name, const char *help, const char *labels, doubl
         log_warn("metrics.invalid", "name", name, "reason", "negative counter increment");
         return;
     }
-    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_COUNTER);
+    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_COUNTER, NULL, 0);
     if (s)
         s->value += v;
 }
 
 void metrics_gauge(const char *name, const char *help, const char *labels, double v)
 {
-    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_GAUGE);
+    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_GAUGE, NULL, 0);
     if (s)
         s->value = v;
+}
+
+/* The bounds must be what histogram_quantile() can use: finite and strictly ascending (+Inf is
+ * the registry's own last bucket). */
+static bool buckets_valid(const double *b, size_t n)
+{
+    if (!b || n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(b[i]) || (i && !(b[i] > b[i - 1])))
+            return false;
+    return true;
+}
+
+/* `le` is the label the exposition adds to every bucket; a caller's own `le` would make two. */
+static bool labels_have_le(const char *labels)
+{
+    metrics_label_t l[METRICS_MAX_LABELS];
+    size_t n;
+    if (labels_parse(labels, l, &n) < 0)
+        return false; /* metrics_lookup reports it */
+    for (size_t i = 0; i < n; i++)
+        if (l[i].name_len == 2 && memcmp(l[i].name, "le", 2) == 0)
+            return true;
+    return false;
+}
+
+void metrics_observe(const char *name, const char *help, const char *labels, const double *buckets,
+                     size_t nbuckets, double v)
+{
+    /* NaN belongs in no bucket and would turn _sum into NaN for good. */
+    if (isnan(v)) {
+        log_warn("metrics.invalid", "name", name, "reason", "NaN observation");
+        return;
+    }
+    if (!buckets_valid(buckets, nbuckets)) {
+        log_warn("metrics.invalid", "name", name, "reason", "bad buckets");
+        return;
+    }
+    if (labels_have_le(labels)) {
+        log_warn("metrics.invalid", "name", name, "reason", "label le is reserved");
+        return;
+    }
+    metrics_series_t *s = metrics_lookup(name, help, labels, METRICS_HISTOGRAM, buckets, nbuckets);
+    if (!s)
+        return;
+    const metrics_family_t *f = family_find(name);
+    /* The first bucket whose upper bound holds v (le is "less than or equal"), else +Inf. */
+    size_t lo = 0, hi = f->nbuckets;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v <= f->buckets[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    s->counts[lo]++;
+    s->count++;
+    s->value += v;
+}
+
+int metrics_value(const char *name, const char *labels, double *out)
+{
+    const metrics_family_t *f = family_find(name);
+    char *canon = labels_canonical(labels);
+    if (!f || !canon) {
+        free(canon);
+        return ROTOR_ENOTFOUND;
+    }
+    bool found;
+    size_t i = find_sorted(f->series, f->nseries, sizeof *f->series, canon, &found);
+    free(canon);
+    if (!found)
+        return ROTOR_ENOTFOUND;
+    *out = f->type == METRICS_HISTOGRAM ? (double)f->series[i].count : f->series[i].value;
+    return 0;
 }
 
 /* Shortest text that parses back to the same double; Prometheus spells infinities +Inf/-Inf. */
@@ -296,6 +397,49 @@ static void format_value(double v, char *buf, size_t len)
     }
 }
 
+/* One sample line: name+suffix{labels[,le="le"]} value. */
+static void render_sample(metrics_buf_t *b, const char *name, const char *suffix,
+                          const char *labels, const char *le, double v)
+{
+    char num[40];
+    format_value(v, num, sizeof num);
+    buf_puts(b, name);
+    buf_puts(b, suffix);
+    if (labels[0] || le) {
+        buf_puts(b, "{");
+        buf_puts(b, labels);
+        if (le) {
+            buf_puts(b, labels[0] ? ",le=\"" : "le=\"");
+            buf_puts(b, le);
+            buf_puts(b, "\"");
+        }
+        buf_puts(b, "}");
+    }
+    buf_puts(b, " ");
+    buf_puts(b, num);
+    buf_puts(b, "\n");
+}
+
+/* A histogram series as the format wants it: cumulative buckets in ascending order ending with
+ * +Inf (which equals _count), then _sum and _count. */
+static void render_histogram(metrics_buf_t *b, const metrics_family_t *f, const metrics_series_t *s)
+{
+    uint64_t cumulative = 0;
+    for (size_t k = 0; k <= f->nbuckets; k++) {
+        char le[40];
+        if (k < f->nbuckets)
+            format_value(f->buckets[k], le, sizeof le);
+        else
+            snprintf(le, sizeof le, "+Inf");
+        cumulative += s->counts[k];
+        render_sample(b, f->name, "_bucket", s->labels, le, (double)cumulative);
+    }
+    render_sample(b, f->name, "_sum", s->labels, NULL, s->value);
+    render_sample(b, f->name, "_count", s->labels, NULL, (double)s->count);
+}
+
+static const char *const type_names[] = {" counter\n", " gauge\n", " histogram\n"};
+
 static void render_family(metrics_buf_t *b, const metrics_family_t *f)
 {
     buf_puts(b, "# HELP ");
@@ -304,19 +448,12 @@ static void render_family(metrics_buf_t *b, const metrics_family_t *f)
     buf_escaped(b, f->help, strlen(f->help), false);
     buf_puts(b, "\n# TYPE ");
     buf_puts(b, f->name);
-    buf_puts(b, f->type == METRICS_COUNTER ? " counter\n" : " gauge\n");
+    buf_puts(b, type_names[f->type]);
     for (size_t i = 0; i < f->nseries; i++) {
-        char num[40];
-        format_value(f->series[i].value, num, sizeof num);
-        buf_puts(b, f->name);
-        if (f->series[i].labels[0]) {
-            buf_puts(b, "{");
-            buf_puts(b, f->series[i].labels);
-            buf_puts(b, "}");
-        }
-        buf_puts(b, " ");
-        buf_puts(b, num);
-        buf_puts(b, "\n");
+        if (f->type == METRICS_HISTOGRAM)
+            render_histogram(b, f, &f->series[i]);
+        else
+            render_sample(b, f->name, "", f->series[i].labels, NULL, f->series[i].value);
     }
 }
 
@@ -334,8 +471,10 @@ char *metrics_render(size_t *len)
 void metrics_reset(void)
 {
     for (size_t i = 0; i < nfamilies; i++) {
-        for (size_t j = 0; j < families[i].nseries; j++)
+        for (size_t j = 0; j < families[i].nseries; j++) {
             free(families[i].series[j].labels);
+            free(families[i].series[j].counts);
+        }
         free(families[i].series);
     }
     free(families);

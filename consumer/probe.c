@@ -309,6 +309,7 @@ static int start_http(probe_one_t *p)
         .ca_file = c->ca_file,
         .timeout_ms = probe_timeout(c),
         .connect_timeout_ms = probe_timeout(c),
+        .service = "probe",
     };
     return http_send(p->req->http, &hr, on_http, p, &p->http);
 }

@@ -11,6 +11,7 @@
 #include "backoff.h"
 #include "log.h"
 #include "metrics.h"
+#include "observe.h"
 #include "util.h"
 
 /* ---- the transition table --------------------------------------------------------------- */
@@ -322,6 +323,8 @@ static void on_persisted(void *arg, int status)
     free(p);
     r->writing = false;
     if (status == 0) {
+        if (!journal_status_open(r->next.status))
+            observe_rotation_ended(&r->next); /* every write that ends one, an abort's too */
         r->row = r->next;
         r->row.seq++;
     }
@@ -595,6 +598,7 @@ static void enter_approval(rotation_t *r, json_t *out)
     r->next.status = RS_WAITING;
     r->next.attempt = 1;
     int64_t now = util_now_ms();
+    r->attempt_started_ms = now; /* an approval's wait is its attempt: its duration is measured */
     r->next.next_at_ms = now + (int64_t)(cfg->approval.mode == APPROVAL_AUTO
                                              ? cfg->approval.soak_ms
                                              : cfg->stages[STAGE_APPROVE].timeout_ms);
@@ -658,10 +662,7 @@ static void count_transition(const rotation_t *r)
                   labels, 1);
     metrics_gauge("rotor_rotations_open", "Rotations open in this process", NULL,
                   engine_open_count(r->eng) - (journal_status_open(r->row.status) ? 0 : 1));
-    if (!journal_status_open(r->row.status)) {
-        snprintf(labels, sizeof labels, "status=\"%s\"", journal_status_name(r->row.status));
-        metrics_count("rotor_rotations_total", "Rotations that ended, by final status", labels, 1);
-    }
+    observe_attempt(r->finished, outcome, r->took_ms);
 }
 
 void rot_on_effect_persisted(rotation_t *r, int status)
@@ -683,6 +684,7 @@ void rot_effect_done(rotation_t *r, int status, const char *reason)
     if (status == 0)
         rot_crash_point(r, "effect");
     int64_t took = r->attempt_started_ms ? util_now_ms() - r->attempt_started_ms : 0;
+    r->took_ms = r->attempt_started_ms ? took : -1;
     /* r->row was updated in place by the effect (version, swapped, old_version); the journal
      * still holds the old values, and r->row.seq is still the token it holds. */
     r->next = r->row;
@@ -811,6 +813,7 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
     r->token++;
     r->next = r->row;
     r->finished = STAGE_APPROVE;
+    r->took_ms = r->attempt_started_ms ? util_now_ms() - r->attempt_started_ms : -1;
     json_t *out = json_array();
     json_t *hist;
     if (on == ON_APPROVED) {

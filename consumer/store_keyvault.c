@@ -810,6 +810,7 @@ static void kv_send(kv_req_t *r, const char *token)
         .timeout_ms = cfg->store.timeout_ms,
         .connect_timeout_ms = cfg->store.connect_timeout_ms,
         .resolve = cfg->store.resolve,
+        .service = "keyvault",
     };
     int rc = http_send(r->s->http, &req, kv_on_http, r, &r->http);
     kv_buf_free(&auth);

@@ -10,6 +10,7 @@ packages=(
   postgresql kcat openssl
   nginx curl # the main job's ingress (scripts/demo.sh) and its hooks' readiness checks
   python3 python3-pytest python3-jsonschema python3-psycopg2 python3-yaml
+  prometheus # promtool and a real server scrape rotor's /metrics (tests/e2e/test_metrics_prometheus.py)
 )
 # kubectl for the Kubernetes emulator's checks; another package (Google Cloud SDK's kubectl) may
 # already own /usr/bin/kubectl, and dpkg refuses to install both.

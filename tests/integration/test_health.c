@@ -190,6 +190,8 @@ static void test_routes(void **state)
     assert_non_null(strstr(m, "# TYPE rotor_test_rotations_total counter\n"));
     assert_non_null(strstr(m, "# TYPE rotor_up gauge\n"));
     assert_non_null(strstr(m, "# TYPE rotor_loop_lag_seconds gauge\n"));
+    assert_non_null(strstr(m, "rotor_build_info{libcurl=\""));
+    assert_non_null(strstr(m, ",version=\"" ROTOR_VERSION "\"} 1\n"));
     assert_non_null(strstr(m, "rotor_test_rotations_total{secret=\"pg\\\"blue\\\\x\\nz\","
                               "stage=\"set-db\"} 3\n"));
     assert_true(sample(m, "rotor_up") == 1.0);
@@ -224,6 +226,16 @@ static void test_loop_lag(void **state)
     assert_int_equal(f->r[1].status, 200);
     assert_int_equal(f->r[2].status, 200);
     assert_true(sample(f->r[2].body, "rotor_loop_lag_seconds") >= 0.5);
+    /* Every sample goes to the histogram too: the stall is one sample above a second, while the
+     * quiet samples before it stayed under one. */
+    const char *m = f->r[2].body;
+    double below_1s = sample(m, "rotor_loop_delay_seconds_bucket{le=\"1\"}");
+    double all = sample(m, "rotor_loop_delay_seconds_count");
+    assert_true(all >= 1);
+    assert_non_null(strstr(m, "# TYPE rotor_loop_delay_seconds histogram\n"));
+    assert_true(sample(m, "rotor_loop_delay_seconds_bucket{le=\"+Inf\"}") == all);
+    assert_true(below_1s == all - 1);
+    assert_true(sample(m, "rotor_loop_delay_seconds_sum") >= 1.0);
 }
 
 static void client_healthz(fixture_t *f)

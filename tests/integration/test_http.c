@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "http.h"
+#include "metrics.h"
 #include "rotor.h"
 #include "testsrv.h"
 
@@ -416,6 +417,56 @@ static void test_cancel(void **state)
     uv_run(&f->loop, UV_RUN_DEFAULT);
 }
 
+static double requests(const char *labels)
+{
+    double v = 0;
+    return metrics_value("rotor_http_requests_total", labels, &v) == 0 ? v : 0;
+}
+
+/* Every request is counted once, by its service and what came of it: a status code, or why no
+ * response came. A driver's retries are separate requests, so a 429 shows beside its 200. */
+static void test_requests_counted(void **state)
+{
+    fixture_t *f = *state;
+    metrics_reset();
+    script(f, "/kv", "[{\"status\":429},{\"status\":200}]");
+    metrics_reset(); /* the script's own POST is not part of what is counted below */
+    char url[128];
+    url_of(url, sizeof url, "/kv");
+    http_request_t req = {.method = "GET", .url = url, .ca_file = srv.ca, .service = "keyvault"};
+    result_t r;
+    run_one(f, &req, &r);
+    assert_int_equal(r.http, 429);
+    result_free(&r);
+    run_one(f, &req, &r);
+    assert_int_equal(r.http, 200);
+    result_free(&r);
+    url_of(url, sizeof url, "/slow?ms=3000");
+    http_request_t slow = {
+        .method = "GET", .url = url, .ca_file = srv.ca, .timeout_ms = 200, .service = "probe"};
+    run_one(f, &slow, &r);
+    assert_int_equal(r.status, ROTOR_ETIMEOUT);
+    result_free(&r);
+    http_request_t unnamed = {.method = "GET", .url = url, .ca_file = srv.ca};
+    http_req_t *hr;
+    memset(&r, 0, sizeof r);
+    r.loop = &f->loop;
+    assert_int_equal(http_send(f->http, &unnamed, on_result, &r, &hr), 0);
+    http_cancel(hr);
+    result_free(&r);
+
+    assert_true(requests("service=\"keyvault\",code=\"429\"") == 1);
+    assert_true(requests("service=\"keyvault\",code=\"200\"") == 1);
+    assert_true(requests("service=\"probe\",code=\"timeout\"") == 1);
+    assert_true(requests("service=\"other\",code=\"canceled\"") == 1);
+    char *text = metrics_render(NULL);
+    assert_non_null(strstr(text, "# TYPE rotor_http_requests_total counter\n"));
+    assert_non_null(
+        strstr(text, "rotor_http_requests_total{code=\"200\",service=\"keyvault\"} 1\n"));
+    free(text);
+    metrics_reset();
+}
+
 static void on_stop(uv_timer_t *t)
 {
     uv_stop(t->loop);
@@ -554,6 +605,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_twenty_concurrent, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_loop_never_blocks, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_arguments, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_requests_counted, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, server_start, server_stop);
 }

@@ -1,4 +1,5 @@
-/* test_metrics.c: the Prometheus registry's exposition text: order, escaping, types and values. */
+/* test_metrics.c: the Prometheus registry's exposition text: order, escaping, types and values,
+ * and histograms (cumulative buckets, +Inf, _sum, _count). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "rotor.h"
 
 static int teardown(void **state)
 {
@@ -165,6 +167,89 @@ static void test_many_series_sorted(void **state)
     free(text);
 }
 
+static const double bounds[] = {0.1, 0.5, 1};
+
+static void test_histogram_exposition(void **state)
+{
+    (void)state;
+    /* 0.5 sits exactly on a bound: le means "less than or equal", so it counts in le="0.5".
+     * Values are exact in binary so that _sum is exact. */
+    metrics_observe("d_seconds", "D.", "stage=\"deploy\"", bounds, 3, 0.5);
+    metrics_observe("d_seconds", "D.", "stage=\"deploy\"", bounds, 3, 0.0625);
+    metrics_observe("d_seconds", "D.", "stage=\"deploy\"", bounds, 3, 7);
+    metrics_observe("d_seconds", "D.", "stage=\"deploy\"", bounds, 3, 0.75);
+    metrics_observe("d_seconds", "D.", NULL, bounds, 3, 0.25);
+    assert_rendered("# HELP d_seconds D.\n"
+                    "# TYPE d_seconds histogram\n"
+                    "d_seconds_bucket{le=\"0.1\"} 0\n"
+                    "d_seconds_bucket{le=\"0.5\"} 1\n"
+                    "d_seconds_bucket{le=\"1\"} 1\n"
+                    "d_seconds_bucket{le=\"+Inf\"} 1\n"
+                    "d_seconds_sum 0.25\n"
+                    "d_seconds_count 1\n"
+                    "d_seconds_bucket{stage=\"deploy\",le=\"0.1\"} 1\n"
+                    "d_seconds_bucket{stage=\"deploy\",le=\"0.5\"} 2\n"
+                    "d_seconds_bucket{stage=\"deploy\",le=\"1\"} 3\n"
+                    "d_seconds_bucket{stage=\"deploy\",le=\"+Inf\"} 4\n"
+                    "d_seconds_sum{stage=\"deploy\"} 8.3125\n"
+                    "d_seconds_count{stage=\"deploy\"} 4\n");
+    double v = 0;
+    assert_int_equal(metrics_value("d_seconds", "stage=\"deploy\"", &v), 0);
+    assert_true(v == 4);
+}
+
+/* Whatever is observed, every bucket holds at least what the one below it holds, +Inf equals
+ * _count, and _sum is the sum of the observations. */
+static void test_histogram_cumulative(void **state)
+{
+    (void)state;
+    static const double b[] = {0.001, 0.002, 0.005, 0.01};
+    double sum = 0;
+    for (int i = 0; i < 200; i++) {
+        double v = (double)((i * 37) % 23) / 1000.0;
+        sum += v;
+        metrics_observe("lag_seconds", "Lag.", NULL, b, 4, v);
+    }
+    char *text = metrics_render(NULL);
+    double prev = -1;
+    const char *p = text;
+    for (int k = 0; k < 5; k++) {
+        p = strstr(p, "lag_seconds_bucket{le=\"");
+        assert_non_null(p);
+        const char *sp = strchr(p, ' ');
+        double c = strtod(sp + 1, NULL);
+        assert_true(c >= prev);
+        prev = c;
+        p = sp;
+    }
+    assert_non_null(strstr(text, "lag_seconds_bucket{le=\"+Inf\"} 200\n"));
+    assert_non_null(strstr(text, "lag_seconds_count 200\n"));
+    const char *s = strstr(text, "lag_seconds_sum ");
+    assert_non_null(s);
+    assert_true(fabs(strtod(s + strlen("lag_seconds_sum "), NULL) - sum) < 1e-9);
+    free(text);
+}
+
+static void test_histogram_invalid_dropped(void **state)
+{
+    (void)state;
+    static const double unsorted[] = {1, 0.5};
+    static const double inf[] = {1, INFINITY};
+    metrics_observe("h1_seconds", "H.", NULL, unsorted, 2, 1);
+    metrics_observe("h2_seconds", "H.", NULL, inf, 2, 1);
+    metrics_observe("h3_seconds", "H.", NULL, bounds, 0, 1);
+    metrics_observe("h4_seconds", "H.", "le=\"1\"", bounds, 3, 1); /* le is the format's */
+    metrics_observe("h5_seconds", "H.", NULL, bounds, 3, NAN);
+    metrics_count("c_total", "C.", NULL, 1);
+    metrics_observe("c_total", "C.", NULL, bounds, 3, 1); /* a counter stays a counter */
+    assert_rendered("# HELP c_total C.\n# TYPE c_total counter\nc_total 1\n");
+    double v;
+    assert_int_equal(metrics_value("h1_seconds", NULL, &v), ROTOR_ENOTFOUND);
+    assert_int_equal(metrics_value("c_total", "a=\"1\"", &v), ROTOR_ENOTFOUND);
+    assert_int_equal(metrics_value("c_total", NULL, &v), 0);
+    assert_true(v == 1);
+}
+
 int main(void)
 {
     /* The dropped samples log a warning; keep the test output readable. */
@@ -182,6 +267,9 @@ int main(void)
         cmocka_unit_test_teardown(test_value_round_trips, teardown),
         cmocka_unit_test_teardown(test_reset_forgets, teardown),
         cmocka_unit_test_teardown(test_many_series_sorted, teardown),
+        cmocka_unit_test_teardown(test_histogram_exposition, teardown),
+        cmocka_unit_test_teardown(test_histogram_cumulative, teardown),
+        cmocka_unit_test_teardown(test_histogram_invalid_dropped, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (devnull)
