@@ -99,10 +99,16 @@ static void on_created(void *arg, int status)
         cmd_request(c);
         return;
     }
+    if (status == ROTOR_EFENCED) {
+        /* Another claim is in force (another owner, or one under a larger partition count):
+         * the request waits for this process to own the secret again, or for its new owner. */
+        log_warn("rotation.fenced", "secret", c->row.secret, "request", c->ev->id, "note",
+                 "not created: another process owns the secret now");
+        cmd_finish(c, ROTOR_EDB, "another process owns the secret now");
+        return;
+    }
     if (status != 0) {
-        cmd_finish(c, ROTOR_EDB,
-                   status == ROTOR_EFENCED ? "another process owns the secret now"
-                                           : "journal unavailable");
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
         return;
     }
     log_info("rotation.created", "rotation", c->row.id, "secret", c->row.secret, "from",

@@ -557,7 +557,7 @@ static void on_attempt_started(rotation_t *r, int status)
         /* journaled as running; the next start resumes it */
         return;
     }
-    if (!rot_fence_holds(r)) {
+    if (r->letting_go || !rot_fence_holds(r)) {
         /* lost the secret since the write: no effect starts under a stale claim */
         rot_let_go(r, "revoked before the effect");
         return;
