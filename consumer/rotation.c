@@ -567,7 +567,8 @@ static void on_attempt_started(rotation_t *r, int status)
     r->attempt_started_ms = util_now_ms();
     r->sessions_ended = -1;
     /* The effect ends by the deadline journaled with the attempt, which a new owner honours. */
-    int64_t left = r->row.run_until_ms - r->attempt_started_ms;
+    int64_t left = r->row.run_until_ms ? r->row.run_until_ms - r->attempt_started_ms
+                                       : (int64_t)attempt_timeout(r);
     uv_timer_start(&r->deadline, on_deadline, left > 0 ? (uint64_t)left : 0, 0);
     rot_log(LOG_INFO, "stage.started", r, NULL, NULL);
     run_effect(r);
