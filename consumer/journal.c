@@ -605,11 +605,12 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
  * committed first makes this write see the new epoch and be refused; a write that locked first
  * makes the claim wait for its commit, so the new owner reads what it wrote. The mutation m
  * requires FENCE_HOLDS; FENCED_RESULT reports (rows written, fence held), and on_write tells a
- * lost fence (ROTOR_EFENCED) from a lost compare-and-set (ROTOR_ECONFLICT). */
-#define FENCE_CTE(part, epoch, nparts)                                                             \
-    "f AS (SELECT 1 FROM rotor.owners o WHERE o.part = " part "::int"                              \
-    "  AND o.instance = current_setting('application_name') AND o.epoch = " epoch "::bigint"       \
-    "  AND " nparts "::int >= (SELECT max(nparts) FROM rotor.owners) FOR SHARE OF o)"
+ * lost fence (ROTOR_EFENCED) from a lost compare-and-set (ROTOR_ECONFLICT). The claim is
+ * bound as $22..$24 (part, epoch, nparts), as row_params() lays them out. */
+#define FENCE_CTE                                                                                  \
+    "f AS (SELECT 1 FROM rotor.owners o WHERE o.part = $22::int"                                   \
+    "  AND o.instance = current_setting('application_name') AND o.epoch = $23::bigint"             \
+    "  AND $24::int >= (SELECT max(nparts) FROM rotor.owners) FOR SHARE OF o)"
 #define FENCE_HOLDS " EXISTS (SELECT 1 FROM f)"
 #define FENCED_RESULT " SELECT count(*), (SELECT count(*) FROM f) FROM m"
 
@@ -694,24 +695,18 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
 {
     row_params_t p;
     row_params(r, history, outbox, &p);
-    return jq(
-        j,
-        "WITH " FENCE_CTE(
-            "$22", "$23",
-            "$24") ","
-                   " m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
-                   "  from_slot, to_slot, swapped, trigger, request_id, reason, error, "
-                   "traceparent, version,"
-                   "  old_version, actor, next_at, expires_at)"
-                   " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11, "
-                   "$12, $13,"
-                   "  $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
-                   "  to_timestamp($19::bigint / 1000.0)"
-                   " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
-                   " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', "
-                   "'failed')"
-                   "  DO NOTHING RETURNING id)" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
-        24, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+    return jq(j,
+              "WITH " FENCE_CTE ","
+              " m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
+              "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent,"
+              "  version, old_version, actor, next_at, expires_at)"
+              " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11,"
+              "  $12, $13, $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
+              "  to_timestamp($19::bigint / 1000.0)"
+              " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
+              " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
+              "  DO NOTHING RETURNING id)" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
+              24, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
@@ -720,42 +715,35 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
     row_params_t p;
     row_params(r, history, outbox, &p);
     /* $2, $7 and $10 are part of the row's identity and do not change; they are still bound so
-     * one parameter list serves both statements. */
-    return jq(
-        j,
-        "WITH " FENCE_CTE(
-            "$22", "$23",
-            "$24") ","
-                   " m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
-                   "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13, version "
-                   "= $15,"
-                   "  old_version = $16, actor = $17, next_at = to_timestamp($18::bigint / 1000.0),"
-                   "  expires_at = to_timestamp($19::bigint / 1000.0), updated_at = now(),"
-                   "  finished_at = CASE WHEN $4 IN ('completed', 'rolled-back', 'aborted') THEN "
-                   "now() END,"
-                   /* a running attempt records whose it is and until when; the last runner stays on
-                    * the row for the audit, its deadline does not */
-                   "  run_until = CASE WHEN $4 = 'running' THEN to_timestamp($25::bigint / 1000.0) "
-                   "END,"
-                   "  run_by = CASE WHEN $4 = 'running' THEN current_setting('application_name')"
-                   "   ELSE run_by END,"
-                   "  run_part = CASE WHEN $4 = 'running' THEN $22::int ELSE run_part END,"
-                   "  run_epoch = CASE WHEN $4 = 'running' THEN $23::bigint ELSE run_epoch END,"
-                   "  run_pid = CASE WHEN $4 = 'running' THEN pg_backend_pid() ELSE run_pid END"
-                   " WHERE id = $1::uuid AND seq = $5::int AND secret = $2 AND from_slot = $7"
-                   "  AND" FENCE_HOLDS
-                   "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
-                   "  AND coalesce(reason, '') = coalesce($12, '')"
-                   "  AND coalesce(traceparent, '') = coalesce($14, '')"
-                   " RETURNING id, secret, status, swapped, to_slot)"
-                   /* The secret's active slot follows production: completed, or aborted after the
-                      swap. */
-                   ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = "
-                   "now(),"
-                   "  last_rotation = m.id FROM m WHERE s.name = m.secret"
-                   "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
-                   "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
-        25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+     * one parameter list serves both statements. A running attempt records whose it is and
+     * until when ($25); the last runner stays on the row for the audit, its deadline does not. */
+    return jq(j,
+              "WITH " FENCE_CTE ","
+              " m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
+              "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13,"
+              "  version = $15, old_version = $16, actor = $17,"
+              "  next_at = to_timestamp($18::bigint / 1000.0),"
+              "  expires_at = to_timestamp($19::bigint / 1000.0), updated_at = now(),"
+              "  finished_at = CASE WHEN $4 IN ('completed', 'rolled-back', 'aborted')"
+              "   THEN now() END,"
+              "  run_until = CASE WHEN $4 = 'running' THEN to_timestamp($25::bigint / 1000.0) END,"
+              "  run_by = CASE WHEN $4 = 'running' THEN current_setting('application_name')"
+              "   ELSE run_by END,"
+              "  run_part = CASE WHEN $4 = 'running' THEN $22::int ELSE run_part END,"
+              "  run_epoch = CASE WHEN $4 = 'running' THEN $23::bigint ELSE run_epoch END,"
+              "  run_pid = CASE WHEN $4 = 'running' THEN pg_backend_pid() ELSE run_pid END"
+              " WHERE id = $1::uuid AND seq = $5::int AND secret = $2 AND from_slot = $7"
+              "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
+              "  AND coalesce(reason, '') = coalesce($12, '')"
+              "  AND coalesce(traceparent, '') = coalesce($14, '') AND" FENCE_HOLDS
+              " RETURNING id, secret, status, swapped, to_slot)"
+              /* The secret's active slot follows production: completed, or aborted after the
+               * swap. */
+              ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
+              "  last_rotation = m.id FROM m WHERE s.name = m.secret"
+              "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
+              "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
+              25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 static void on_claimed(pgc_conn_t *c, PGresult *res, int status, void *arg)
