@@ -81,7 +81,9 @@ void rot_let_go(rotation_t *r, const char *why)
     }
     if (r->writing)
         return; /* the write's outcome comes first; rot_step() lets go after it */
-    r->release = r->row.status == RS_RUNNING;
+    /* Only an attempt this process started is its to release (its last write set it running). */
+    r->release = r->row.status == RS_RUNNING && r->row.run_until_ms && r->row.fence.epoch &&
+                 r->row.run_epoch == r->row.fence.epoch && r->row.run_part == r->row.fence.part;
     rot_remove(r); /* cancels what can be cancelled; rot_left() runs once nothing is left */
 }
 
