@@ -19,6 +19,7 @@
 typedef struct {
     bool done;
     int status;
+    int64_t epoch; /* of journal_claim */
 } waiter_t;
 
 static void wait_for(uv_loop_t *loop, waiter_t *w, const char *what)
@@ -47,6 +48,14 @@ static void on_secret(void *arg, int status, rotor_slot_t active, int64_t first,
     (void)active, (void)first, (void)last;
     waiter_t *w = arg;
     w->status = status;
+    w->done = true;
+}
+
+static void on_claimed(void *arg, int status, int64_t epoch)
+{
+    waiter_t *w = arg;
+    w->status = status;
+    w->epoch = epoch;
     w->done = true;
 }
 
@@ -117,6 +126,11 @@ static void setup_rotation(uv_loop_t *loop, journal_t *j, waiter_t *w, journal_r
     if (journal_secret(j, r->secret, SLOT_BLUE, on_secret, w) != 0)
         exit(1);
     wait_for(loop, w, "journal_secret");
+    /* Rotation writes are fenced: claim a partition first, as a daemon does on assignment. */
+    if (journal_claim(j, 0, 1, 0, on_claimed, w) != 0)
+        exit(1);
+    wait_for(loop, w, "journal_claim");
+    r->fence = (journal_fence_t){.part = 0, .nparts = 1, .epoch = w->epoch};
     if (journal_create(j, r, history_json, NULL, on_done, w) != 0)
         exit(1);
     wait_for(loop, w, "journal_create");
@@ -170,7 +184,7 @@ int main(int argc, char **argv)
     const char *dsn = getenv("ROTOR_BENCH_DSN") ? getenv("ROTOR_BENCH_DSN") : "";
     uv_loop_t loop;
     uv_loop_init(&loop);
-    waiter_t w = {false, 0};
+    waiter_t w = {false, 0, 0};
 
     journal_t *j = NULL;
     if (journal_open(&loop, dsn, "bench", on_open, &w, &j) != 0)

@@ -42,6 +42,12 @@ static void on_cmd_persisted(rotation_t *r, int status)
 {
     cmd_t *c = r->eng->pending_cmd;
     r->eng->pending_cmd = NULL;
+    if (status == ROTOR_EFENCED) {
+        /* Not this process's secret any more: its new owner gets the command. */
+        cmd_finish(c, ROTOR_EDB, "another process owns the secret now");
+        rot_after_write(r, status);
+        return;
+    }
     if (status == ROTOR_ECONFLICT) {
         /* The row moved under us (a stage finished meanwhile): decide again on fresh state. */
         rot_reload(r);
@@ -93,6 +99,14 @@ static void on_created(void *arg, int status)
         cmd_request(c);
         return;
     }
+    if (status == ROTOR_EFENCED) {
+        /* Another claim is in force (another owner, or one under a larger partition count):
+         * the request waits for this process to own the secret again, or for its new owner. */
+        log_warn("rotation.fenced", "secret", c->row.secret, "request", c->ev->id, "note",
+                 "not created: another process owns the secret now");
+        cmd_finish(c, ROTOR_EDB, "another process owns the secret now");
+        return;
+    }
     if (status != 0) {
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
         return;
@@ -127,6 +141,11 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
     row->created_at_ms = now;
     /* Fixed at creation so that every stage (store exp, VALID UNTIL) uses the same instant. */
     row->expires_at_ms = now + (int64_t)c->sec->cfg->validity_ms;
+    if (!rot_fence(c->e, row->secret, &row->fence)) {
+        /* Not claimed here (yet): a rotation is created only by its secret's owner. */
+        cmd_finish(c, ROTOR_EDB, "not the secret's owner (partition not claimed yet)");
+        return;
+    }
 
     json_t *out = json_array();
     json_t *d = rot_data(row);
@@ -174,7 +193,8 @@ static void on_latest_for_request(void *arg, int status, const journal_rot_t *ro
     }
     if (n > 0 && journal_status_open(rows[0].status)) {
         /* Open in the journal but not here (taken over in a rebalance): hold it and absorb. */
-        if (!rot_find(c->e, rows[0].id) && c->e->owns(c->e->owns_arg, rows[0].secret))
+        if (!rot_find(c->e, rows[0].id) && !rot_leaving(c->e, rows[0].id) &&
+            c->e->owns(c->e->owns_arg, rows[0].secret))
             rot_step(rot_add(c->e, c->sec, &rows[0]));
         absorb(c, &rows[0]);
         return;
@@ -192,8 +212,20 @@ static void on_request_seen(void *arg, int status, const journal_rot_t *rows, in
         return;
     }
     if (n > 0) {
+        /* Its rotation may be open and run by nobody (a lost commit result, a rebalance that
+         * came between its creation and a load): take it in, as a load would. */
+        secret_ctx_t *sec = rot_secret_ctx(c->e, rows[0].secret);
+        bool pickup = sec && journal_status_open(rows[0].status) && !rot_find(c->e, rows[0].id) &&
+                      !rot_leaving(c->e, rows[0].id) && c->e->owns(c->e->owns_arg, rows[0].secret);
         log_info("rotation.request_redelivered", "request", c->ev->id, "rotation", rows[0].id,
-                 "note", "already applied; nothing to do");
+                 "note", pickup ? "open and not running here: resumed" : "already applied");
+        if (pickup) {
+            rotation_t *r = rot_add(c->e, sec, &rows[0]);
+            rot_log(LOG_INFO, "rotation.resumed", r, "status", journal_status_name(r->row.status));
+            cmd_finish(c, 0, NULL);
+            rot_step(r);
+            return;
+        }
         cmd_finish(c, 0, NULL);
         return;
     }
@@ -306,9 +338,14 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
     /* Open and ours, but not loaded yet (a restart or a rebalance is loading it): take it in
      * and decide on it now, rather than dead-lettering a valid decision. */
     secret_ctx_t *sec = n > 0 ? rot_secret_ctx(c->e, rows[0].secret) : NULL;
+    if (n > 0 && rot_leaving(c->e, rows[0].id)) {
+        /* let go a moment ago: its owner (this process again, or another) takes it next */
+        cmd_finish(c, ROTOR_EDB, "rotation changing owner; command will be retried");
+        return;
+    }
     if (sec && journal_status_open(rows[0].status) && c->e->owns(c->e->owns_arg, rows[0].secret) &&
         c->tries++ == 0) {
-        if (!rot_find(c->e, rows[0].id))
+        if (!rot_find(c->e, rows[0].id) && !rot_leaving(c->e, rows[0].id))
             rot_step(rot_add(c->e, sec, &rows[0]));
         cmd_decide(c, (decision_t)c->decision);
         return;

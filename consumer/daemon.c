@@ -20,13 +20,13 @@
 #include "log.h"
 #include "metrics.h"
 #include "observe.h"
+#include "owner.h"
 #include "relay.h"
 #include "rotation.h"
 #include "schedule.h"
 #include "secret.h"
 #include "util.h"
 
-#define MAX_PARTITIONS 1024
 #define KV_MAX_EVENTS 16 /* Event Grid delivers at most this many events in one message */
 
 typedef struct {
@@ -46,8 +46,8 @@ typedef struct {
     uv_signal_t sigint, sigterm;
     uv_timer_t retry_timer; /* re-handles a message when the journal was unavailable */
     uv_timer_t force_timer; /* bounds shutdown */
-    bool assigned[MAX_PARTITIONS];
-    bool rebalanced; /* the consumer has been assigned at least once */
+    owner_t *owner;         /* claims of the assigned partitions (fencing epochs) */
+    bool rebalanced;        /* the consumer has been assigned at least once */
     bool stopping;
     int exit_code;
     /* the message being handled (one at a time) */
@@ -59,13 +59,39 @@ typedef struct {
 
 /* ---- ownership and readiness ----------------------------------------------------------------- */
 
-static bool owns(void *arg, const char *secret)
+/* The secret's commands partition is assigned here and claimed in the journal. */
+static bool fence(void *arg, const char *secret, journal_fence_t *out)
 {
     daemon_t *d = arg;
     if (!d->kafka)
         return false;
-    int32_t p = kafka_partition_of(d->kafka, secret);
-    return p >= 0 && p < MAX_PARTITIONS && d->assigned[p];
+    return owner_fence(d->owner, kafka_partition_of(d->kafka, secret), out);
+}
+
+static bool owns(void *arg, const char *secret)
+{
+    journal_fence_t f;
+    return fence(arg, secret, &f);
+}
+
+static void on_fenced(void *arg, const journal_fence_t *f)
+{
+    daemon_t *d = arg;
+    owner_lost(d->owner, f);
+}
+
+static void on_ownership_changed(void *arg)
+{
+    daemon_t *d = arg;
+    if (d->engine && !d->stopping)
+        engine_rebalanced(d->engine);
+}
+
+static void on_partition_count(kafka_t *k, int32_t count, void *arg)
+{
+    (void)k;
+    daemon_t *d = arg;
+    owner_set_count(d->owner, count);
 }
 
 static int ready(void *arg, const char **reason)
@@ -260,18 +286,15 @@ static void on_delivery(kafka_t *k, void *opaque, int err, const char *reason, v
 
 static void on_rebalance(kafka_t *k, const int32_t *partitions, int n, int assigned, void *arg)
 {
-    (void)k;
     daemon_t *d = arg;
-    for (int i = 0; i < n; i++) {
-        if (partitions[i] >= 0 && partitions[i] < MAX_PARTITIONS)
-            d->assigned[partitions[i]] = assigned != 0;
-    }
     d->rebalanced = true;
     char count[16];
     snprintf(count, sizeof count, "%d", n);
     log_info(assigned ? "kafka.assigned" : "kafka.revoked", "partitions", count);
-    if (d->engine)
-        engine_rebalanced(d->engine);
+    /* Ownership follows the claims (owner.c): a revoke lets go at once, an assignment once its
+     * claim is in the journal; both end in engine_rebalanced. The count may have changed too. */
+    owner_assign(d->owner, partitions, n, assigned != 0);
+    kafka_meta_refresh(k);
 }
 
 static void close_rest(daemon_t *d);
@@ -294,6 +317,7 @@ static void on_walk_close(uv_handle_t *h, void *arg)
 
 static void close_rest(daemon_t *d)
 {
+    owner_stop(d->owner);
     relay_stop(d->relay);
     d->relay = NULL;
     schedule_stop(d->schedule);
@@ -377,6 +401,7 @@ static void on_engine_ready(engine_t *e, int status, const char *reason, void *a
         return;
     }
     observe_load_secrets(d->journal, d->cfg); /* the expiry gauges are right after a restart */
+    kafka_meta_on_count(d->kafka, on_partition_count, d);
     relay_start(&d->loop, d->journal, d->kafka, &d->relay);
     journal_on_outbox(d->journal, relay_kick, d->relay);
     schedule_start(&d->loop, d->cfg, d->journal, d->engine, d->source, owns, d, &d->schedule);
@@ -401,7 +426,8 @@ static void on_journal_open(journal_t *j, int status, const char *reason, void *
         fail(d, "journal", reason);
         return;
     }
-    engine_opts_t opts = {&d->loop, d->cfg, d->journal, d->source, owns, d};
+    d->owner = owner_new(&d->loop, d->journal, on_ownership_changed, d);
+    engine_opts_t opts = {&d->loop, d->cfg, d->journal, d->source, owns, d, fence, on_fenced};
     char err[512];
     if (engine_start(&opts, on_engine_ready, d, &d->engine, err, sizeof err) < 0) {
         d->engine = NULL;
@@ -486,6 +512,7 @@ int daemon_run(const rotor_config_t *cfg)
         kafka_free(d->kafka);
     if (d->broker)
         broker_stop(d->broker);
+    owner_free(d->owner);
     metrics_reset();
     int code = d->exit_code;
     free(d->brokers);

@@ -95,6 +95,20 @@ const char *const journal_migrations[] = {
      * its order against other appended migrations does not matter. */
     "ALTER TABLE rotor.outbox ADD COLUMN IF NOT EXISTS parked_at timestamptz,"
     "  ADD COLUMN IF NOT EXISTS park_reason text;",
+    /* 7: fence */
+    /* Who owns which partition of the commands topic, under which epoch: a claim bumps the
+     * epoch, and every rotation write names the claim it was made under (journal_update). The
+     * running attempt's claim and deadline are on the row, so that a new owner waits for an
+     * attempt its predecessor may still be running. */
+    "CREATE TABLE rotor.owners ("
+    "  part integer PRIMARY KEY,"
+    "  instance text NOT NULL,"
+    "  epoch bigint NOT NULL,"
+    "  nparts integer NOT NULL,"
+    "  claimed_at timestamptz NOT NULL DEFAULT now());"
+    "ALTER TABLE rotor.rotations ADD COLUMN run_by text, ADD COLUMN run_part integer,"
+    "  ADD COLUMN run_epoch bigint, ADD COLUMN run_pid integer,"
+    "  ADD COLUMN run_until timestamptz;",
 };
 const int journal_nmigrations = sizeof journal_migrations / sizeof journal_migrations[0];
 
@@ -441,7 +455,9 @@ void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
     " coalesce(traceparent, ''), coalesce(version, ''), coalesce(old_version, ''),"                \
     " coalesce(actor, ''), (extract(epoch from next_at) * 1000)::bigint,"                          \
     " coalesce((extract(epoch from expires_at) * 1000)::bigint, 0),"                               \
-    " (extract(epoch from created_at) * 1000)::bigint"
+    " (extract(epoch from created_at) * 1000)::bigint, coalesce(run_part, -1),"                    \
+    " coalesce(run_epoch, 0), coalesce((extract(epoch from run_until) * 1000)::bigint, 0),"        \
+    " EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = run_pid)"
 
 static int row_read(PGresult *res, int i, journal_rot_t *r)
 {
@@ -469,6 +485,10 @@ static int row_read(PGresult *res, int i, journal_rot_t *r)
     r->next_at_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
     r->expires_at_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
     r->created_at_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
+    r->run_part = atoi(PQgetvalue(res, i, c++));
+    r->run_epoch = strtoll(PQgetvalue(res, i, c++), NULL, 10);
+    r->run_until_ms = strtoll(PQgetvalue(res, i, c++), NULL, 10);
+    r->run_live = PQgetvalue(res, i, c++)[0] == 't';
     return 0;
 }
 
@@ -612,7 +632,7 @@ int journal_secret_figures(journal_t *j, journal_figures_cb cb, void *arg)
 
 /* Wraps a mutation CTE named m (which must RETURN id) with the history line and the outbox rows,
  * both taken from JSON parameters $h and $o and written only if m touched a row. */
-#define WITH_HISTORY_AND_OUTBOX(h, o)                                                              \
+#define HISTORY_AND_OUTBOX(h, o)                                                                   \
     ", hist AS (INSERT INTO rotor.history (rotation_id, trigger, actor, stage, outcome, attempt,"  \
     "   duration_ms, error, request_id)"                                                           \
     "  SELECT m.id, x.trigger, x.actor, x.stage, x.outcome, x.attempt, x.duration_ms, x.error,"    \
@@ -621,15 +641,34 @@ int journal_secret_figures(journal_t *j, journal_figures_cb cb, void *arg)
     "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"               \
     "  WHERE " h " IS NOT NULL)"                                                                   \
     ", ob AS (" OUTBOX_INSERT("(SELECT DISTINCT 1 FROM m) AS one,",                                \
-                              "coalesce(" o "::jsonb, '[]')") ")"                                  \
-                                                              " SELECT count(*) FROM m"
+                              "coalesce(" o "::jsonb, '[]')") ")"
+#define WITH_HISTORY_AND_OUTBOX(h, o) HISTORY_AND_OUTBOX(h, o) " SELECT count(*) FROM m"
+
+/* ---- fencing -------------------------------------------------------------------------------
+ * The one place that decides whether a rotation write still belongs to its owner. A CTE f holds
+ * a row only while rotor.owners names this instance with the write's epoch for its partition
+ * and no claim counts more partitions (a process that has not yet seen the topic grow maps
+ * secrets to stale partitions). FOR SHARE orders the write with a competing claim: a claim
+ * committed first makes this write see the new epoch and be refused; a write that locked first
+ * makes the claim wait for its commit, so the new owner reads what it wrote. The mutation m
+ * requires FENCE_HOLDS; FENCED_RESULT reports (rows written, fence held), and on_write tells a
+ * lost fence (ROTOR_EFENCED) from a lost compare-and-set (ROTOR_ECONFLICT). The claim is
+ * bound as $22..$24 (part, epoch, nparts), as row_params() lays them out. */
+#define FENCE_CTE                                                                                  \
+    "f AS (SELECT 1 FROM rotor.owners o WHERE o.part = $22::int"                                   \
+    "  AND o.instance = current_setting('application_name') AND o.epoch = $23::bigint"             \
+    "  AND $24::int >= (SELECT max(nparts) FROM rotor.owners) FOR SHARE OF o)"
+#define FENCE_HOLDS " EXISTS (SELECT 1 FROM f)"
+#define FENCED_RESULT " SELECT count(*), (SELECT count(*) FROM f) FROM m"
 
 static void on_write(pgc_conn_t *c, PGresult *res, int status, void *arg)
 {
     jreq_t *q = arg;
     journal_done_cb cb = (journal_done_cb)q->cb;
     if (status == 0 && atoi(PQgetvalue(res, 0, 0)) == 0) {
-        status = ROTOR_ECONFLICT;
+        /* A fenced write reports whether its claim held (FENCED_RESULT). */
+        bool fenced = PQnfields(res) > 1 && atoi(PQgetvalue(res, 0, 1)) == 0;
+        status = fenced ? ROTOR_EFENCED : ROTOR_ECONFLICT;
     } else if (status == 0) {
         if (q->outbox && q->j->outbox_fn)
             q->j->outbox_fn(q->j->outbox_arg);
@@ -647,10 +686,12 @@ static void fmt_ms(char *buf, size_t len, int64_t ms)
 }
 
 /* Text parameters of a row, in the order the INSERT and UPDATE below use them: $1..$19 the row,
- * $20 the history line, $21 the outbox rows. */
+ * $20 the history line, $21 the outbox rows, $22..$24 the fence (part, epoch, nparts), $25 the
+ * running attempt's deadline. */
 typedef struct {
     char seq[16], attempt[16], next_at[24], expires_at[24];
-    const char *v[21];
+    char part[16], epoch[24], nparts[16], run_until[24];
+    const char *v[25];
 } row_params_t;
 
 static void row_params(const journal_rot_t *r, const char *history, const char *outbox,
@@ -686,6 +727,14 @@ static void row_params(const journal_rot_t *r, const char *history, const char *
     memcpy(p->v, v, sizeof v);
     p->v[19] = history;
     p->v[20] = outbox;
+    snprintf(p->part, sizeof p->part, "%" PRId32, r->fence.part);
+    fmt_ms(p->epoch, sizeof p->epoch, r->fence.epoch);
+    snprintf(p->nparts, sizeof p->nparts, "%" PRId32, r->fence.nparts);
+    fmt_ms(p->run_until, sizeof p->run_until, r->run_until_ms);
+    p->v[21] = p->part;
+    p->v[22] = p->epoch;
+    p->v[23] = p->nparts;
+    p->v[24] = p->run_until;
 }
 
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
@@ -693,18 +742,18 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
 {
     row_params_t p;
     row_params(r, history, outbox, &p);
-    return jq(
-        j,
-        "WITH m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
-        "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent, version,"
-        "  old_version, actor, next_at, expires_at)"
-        " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11, $12, $13,"
-        "  $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
-        "  to_timestamp($19::bigint / 1000.0)"
-        " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7"
-        " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
-        "  DO NOTHING RETURNING id)" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
-        21, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+    return jq(j,
+              "WITH " FENCE_CTE ","
+              " m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
+              "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent,"
+              "  version, old_version, actor, next_at, expires_at)"
+              " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11,"
+              "  $12, $13, $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
+              "  to_timestamp($19::bigint / 1000.0)"
+              " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
+              " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
+              "  DO NOTHING RETURNING id)" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
+              24, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
@@ -713,25 +762,88 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
     row_params_t p;
     row_params(r, history, outbox, &p);
     /* $2, $7 and $10 are part of the row's identity and do not change; they are still bound so
-     * one parameter list serves both statements. */
-    return jq(
-        j,
-        "WITH m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
-        "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13, version = $15,"
-        "  old_version = $16, actor = $17, next_at = to_timestamp($18::bigint / 1000.0),"
-        "  expires_at = to_timestamp($19::bigint / 1000.0), updated_at = now(),"
-        "  finished_at = CASE WHEN $4 IN ('completed', 'rolled-back', 'aborted') THEN now() END"
-        " WHERE id = $1::uuid AND seq = $5::int AND secret = $2 AND from_slot = $7"
-        "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
-        "  AND coalesce(reason, '') = coalesce($12, '')"
-        "  AND coalesce(traceparent, '') = coalesce($14, '')"
-        " RETURNING id, secret, status, swapped, to_slot)"
-        /* The secret's active slot follows production: completed, or aborted after the swap. */
-        ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
-        "  last_rotation = m.id FROM m WHERE s.name = m.secret"
-        "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
-        "m.swapped)))" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
-        21, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+     * one parameter list serves both statements. A running attempt records whose it is and
+     * until when ($25); the last runner stays on the row for the audit, its deadline does not. */
+    return jq(j,
+              "WITH " FENCE_CTE ","
+              " m AS (UPDATE rotor.rotations SET stage = $3, status = $4, seq = seq + 1,"
+              "  attempt = $6::int, to_slot = $8, swapped = $9::boolean, error = $13,"
+              "  version = $15, old_version = $16, actor = $17,"
+              "  next_at = to_timestamp($18::bigint / 1000.0),"
+              "  expires_at = to_timestamp($19::bigint / 1000.0), updated_at = now(),"
+              "  finished_at = CASE WHEN $4 IN ('completed', 'rolled-back', 'aborted')"
+              "   THEN now() END,"
+              "  run_until = CASE WHEN $4 = 'running' THEN to_timestamp($25::bigint / 1000.0) END,"
+              "  run_by = CASE WHEN $4 = 'running' THEN current_setting('application_name')"
+              "   ELSE run_by END,"
+              "  run_part = CASE WHEN $4 = 'running' THEN $22::int ELSE run_part END,"
+              "  run_epoch = CASE WHEN $4 = 'running' THEN $23::bigint ELSE run_epoch END,"
+              "  run_pid = CASE WHEN $4 = 'running' THEN pg_backend_pid() ELSE run_pid END"
+              " WHERE id = $1::uuid AND seq = $5::int AND secret = $2 AND from_slot = $7"
+              "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
+              "  AND coalesce(reason, '') = coalesce($12, '')"
+              "  AND coalesce(traceparent, '') = coalesce($14, '') AND" FENCE_HOLDS
+              " RETURNING id, secret, status, swapped, to_slot)"
+              /* The secret's active slot follows production: completed, or aborted after the
+               * swap. */
+              ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
+              "  last_rotation = m.id FROM m WHERE s.name = m.secret"
+              "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
+              "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
+              25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+static void on_claimed(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_claim_cb cb = (journal_claim_cb)q->cb;
+    int64_t epoch = 0;
+    if (status == 0 && PQntuples(res) == 1)
+        epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    else
+        status = db_failed(status ? status : ROTOR_EDB, "claim", c, res);
+    cb(q->arg, status, epoch);
+    free(q);
+}
+
+int journal_claim(journal_t *j, int32_t part, int32_t nparts, int64_t held, journal_claim_cb cb,
+                  void *arg)
+{
+    char p[16], n[16], h[24];
+    snprintf(p, sizeof p, "%" PRId32, part);
+    snprintf(n, sizeof n, "%" PRId32, nparts);
+    fmt_ms(h, sizeof h, held);
+    const char *params[] = {p, n, h};
+    /* The recorded count only grows: a claim under a stale (smaller) count leaves the larger one,
+     * which then fences this claim's writes until it is made again under the new count. */
+    return jq(j,
+              "INSERT INTO rotor.owners AS o (part, instance, epoch, nparts)"
+              " VALUES ($1::int, current_setting('application_name'), 1, $2::int)"
+              " ON CONFLICT (part) DO UPDATE SET instance = excluded.instance,"
+              "  epoch = CASE WHEN o.instance = excluded.instance AND o.epoch = $3::bigint"
+              "   THEN o.epoch ELSE o.epoch + 1 END,"
+              "  nparts = greatest(o.nparts, excluded.nparts), claimed_at = now()"
+              " RETURNING epoch",
+              3, params, on_claimed, jreq_new(j, (void *)cb, arg, false));
+}
+
+int journal_release(journal_t *j, const char *id, int32_t part, int64_t epoch, const char *history,
+                    journal_done_cb cb, void *arg)
+{
+    char p[16], e[24];
+    snprintf(p, sizeof p, "%" PRId32, part);
+    fmt_ms(e, sizeof e, epoch);
+    const char *params[] = {id, p, e, history};
+    /* Not fenced by rotor.owners: a process that lost the secret may still say that its own
+     * attempt is over; the attempt's claim on the row is what identifies it. */
+    return jq(j,
+              "WITH m AS (UPDATE rotor.rotations SET run_until = NULL, seq = seq + 1,"
+              "  updated_at = now()"
+              " WHERE id = $1::uuid AND status = 'running' AND run_part = $2::int"
+              "  AND run_epoch = $3::bigint AND run_by = current_setting('application_name')"
+              "  AND run_until IS NOT NULL"
+              " RETURNING id)" WITH_HISTORY_AND_OUTBOX("$4", "NULL"),
+              4, params, on_write, jreq_new(j, (void *)cb, arg, false));
 }
 
 int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,

@@ -32,6 +32,16 @@ const char *journal_status_name(journal_status_t s);
 int journal_status_parse(const char *name, journal_status_t *out);
 bool journal_status_open(journal_status_t s);
 
+/* Who may write a rotation (fencing): the claim on the commands partition its secret maps to,
+ * made by journal_claim. A write counts only while rotor.owners still holds this claim (same
+ * instance, same epoch) and no claim counts more partitions of the commands topic. epoch 0 = no
+ * claim: the write is refused. */
+typedef struct {
+    int32_t part;
+    int32_t nparts; /* the partition count the claim was made under */
+    int64_t epoch;
+} journal_fence_t;
+
 /* One rotation row. Plain data: fixed buffers, no ownership. */
 typedef struct {
     char id[37];
@@ -53,6 +63,14 @@ typedef struct {
     int64_t next_at_ms;
     int64_t expires_at_ms;
     int64_t created_at_ms;
+    /* Fencing. Written: the writer's claim (journal_create, journal_update) and, with status
+     * running, the attempt's deadline. Read: the claim the last attempt ran under, and whether
+     * the process that ran it still holds its journal session. */
+    journal_fence_t fence;
+    int64_t run_until_ms; /* status running: no other owner starts an attempt before then */
+    int32_t run_part;
+    int64_t run_epoch;
+    bool run_live;
 } journal_rot_t;
 
 /* Connection string of the journal is borrowed for the call. instance names this process
@@ -103,15 +121,32 @@ int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *a
  * Both borrowed for the call; either may be NULL. */
 
 /* Inserts r as a new rotation if the secret has no open rotation and its active slot is still
- * r->from_slot. status 0 = created; ROTOR_ECONFLICT = not created (re-read and decide). */
+ * r->from_slot. status 0 = created; ROTOR_ECONFLICT = not created (re-read and decide);
+ * ROTOR_EFENCED = r->fence no longer holds (another process owns the secret now). */
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg);
 
 /* Writes r over the row whose seq is still r->seq (and bumps it). status 0 = written;
- * ROTOR_ECONFLICT = the row moved on. A terminal status records the finish time and, for
- * completed (or aborted after the swap), makes to_slot the secret's active slot. */
+ * ROTOR_ECONFLICT = the row moved on; ROTOR_EFENCED = r->fence no longer holds. A terminal status
+ * records the finish time and, for completed (or aborted after the swap), makes to_slot the
+ * secret's active slot. */
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg);
+
+/* Claims partition part of the commands topic for this instance (fencing): bumps the
+ * partition's epoch in rotor.owners, which refuses every later write made under an earlier
+ * claim. held: the epoch this process claimed last (0 = none); if rotor.owners still records
+ * it, nobody took the partition over meanwhile and the claim keeps it, so that writes in flight
+ * across a rebalance that gives the partition back are not refused. Reports the epoch. */
+typedef void (*journal_claim_cb)(void *arg, int status, int64_t epoch);
+int journal_claim(journal_t *j, int32_t part, int32_t nparts, int64_t held, journal_claim_cb cb,
+                  void *arg);
+
+/* Gives up a running attempt this instance started under (part, epoch): the row stays running
+ * (seq bumped) but with no deadline, so its new owner starts its own attempt at once. history
+ * as for journal_update (borrowed). status ROTOR_ECONFLICT = not running under that claim. */
+int journal_release(journal_t *j, const char *id, int32_t part, int64_t epoch, const char *history,
+                    journal_done_cb cb, void *arg);
 
 /* History and events about rotation id without a state change (absorbed duplicates). */
 int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,

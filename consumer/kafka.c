@@ -16,6 +16,7 @@
 #define KAFKA_TICK_MS 50           /* progress check while stopping */
 #define KAFKA_META_TIMEOUT_MS 2000 /* bounds one metadata request on the worker thread */
 #define KAFKA_META_RETRY_MS 1000
+#define KAFKA_META_REFRESH_MS 30000 /* the commands topic may grow: ownership follows its count */
 #define KAFKA_FATAL_STOP_MS 5000
 
 typedef enum { KAFKA_RUNNING = 0, KAFKA_STOPPING, KAFKA_CLOSING, KAFKA_CLOSED } kafka_state_t;
@@ -42,7 +43,10 @@ struct kafka_s {
     uv_timer_t deadline;         /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
-    int meta_result;             /* written by the worker thread, read in the after-work callback */
+    bool meta_again; /* a refresh was asked for while one ran */
+    int meta_result; /* written by the worker thread, read in the after-work callback */
+    void (*on_count)(kafka_t *k, int32_t count, void *arg);
+    void *on_count_arg;
     int32_t partition_cnt;       /* of the commands topic; -1 until known */
     kafka_msg_t *held;           /* handed to the owner, not yet done */
     rd_kafka_message_t *pending; /* fetched while a message was held */
@@ -498,14 +502,29 @@ static void kafka_meta_work(uv_work_t *req)
 
 static void kafka_on_tick(uv_timer_t *h);
 
+static void kafka_meta_fetch(kafka_t *k);
+
+/* The count is fetched again every KAFKA_META_REFRESH_MS and on every rebalance: partitions
+ * added to the commands topic move secrets to other partitions, and so to other owners. */
 static void kafka_meta_done(uv_work_t *req, int status)
 {
     kafka_t *k = req->data;
     k->meta_busy = false;
-    if (status == 0 && k->meta_result > 0)
+    bool ok = status == 0 && k->meta_result > 0;
+    int32_t was = k->partition_cnt;
+    if (ok)
         k->partition_cnt = k->meta_result;
-    else if (k->state == KAFKA_RUNNING)
-        uv_timer_start(&k->tick, kafka_on_tick, KAFKA_META_RETRY_MS, 0);
+    if (k->state == KAFKA_RUNNING) {
+        if (k->meta_again) {
+            k->meta_again = false;
+            kafka_meta_fetch(k);
+        } else {
+            uv_timer_start(&k->tick, kafka_on_tick,
+                           ok ? KAFKA_META_REFRESH_MS : KAFKA_META_RETRY_MS, 0);
+        }
+        if (ok && was != k->partition_cnt && k->on_count)
+            k->on_count(k, k->partition_cnt, k->on_count_arg);
+    }
     if (k->state == KAFKA_STOPPING)
         kafka_stop_check(k);
 }
@@ -515,6 +534,29 @@ static void kafka_meta_fetch(kafka_t *k)
     k->meta_work.data = k;
     if (uv_queue_work(k->loop, &k->meta_work, kafka_meta_work, kafka_meta_done) == 0)
         k->meta_busy = true;
+}
+
+void kafka_meta_refresh(kafka_t *k)
+{
+    if (k->state != KAFKA_RUNNING)
+        return;
+    if (k->meta_busy) {
+        k->meta_again = true;
+        return;
+    }
+    uv_timer_stop(&k->tick);
+    kafka_meta_fetch(k);
+}
+
+void kafka_meta_on_count(kafka_t *k, void (*fn)(kafka_t *k, int32_t count, void *arg), void *arg)
+{
+    k->on_count = fn;
+    k->on_count_arg = arg;
+}
+
+int32_t kafka_partition_count(kafka_t *k)
+{
+    return k->partition_cnt;
 }
 
 int32_t kafka_partition_of(kafka_t *k, const char *key)

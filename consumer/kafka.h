@@ -75,6 +75,13 @@ void kafka_msg_done(kafka_t *k, kafka_msg_t *msg);
  * when the partition count is not known yet. */
 int32_t kafka_partition_of(kafka_t *k, const char *key);
 
+/* The commands topic's partition count as last fetched (-1 = not yet known). It is fetched
+ * again periodically and on kafka_meta_refresh(); fn runs on the loop whenever it changes (the
+ * first time too). */
+int32_t kafka_partition_count(kafka_t *k);
+void kafka_meta_refresh(kafka_t *k);
+void kafka_meta_on_count(kafka_t *k, void (*fn)(kafka_t *k, int32_t count, void *arg), void *arg);
+
 /* Stops consuming (rd_kafka_consumer_close_queue), keeps serving until the consumer is closed,
  * flushes the producer without blocking the loop (bounded by timeout_ms), then calls on_closed.
  * Memory is freed by kafka_free() after on_closed. */

@@ -213,8 +213,10 @@ json_t *rot_history(const journal_rot_t *row, const char *outcome, const char *a
 
 void rot_maybe_free(rotation_t *r)
 {
-    if (r->gone && r->inflight == 0 && r->handles == 0 && !r->writing)
+    if (r->gone && r->inflight == 0 && r->handles == 0 && !r->writing) {
+        rot_left(r);
         free(r);
+    }
 }
 
 static void on_rot_handle_closed(uv_handle_t *h)
@@ -254,6 +256,9 @@ void rot_remove(rotation_t *r)
         }
     }
     r->gone = true;
+    /* Until its last callback, its id is not loaded again (fence.c). */
+    r->next_rot = e->leaving;
+    e->leaving = r;
     rot_stop_effect(r);
     uv_close((uv_handle_t *)&r->timer, on_rot_handle_closed);
     uv_close((uv_handle_t *)&r->deadline, on_rot_handle_closed);
@@ -289,6 +294,7 @@ rotation_t *rot_of_secret(engine_t *e, const char *secret)
 
 void rot_on_timer(uv_timer_t *t);
 static void on_deadline(uv_timer_t *t);
+static uint64_t stage_timeout(const rotation_t *r, rotor_stage_t st);
 
 rotation_t *rot_add(engine_t *e, secret_ctx_t *sec, const journal_rot_t *row)
 {
@@ -348,8 +354,16 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
     persist_t *p = util_calloc(1, sizeof *p);
     p->r = r;
     p->then = then;
-    r->writing = true;
     r->next.seq = r->row.seq;
+    if (!rot_fence_write(r, stage_timeout(r, r->next.stage))) {
+        /* not (or no longer) the owner: nothing is written */
+        free(h);
+        free(o);
+        free(p);
+        then(r, ROTOR_EFENCED);
+        return;
+    }
+    r->writing = true;
     int rc = journal_update(r->eng->journal, &r->next, h, o, on_persisted, p);
     free(h);
     free(o);
@@ -369,6 +383,13 @@ void rot_after_write(rotation_t *r, int status)
     } else if (status == ROTOR_ECONFLICT) {
         rot_log(LOG_WARN, "rotation.conflict", r, "action", "reload");
         rot_reload(r);
+    } else if (status == ROTOR_EFENCED) {
+        /* Another process claimed the secret's partition: it is that process's now. */
+        journal_fence_t f = r->next.fence;
+        rot_log(LOG_WARN, "rotation.fenced", r, "action", "let go");
+        rot_let_go(r, "fenced");
+        if (f.epoch && r->eng->fenced)
+            r->eng->fenced(r->eng->owns_arg, &f);
     } else {
         rot_log(LOG_WARN, "rotation.journal_unavailable", r, "retry_in", "1s");
         uv_timer_start(&r->timer, rot_on_timer, 1000, 0);
@@ -407,15 +428,21 @@ void rot_reload(rotation_t *r)
 
 /* ---- attempts ------------------------------------------------------------------------------ */
 
-/* An attempt's bound: the stage's timeout, or the pipeline's when a pipeline does the work. */
-static uint64_t attempt_timeout(const rotation_t *r)
+/* An attempt's bound at stage st: the stage's timeout, or the pipeline's when a pipeline does
+ * the work. */
+static uint64_t stage_timeout(const rotation_t *r, rotor_stage_t st)
 {
-    uint64_t t = rot_policy(r)->timeout_ms;
+    uint64_t t = r->sec->cfg->stages[st].timeout_ms;
     uint64_t ext = r->sec->cfg->deploy.external.timeout_ms;
-    if (stage_is_external(r) && ext > t)
+    if (stage_external_at(r, st) && ext > t)
         t = ext;
     /* retire waits the drain inside its attempt: the bound is on top of it */
-    return r->row.stage == STAGE_RETIRE ? t + r->sec->cfg->database.drain_ms : t;
+    return st == STAGE_RETIRE ? t + r->sec->cfg->database.drain_ms : t;
+}
+
+static uint64_t attempt_timeout(const rotation_t *r)
+{
+    return stage_timeout(r, r->row.stage);
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -533,11 +560,19 @@ static void on_attempt_started(rotation_t *r, int status)
         /* journaled as running; the next start resumes it */
         return;
     }
+    if (r->letting_go || !rot_fence_holds(r)) {
+        /* lost the secret since the write: no effect starts under a stale claim */
+        rot_let_go(r, "revoked before the effect");
+        return;
+    }
     rot_crash_point(r, "begin");
     r->token++; /* a new attempt: nothing of an earlier one counts */
     r->attempt_started_ms = util_now_ms();
     r->sessions_ended = -1;
-    uv_timer_start(&r->deadline, on_deadline, attempt_timeout(r), 0);
+    /* The effect ends by the deadline journaled with the attempt, which a new owner honours. */
+    int64_t left = r->row.run_until_ms ? r->row.run_until_ms - r->attempt_started_ms
+                                       : (int64_t)attempt_timeout(r);
+    uv_timer_start(&r->deadline, on_deadline, left > 0 ? (uint64_t)left : 0, 0);
     rot_log(LOG_INFO, "stage.started", r, NULL, NULL);
     run_effect(r);
 }
@@ -769,14 +804,16 @@ void rot_step(rotation_t *r)
         rot_remove(r);
         return;
     }
-    if (!e->owns(e->owns_arg, r->row.secret)) {
-        rot_remove(r); /* another process owns this secret now */
+    if (r->letting_go || !e->owns(e->owns_arg, r->row.secret)) {
+        rot_let_go(r, "another process owns the secret now");
         return;
     }
     int64_t now = util_now_ms();
     switch (r->row.status) {
     case RS_PENDING:
-    case RS_RUNNING: /* a running row found at start-up: its attempt died with the process */
+    case RS_RUNNING: /* a running row found at start-up or taken over: was its attempt's? */
+        if (rot_wait_previous_owner(r))
+            return;
         if (r->row.next_at_ms > now) {
             uv_timer_start(&r->timer, rot_on_timer, (uint64_t)(r->row.next_at_ms - now), 0);
             return;
@@ -853,6 +890,12 @@ static void on_load_timer(uv_timer_t *t)
     engine_rebalanced(t->data);
 }
 
+void rot_load_soon(engine_t *e)
+{
+    if (!e->stopping)
+        uv_timer_start(&e->load_timer, on_load_timer, 0, 0);
+}
+
 static void on_open_rows(void *arg, int status, const journal_rot_t *rows, int n)
 {
     engine_t *e = arg;
@@ -870,7 +913,8 @@ static void on_open_rows(void *arg, int status, const journal_rot_t *rows, int n
                      "note", "open rotation of a secret no longer configured; left as it is");
             continue;
         }
-        if (rot_find(e, rows[i].id) || !e->owns(e->owns_arg, rows[i].secret))
+        if (rot_find(e, rows[i].id) || rot_leaving(e, rows[i].id) ||
+            !e->owns(e->owns_arg, rows[i].secret))
             continue;
         rotation_t *r = rot_add(e, sec, &rows[i]);
         rot_log(LOG_INFO, "rotation.resumed", r, "status", journal_status_name(r->row.status));
@@ -882,11 +926,11 @@ void engine_rebalanced(engine_t *e)
 {
     if (e->stopping)
         return;
-    /* Let go of rotations we no longer own once idle; rot_step() does that. */
+    /* Let go of rotations we no longer own: their effects stop now (fence.c). */
     for (rotation_t *r = e->rotations, *next; r; r = next) {
         next = r->next_rot;
-        if (!e->owns(e->owns_arg, r->row.secret) && !r->writing && r->inflight == 0)
-            rot_remove(r);
+        if (!e->owns(e->owns_arg, r->row.secret))
+            rot_let_go(r, "partition revoked");
     }
     if (journal_load_open(e->journal, on_open_rows, e) < 0) {
         log_error("engine.load_failed", "error", "journal unavailable", "retry_in", "1s");
@@ -961,6 +1005,8 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     e->source = util_strdup(opts->source);
     e->owns = opts->owns;
     e->owns_arg = opts->owns_arg;
+    e->fence = opts->fence;
+    e->fenced = opts->fenced;
     e->ready_cb = cb;
     e->ready_arg = arg;
     e->nsecrets = opts->cfg->nsecrets;
@@ -1077,6 +1123,9 @@ void engine_free(engine_t *e)
         return;
     while (e->rotations)
         rot_remove(e->rotations);
+    for (rotation_t *r = e->leaving; r; r = r->next_rot)
+        r->orphan = true; /* their last callbacks come after the engine is gone */
+    e->leaving = NULL;
     for (size_t i = 0; i < e->nsecrets; i++) {
         if (e->secrets[i].store)
             e->secrets[i].store->ops->close(e->secrets[i].store);

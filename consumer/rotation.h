@@ -26,6 +26,11 @@ typedef struct {
     /* Whether this process owns the secret (its commands partition is assigned here). */
     bool (*owns)(void *arg, const char *secret);
     void *owns_arg;
+    /* The claim under which this process writes the secret's rotations (fencing), with owns_arg;
+     * false when it does not own the secret (then it writes nothing for it). */
+    bool (*fence)(void *arg, const char *secret, journal_fence_t *out);
+    /* The journal refused a write made under f (another process claimed the partition). */
+    void (*fenced)(void *arg, const journal_fence_t *f);
 } engine_opts_t;
 
 /* Opens each secret's store, resolves each admin DSN, registers the secrets in the journal and
@@ -46,8 +51,9 @@ int engine_command(engine_t *e, const event_t *ev, engine_cmd_cb cb, void *arg);
  * handled; ROTOR_EDB = the journal or the vault is unavailable (try the event again later). */
 int engine_keyvault_event(engine_t *e, const kv_event_t *ev, engine_cmd_cb cb, void *arg);
 
-/* Ownership changed: load the open rotations of newly owned secrets, let go of the others once
- * their in-flight effect has reached the journal. */
+/* Ownership changed: load the open rotations of newly owned secrets; let go of the others:
+ * their in-flight effects are cancelled, and a running attempt is released in the journal once
+ * nothing of it runs any more, so that the new owner starts its own at once. */
 void engine_rebalanced(engine_t *e);
 
 /* True if the secret has an open rotation in this process. */

@@ -38,7 +38,10 @@ struct engine_s {
     char *source;
     bool (*owns)(void *arg, const char *secret);
     void *owns_arg;
-    store_deps_t deps; /* shared by the drivers: HTTP client, Entra credential */
+    bool (*fence)(void *arg, const char *secret, journal_fence_t *out);
+    void (*fenced)(void *arg, const journal_fence_t *f);
+    rotation_t *leaving; /* let go or finished, callbacks still to come (fence.c) */
+    store_deps_t deps;   /* shared by the drivers: HTTP client, Entra credential */
     secret_ctx_t *secrets;
     size_t nsecrets;
     rotation_t *rotations;
@@ -70,6 +73,10 @@ struct rotation_s {
     int handles;            /* uv handles not yet closed */
     bool gone;              /* removed from the engine; free when inflight and handles are zero */
     bool draining;          /* retire's drain timer holds a ticket (inflight) */
+    bool letting_go;        /* no longer owned here: removed once its write is done (fence.c) */
+    bool release;           /* when freed, release its running attempt in the journal */
+    bool orphan;            /* the engine was freed first: nothing to unlink or release */
+    bool awaiting_previous; /* waiting for a previous owner's attempt (logged once) */
     rotor_stage_t finished; /* the stage whose end is being written */
     db_req_t *dbreq;
     deploy_req_t *deployreq;         /* the deploy driver's request in flight */
@@ -124,6 +131,28 @@ json_t *rot_data(const journal_rot_t *row);
 json_t *rot_history(const journal_rot_t *row, const char *outcome, const char *actor,
                     int64_t duration_ms, const char *error, const char *request_id);
 
+/* fence.c: ownership. The claim under which this process writes secret's rotations (false when
+ * not owned). */
+bool rot_fence(engine_t *e, const char *secret, journal_fence_t *out);
+/* Before a write of r->next: sets its claim and, for a new attempt, its deadline (now +
+ * timeout_ms). false = not owned: the write must not be made. */
+bool rot_fence_write(rotation_t *r, uint64_t timeout_ms);
+/* The claim r's last write was made under is still this process's claim (before an effect). */
+bool rot_fence_holds(const rotation_t *r);
+/* r's row is running under another claim whose attempt may still run: arms a re-read and
+ * returns true (start nothing); false when r may start its own attempt. */
+bool rot_wait_previous_owner(rotation_t *r);
+/* This process no longer owns r's secret: cancels r's effect and removes it; a running attempt
+ * is released in the journal once nothing of it runs any more (rot_left). */
+void rot_let_go(rotation_t *r, const char *why);
+/* A removed rotation is about to be freed: unlinks it from the engine's leaving list and sends
+ * its release. */
+void rot_left(rotation_t *r);
+/* Whether a removed rotation with this id still has callbacks to come. */
+bool rot_leaving(engine_t *e, const char *id);
+/* rotation.c: loads the open rotations again on the next loop turn. */
+void rot_load_soon(engine_t *e);
+
 /* stage.c: starts the effect of r's current stage; it ends in rot_effect_done(). */
 void stage_run(rotation_t *r);
 /* stage.c: what a deploy action of r's current stage is about (the slot, its role, store name
@@ -131,6 +160,8 @@ void stage_run(rotation_t *r);
 void stage_deploy_ctx(const rotation_t *r, deploy_ctx_t *ctx);
 /* stage.c: true when r's current stage hands a deploy action to a pipeline (kind external). */
 bool stage_is_external(const rotation_t *r);
+/* stage.c: the same for stage st of r's secret. */
+bool stage_external_at(const rotation_t *r, rotor_stage_t st);
 /* stage.c: a pipeline's answer for r's current stage. Returns false when r is not waiting for
  * one (the answer is out of place). */
 bool stage_external_answer(rotation_t *r, int status, const char *reason);

@@ -68,6 +68,8 @@ const char *rotor_strerror(int err)
         return "timed out";
     case ROTOR_EPROBE:
         return "production probe failed";
+    case ROTOR_EFENCED:
+        return "fenced: another process owns the secret now";
     default:
         return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
     }

@@ -22,6 +22,7 @@ enum {
     ROTOR_ECANCELED,     /* request canceled because its handle closed */
     ROTOR_ETIMEOUT,      /* stage or request timed out */
     ROTOR_EPROBE,        /* a production probe failed after the swap: roll back, do not retry */
+    ROTOR_EFENCED,       /* this process no longer owns the secret: its write was refused */
 };
 
 const char *rotor_strerror(int err);

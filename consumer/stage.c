@@ -122,11 +122,15 @@ static void effect_ok(rotation_t *r, long count)
 
 typedef void (*deploy_next_fn)(rotation_t *r);
 
-bool stage_is_external(const rotation_t *r)
+bool stage_external_at(const rotation_t *r, rotor_stage_t st)
 {
-    rotor_stage_t st = r->row.stage;
     return r->sec->cfg->deploy.kind_id == DEPLOY_EXTERNAL &&
            (st == STAGE_DEPLOY || st == STAGE_SWAP || st == STAGE_RETIRE || st == STAGE_ROLLBACK);
+}
+
+bool stage_is_external(const rotation_t *r)
+{
+    return stage_external_at(r, r->row.stage);
 }
 
 void stage_deploy_ctx(const rotation_t *r, deploy_ctx_t *ctx)

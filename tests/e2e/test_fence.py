@@ -1,0 +1,185 @@
+"""Ownership and fencing (docs/architecture.md, "Ownership and fencing"): every rotation write
+carries the claim (partition, epoch) of its writer and counts only while rotor.owners still holds
+it; a process that lost a secret starts and completes no effect; a new owner waits for the
+attempt a previous owner may still be running; an open rotation nobody runs is picked up when its
+request is delivered again."""
+import json
+import os
+import signal
+import time
+
+from rotorlab import wait_for
+
+HOOK_TIMEOUT = "60s"
+
+
+def slow_deploy(log, seconds):
+    """An exec deploy hook that records when each run starts and ends (and in which process)."""
+    hook = (f"echo start $(date +%s.%N) $PPID >> {log}; sleep {seconds}; "
+            f"echo end $(date +%s.%N) $PPID >> {log}")
+    return (f"{{ kind: exec, exec: {{ deploy: {json.dumps(hook)}, swap: \"true\", "
+            f"timeout: {HOOK_TIMEOUT} }} }}")
+
+
+def hook_runs(log):
+    """[(start, end or None)] of the hook's runs, in order of start."""
+    runs = []
+    if not os.path.exists(log):
+        return runs
+    for line in open(log).read().splitlines():
+        kind, at = line.split()[:2]
+        if kind == "start":
+            runs.append([float(at), None])
+        else:
+            # an end belongs to the earliest run still open (runs never overlap if all is well)
+            for run in runs:
+                if run[1] is None:
+                    run[1] = float(at)
+                    break
+    return runs
+
+
+def assert_no_overlap(runs):
+    for a, b in zip(runs, runs[1:]):
+        assert a[1] is not None and a[1] <= b[0], f"hook runs overlap: {runs}"
+
+
+def distinct_events(lab, rid):
+    seen = {}
+    for e in lab.events():
+        if e["data"].get("rotation_id") == rid:
+            seen.setdefault(e["id"], e)
+    return list(seen.values())
+
+
+def test_redelivered_request_runs_an_open_rotation_nobody_runs(make_lab):
+    # The rotation was created (its request applied) but no process runs it: the commit of the
+    # request's offset was lost, or a rebalance came between its creation and a load. When the
+    # request comes again it is recognised as applied, and its rotation must be run, not left
+    # holding the secret's one-open-rotation lock.
+    lab = make_lab()
+    d = lab.start()
+    wait_for(lambda: lab.pg.query("SELECT 1 FROM rotor.secrets WHERE name = 'app-db'"), 30,
+             what="the secret to be registered")
+    time.sleep(2)  # past the load of open rotations that follows the assignment
+    request_id = "stranded-" + os.urandom(8).hex()
+    lab.pg.query("INSERT INTO rotor.rotations (id, secret, stage, status, from_slot, to_slot,"
+                 " trigger, request_id, expires_at)"
+                 " VALUES (gen_random_uuid(), 'app-db', 'prepare', 'pending', 'blue', 'green',"
+                 " 'pipeline', %s, now() + interval '90 days')", (request_id,))
+    rid = lab.rotation_for(request_id)["id"]
+    ev = {"specversion": "1.0", "id": request_id, "source": "/tests/e2e",
+          "type": "rotation.requested", "subject": "app-db",
+          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "data": {"secret": "app-db", "reason": "redelivered", "requested_by": "pytest",
+                   "trigger": "pipeline"}}
+    lab.produce(json.dumps(ev))
+    row = lab.wait_status(rid, ("completed", "failed"), 60)
+    assert row["status"] == "completed", lab.history(rid)
+    assert '"open and not running here: resumed"' in d.text()
+    assert len(lab.rotations()) == 1  # the redelivery started no second rotation
+
+
+def test_a_fenced_process_completes_no_effect_and_its_successor_runs_it_once(make_lab, tmp_path):
+    # A runs a slow deploy hook; meanwhile another process claims the secret's partition (here
+    # the claim is made directly in rotor.owners, as a process B assigned the partition would).
+    # A's completion write is refused (fenced): A lets go and releases its attempt. The next
+    # owner runs the stage again, after A's run, and the rotation completes once.
+    log = str(tmp_path / "hook.log")
+    lab = make_lab(separate_broker=True, deploy=slow_deploy(log, 4),
+                   kafka_props='{ session.timeout.ms: "4000", heartbeat.interval.ms: "500" }')
+    a = lab.start(extra_env={"ROTOR_INSTANCE": "a"})
+    wait_for(lambda: '"owner.claimed"' in a.text(), 30, what="A's claim")
+    rid = lab.rotation_for(lab.request(reason="fenced"))["id"]
+    wait_for(lambda: hook_runs(log), 60, 0.1, what="the deploy hook to start in A")
+    lab.pg.query("UPDATE rotor.owners SET instance = 'rotor/b', epoch = epoch + 1")
+    wait_for(lambda: '"rotation.fenced"' in a.text(), 30, what="A's completion to be fenced")
+    assert '"owner.lost"' in a.text()
+    assert hook_runs(log)[0][1] is not None  # A's effect ran to its end before the write
+    wait_for(lambda: '"stage.released"' in a.text(), 30, what="A to release its attempt")
+    row = lab.pg.query("SELECT stage, status, run_until FROM rotor.rotations WHERE id = %s",
+                       (rid,))[0]
+    assert row[:2] == ("deploy", "running") and row[2] is None, row
+    # nothing of A's completion reached the journal or the events
+    assert not [e for e in distinct_events(lab, rid)
+                if e["type"] == "stage.completed" and e["data"]["stage"] == "deploy"]
+
+    # The partition is assigned again (a second member joins the group): its owner claims it
+    # and runs the released attempt.
+    b = lab.start(extra_env={"ROTOR_INSTANCE": "b"}, wait_ready=False)
+    done = lab.wait_status(rid, ("completed", "failed"), 90)
+    assert done["status"] == "completed", lab.history(rid)
+    runs = hook_runs(log)
+    assert len(runs) == 2, runs
+    assert_no_overlap(runs)
+    completed = [e["data"]["stage"] for e in distinct_events(lab, rid)
+                 if e["type"] == "stage.completed"]
+    assert completed.count("deploy") == 1, completed
+    assert [e["type"] for e in distinct_events(lab, rid)].count("rotation.completed") == 1
+    assert a.alive() and b.alive()
+
+
+def test_a_new_owner_waits_for_the_previous_owners_running_effect(make_lab, tmp_path):
+    # Two members; the one owning the secret runs a slow hook and is frozen (SIGSTOP) in the
+    # middle of it, so the group gives its partition to the other, which claims it. The new
+    # owner finds the attempt running under the old claim, its process still connected to the
+    # journal: it starts nothing until that attempt is released. The frozen process, resumed
+    # after its hook ended, is fenced (or revoked first) and releases; only then does the new
+    # owner run the stage. No two runs of the hook overlap.
+    log = str(tmp_path / "hook.log")
+    lab = make_lab(separate_broker=True, deploy=slow_deploy(log, 6),
+                   kafka_props='{ session.timeout.ms: "4000", heartbeat.interval.ms: "500" }')
+    procs = {"rotor/a": lab.start(extra_env={"ROTOR_INSTANCE": "a"})}
+    procs["rotor/b"] = lab.start(extra_env={"ROTOR_INSTANCE": "b"})
+
+    def owner():
+        rows = lab.pg.query("SELECT instance FROM rotor.owners WHERE part = 0")
+        return rows[0][0] if rows else None
+    # settle: both members joined, partition 0 claimed after the last rebalance
+    time.sleep(2)
+    wait_for(owner, 30, what="a claim of partition 0")
+    rid = lab.rotation_for(lab.request(reason="frozen owner"))["id"]
+    wait_for(lambda: hook_runs(log), 60, 0.1, what="the deploy hook to start")
+    old = owner()
+    new = "rotor/b" if old == "rotor/a" else "rotor/a"
+    frozen, successor = procs[old], procs[new]
+    frozen.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: '"stage.awaiting_previous_owner"' in successor.text(), 30, 0.2,
+                 what="the new owner to wait for the running attempt")
+        assert owner() == new
+        wait_for(lambda: hook_runs(log)[0][1] is not None, 30, 0.2, what="the hook to end")
+        assert len(hook_runs(log)) == 1  # the new owner started nothing meanwhile
+    finally:
+        frozen.signal(signal.SIGCONT)
+    done = lab.wait_status(rid, ("completed", "failed"), 90)
+    assert done["status"] == "completed", lab.history(rid)
+    runs = hook_runs(log)
+    assert len(runs) == 2, runs
+    assert_no_overlap(runs)
+    text = frozen.text()
+    assert '"rotation.fenced"' in text or '"rotation.let_go"' in text
+    completed = [e["data"]["stage"] for e in distinct_events(lab, rid)
+                 if e["type"] == "stage.completed"]
+    assert completed.count("deploy") == 1, completed
+
+
+def test_a_process_with_a_stale_partition_count_writes_nothing(make_lab):
+    # The commands topic grew and another process claimed a partition under the larger count:
+    # this process, which still maps secrets with the old count, may no longer write (its
+    # secrets may now belong to the other one). librdkafka's mock broker cannot add partitions
+    # to a topic, so the other process's claim is made directly in rotor.owners.
+    lab = make_lab()
+    d = lab.start()
+    wait_for(lambda: '"owner.claimed"' in d.text(), 30, what="the claim")
+    lab.pg.query("INSERT INTO rotor.owners (part, instance, epoch, nparts)"
+                 " VALUES (5, 'rotor/other', 1, 8)")
+    request_id = lab.request(reason="stale count")
+    wait_for(lambda: "not created: another process owns the secret now" in d.text(), 30,
+             what="the creation to be fenced")
+    assert not lab.rotations()
+    # the other process's claim goes away (say the count seen here catches up and this process
+    # claims again): the request, retried all along, creates its rotation
+    lab.pg.query("DELETE FROM rotor.owners WHERE part = 5")
+    rid = lab.rotation_for(request_id, timeout=30)["id"]
+    assert lab.wait_status(rid, ("completed", "failed"), 60)["status"] == "completed"
