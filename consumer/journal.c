@@ -563,14 +563,17 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
     "  FROM " from " jsonb_to_recordset(" arr ") AS x(topic text, key text, value text,"           \
     "   headers jsonb)"
 
-/* Wraps a mutation CTE named m (which must RETURN id) with the history line and the outbox rows,
- * both taken from JSON parameters $h and $o and written only if m touched a row. */
+/* Wraps a mutation CTE named m (which must RETURN id) with the history lines and the outbox rows,
+ * both taken from JSON parameters $h and $o and written only if m touched a row. $h is one
+ * history object or an array of them (a write that ends one stage and starts the next carries a
+ * line for each), inserted in array order. */
 #define WITH_HISTORY_AND_OUTBOX(h, o)                                                              \
     ", hist AS (INSERT INTO rotor.history (rotation_id, trigger, actor, stage, outcome, attempt,"  \
     "   duration_ms, error, request_id)"                                                           \
     "  SELECT m.id, x.trigger, x.actor, x.stage, x.outcome, x.attempt, x.duration_ms, x.error,"    \
     "   x.request_id"                                                                              \
-    "  FROM m, jsonb_to_record(" h "::jsonb) AS x(trigger text, actor text, stage text,"           \
+    "  FROM m, jsonb_to_recordset(CASE jsonb_typeof(" h "::jsonb) WHEN 'array' THEN " h "::jsonb"  \
+    "   ELSE jsonb_build_array(" h "::jsonb) END) AS x(trigger text, actor text, stage text,"      \
     "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"               \
     "  WHERE " h " IS NOT NULL)"                                                                   \
     ", ob AS (" OUTBOX_INSERT("(SELECT DISTINCT 1 FROM m) AS one,",                                \

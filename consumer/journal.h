@@ -87,7 +87,8 @@ int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb,
 /* The open rotation of a secret, if any, else the most recent one (n = 0 when none). */
 int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg);
 
-/* history: a JSON object {trigger, actor, stage, outcome, attempt, duration_ms, error, request_id}
+/* history: a JSON object {trigger, actor, stage, outcome, attempt, duration_ms, error, request_id},
+ * or an array of them (written in order)
  * outbox: a JSON array of {topic, key, value (text), headers (object of strings)}.
  * Both borrowed for the call; either may be NULL. */
 
