@@ -237,7 +237,7 @@ def main():
           f" (total {jcommits + acommits:.1f}; baseline {base_commits:.1f})")
     print(f"ROW | {args.label} | {n} | {base_rate:.1f} | {rate:.1f} | {rate / base_rate:.2f} |"
           f" {cores:.2f} | {jcommits:.1f} | {acommits:.1f} |")
-    if args.keep or args.perf:
+    if args.keep or args.perf or os.environ.get("FLEET_KEEP"):
         print(f"work directory: {root}")
     else:
         subprocess.run(["rm", "-rf", root])

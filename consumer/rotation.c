@@ -1190,6 +1190,7 @@ void engine_free(engine_t *e)
             }
         }
     }
+    db_close_idle(e->loop);
     azure_cred_free(e->deps.cred);
     e->deps.cred = NULL;
     if (e->deps.http)

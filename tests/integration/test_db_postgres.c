@@ -107,6 +107,8 @@ static void ctx_run(ctx_t *x)
     assert_int_equal(x->calls, 0);
     assert_int_equal(uv_run(&x->loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(x->calls, 1);
+    db_close_idle(&x->loop);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x->loop), 0);
 }
 
@@ -340,6 +342,8 @@ static void test_cancel_pending(void **state)
     assert_int_equal(x.status, ROTOR_ECANCELED);
     assert_int_equal(uv_run(&x.loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(x.calls, 1);
+    db_close_idle(&x.loop);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x.loop), 0);
 }
 
@@ -392,6 +396,8 @@ static void test_cancel_set_password_anytime(void **state)
         assert_true(x.status == 0 || x.status == ROTOR_ECANCELED);
         canceled += x.status == ROTOR_ECANCELED;
         completed += x.status == 0;
+        db_close_idle(&x.loop);
+        uv_run(&x.loop, UV_RUN_DEFAULT);
         assert_int_equal(uv_loop_close(&x.loop), 0);
     }
     assert_true(canceled > 0);
