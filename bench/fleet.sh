@@ -5,7 +5,8 @@
 #   bench/fleet.sh --plot N ...       also draws docs/img/fleet.png from the rows (gnuplot)
 #   bench/fleet.sh --perf N           perf record -g of rotor during the run (kept directory)
 # BUILD_DIR (default build/) is configured RelWithDebInfo and rotor + bench_fleet_baseline built.
-# FLEET_LABEL names the rows (e.g. "before", "after"); FLEET_ROWS appends them to a file.
+# FLEET_LABEL names the rows (e.g. "before", "after"); FLEET_ROWS appends them to a file;
+# FLEET_ROTOR runs another rotor binary (e.g. one built from main) against this baseline.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,7 @@ rows=${FLEET_ROWS:-$(mktemp)}
 for n in "${ns[@]}"; do
   ROTOR_PG_OPTS="-c max_connections=$((n * 2 + 50)) ${FLEET_PG_OPTS:-}" \
     "$root/tests/support/with-postgres" /usr/bin/python3 "$root/bench/fleet.py" --n "$n" \
-    --rotor "$build/rotor" --baseline "$build/bench_fleet_baseline" \
+    --rotor "${FLEET_ROTOR:-$build/rotor}" --baseline "$build/bench_fleet_baseline" \
     --label "${FLEET_LABEL:-}" "${perf[@]}" | tee /dev/stderr | grep '^ROW' >>"$rows" || exit 1
 done 2>&1
 

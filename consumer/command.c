@@ -254,6 +254,13 @@ static void cmd_request(cmd_t *c)
         cmd_finish(c, ROTOR_EINVALID, reason);
         return;
     }
+    if (c->tries == 0 && c->sec->active >= 0 && !rot_of_secret(c->e, secret)) {
+        /* Nothing open here and the active slot known: insert at once. The insert refuses a
+         * request the journal has seen, an open rotation and another active slot; on_created
+         * then asks the journal (journal_by_request first). */
+        create_rotation(c, (rotor_slot_t)c->sec->active);
+        return;
+    }
     if (journal_by_request(c->e->journal, c->ev->id, on_request_seen, c) < 0)
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
 }

@@ -658,6 +658,9 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
         "  $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
         "  to_timestamp($19::bigint / 1000.0)"
         " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7"
+        /* engine: a request the journal has seen (it created or was absorbed into a rotation,
+         * and wrote a history line with its id) is never applied twice */
+        "  AND NOT EXISTS (SELECT 1 FROM rotor.history h WHERE h.request_id = $11)"
         " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
         "  DO NOTHING RETURNING id)" WITH_HISTORY_AND_OUTBOX("$20", "$21"),
         21, p.v, on_write, jreq_new(j, (void *)cb, arg, true));

@@ -92,8 +92,9 @@ int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *a
  * outbox: a JSON array of {topic, key, value (text), headers (object of strings)}.
  * Both borrowed for the call; either may be NULL. */
 
-/* Inserts r as a new rotation if the secret has no open rotation and its active slot is still
- * r->from_slot. status 0 = created; ROTOR_ECONFLICT = not created (re-read and decide). */
+/* Inserts r as a new rotation if the secret has no open rotation, its active slot is still
+ * r->from_slot and no history line names r->request_id (a request already applied). status 0 =
+ * created; ROTOR_ECONFLICT = not created (re-read and decide). */
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg);
 
