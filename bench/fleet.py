@@ -6,7 +6,7 @@ Set-up: database `app` (the admin database: the role pairs live in the cluster, 
 the logins use `app`) and database `rotor` (the journal). N role pairs app_<i>_blue (LOGIN) /
 app_<i>_green (NOLOGIN), both members of app_rw.
 
-Baseline: bench_fleet_baseline --procs 2 does, per pair, SCRAM verifier + ALTER ROLE green
+Baseline (before and after rotor): bench_fleet_baseline --procs 2 does, per pair, SCRAM verifier + ALTER ROLE green
 PASSWORD ... LOGIN VALID UNTIL, login as green + SELECT 1, ALTER ROLE blue NOLOGIN. Then the
 pairs are put back as they were.
 
@@ -17,7 +17,8 @@ connection; the polls are subtracted from the commit count).
 
 Prints rotations/s of each, the ratio, rotor's CPU (utime + stime from /proc over the run, in
 cores), and commits per rotation (pg_stat_database.xact_commit deltas / N) of the journal and
-the admin database; last, a row for docs/benchmarks.md.
+the admin database; last, a row for docs/benchmarks.md. The baseline runs before and after rotor;
+the ratio uses the mean of the two.
 """
 import argparse
 import json
@@ -214,22 +215,29 @@ def main():
     admin, app, password = setup(n)
     stats = admin
 
-    before = commits(stats)
-    out = subprocess.run([args.baseline, "--n", str(n), "--procs", "2", "--dbname", "app"],
-                         check=True, capture_output=True, text=True).stdout
-    after = commits(stats)
-    line = [x for x in out.splitlines() if x.startswith("RESULT-FLEET")][0].split("\t")
-    base_secs, base_rate = float(line[2]), float(line[3])
-    base_commits = (after["app"] - before["app"]) / n
-    reset_roles(app, n, password)
+    def baseline():
+        before = commits(stats)
+        out = subprocess.run([args.baseline, "--n", str(n), "--procs", "2", "--dbname", "app"],
+                             check=True, capture_output=True, text=True).stdout
+        after = commits(stats)
+        line = [x for x in out.splitlines() if x.startswith("RESULT-FLEET")][0].split("\t")
+        reset_roles(app, n, password)
+        return float(line[2]), float(line[3]), (after["app"] - before["app"]) / n
 
+    # The baseline runs before and after rotor, and the ratio uses their mean: on a shared
+    # machine the load drifts over a run, and a baseline on one side only would carry the drift.
+    base1 = baseline()
     done, secs, cores, delta, polls = run_rotor(args, root, n, password, stats)
+    base2 = baseline()
+    base_rate = (base1[1] + base2[1]) / 2
+    base_secs = (base1[0] + base2[0]) / 2
+    base_commits = base1[2]
     rate = done / secs
     jcommits = (delta["rotor"] - polls) / n
     acommits = delta["app"] / n
     print(f"N={n}")
     print(f"baseline (2 libpq processes): {base_rate:8.1f} rotations/s ({base_secs:.2f} s),"
-          f" {base_commits:.1f} commits/rotation")
+          f" {base_commits:.1f} commits/rotation (before rotor {base1[1]:.1f}, after {base2[1]:.1f})")
     print(f"rotor:                        {rate:8.1f} rotations/s ({secs:.2f} s, {done} completed),"
           f" CPU {cores:.2f} cores")
     print(f"ratio rotor / baseline:       {rate / base_rate:8.2f}")

@@ -4,6 +4,7 @@
 #   bench/fleet.sh [N ...]            one run per N (default 100); prints a table row per N
 #   bench/fleet.sh --plot N ...       also draws docs/img/fleet.png from the rows (gnuplot)
 #   bench/fleet.sh --perf N           perf record -g of rotor during the run (kept directory)
+#   FLEET_ROWS=rows bench/fleet.sh --plot   draws the rows already in that file
 # BUILD_DIR (default build/) is configured RelWithDebInfo and rotor + bench_fleet_baseline built.
 # FLEET_LABEL names the rows (e.g. "before", "after"); FLEET_ROWS appends them to a file;
 # FLEET_ROTOR runs another rotor binary (e.g. one built from main) against this baseline.
@@ -21,10 +22,14 @@ for arg in "$@"; do
     *) echo "usage: $0 [--plot] [--perf] [N ...]" >&2; exit 2 ;;
   esac
 done
-[ ${#ns[@]} -gt 0 ] || ns=(100)
-
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j2 --target rotor bench_fleet_baseline >/dev/null
+# --plot alone with FLEET_ROWS: draw the rows already in that file, run nothing.
+if [ ${#ns[@]} -eq 0 ] && [ "$plot" -eq 1 ] && [ -n "${FLEET_ROWS:-}" ]; then
+  ns=()
+else
+  [ ${#ns[@]} -gt 0 ] || ns=(100)
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" -j2 --target rotor bench_fleet_baseline >/dev/null
+fi
 
 rows=${FLEET_ROWS:-$(mktemp)}
 # One server per N: every run starts from an empty journal and fresh statistics.
@@ -53,6 +58,8 @@ set title "Fleet of N rotations: rotations/s (2 cores, PostgreSQL fsync off)"
 set xlabel "N (rotations requested at once)"
 set ylabel "rotations/s"
 set logscale x
+set yrange [0:*]
+set xtics (100, 300, 1000)
 set key left top
 set grid
 plot for [l in system("awk '{print \$1}' $data | sort -u")] \
