@@ -245,6 +245,16 @@ def main():
           f" (total {jcommits + acommits:.1f}; baseline {base_commits:.1f})")
     print(f"ROW | {args.label} | {n} | {base_rate:.1f} | {rate:.1f} | {rate / base_rate:.2f} |"
           f" {cores:.2f} | {jcommits:.1f} | {acommits:.1f} |")
+    if os.environ.get("FLEET_STATEMENTS"):
+        # with FLEET_PG_OPTS="-c shared_preload_libraries=pg_stat_statements": where the server's
+        # time went, both sides together (the baseline's statements are in `app` too)
+        q(stats, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        for db, calls, ms, text in q(stats, """
+                SELECT d.datname, s.calls, round(s.total_exec_time::numeric, 1),
+                       left(regexp_replace(s.query, '\\s+', ' ', 'g'), 90)
+                FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                WHERE d.datname IN ('app', 'rotor') ORDER BY s.total_exec_time DESC LIMIT 14"""):
+            print(f"STATEMENT {db:5} {calls:7} calls {ms:10} ms  {text}")
     if args.keep or args.perf or os.environ.get("FLEET_KEEP"):
         print(f"work directory: {root}")
     else:
