@@ -60,11 +60,12 @@ set ylabel "rotations/s"
 set logscale x
 set yrange [0:*]
 set xtics (100, 300, 1000)
-set key left top
+set xrange [80:1250]
+set key below
 set grid
 plot for [l in system("awk '{print \$1}' $data | sort -u")] \
-       "< awk '\$1==\"".l."\"' $data" using 2:3 with linespoints title "baseline (".l.")", \
+       "< awk '\$1==\"".l."\"' $data" using 2:3 with linespoints dashtype 2 title "bare libpq, ".l." run", \
      for [l in system("awk '{print \$1}' $data | sort -u")] \
-       "< awk '\$1==\"".l."\"' $data" using 2:4 with linespoints title "rotor (".l.")"
+       "< awk '\$1==\"".l."\"' $data" using 2:4 with linespoints title "rotor ".l
 GP
 echo "plot: docs/img/fleet.png"
