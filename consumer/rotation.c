@@ -115,8 +115,9 @@ char *engine_diagram(void)
 
 /* ROTOR_CRASH_POINT="<stage>:<point>" kills the process with SIGKILL, exactly as `kill -9` would,
  * at a chosen point: begin (attempt journaled, effect not started), inside (set-db: password read
- * back, ALTER ROLE not sent), effect (effect done, not journaled), done (journaled, next stage
- * not started). Tests use it to prove recovery from every point. */
+ * back, ALTER ROLE not sent), effect (effect done, not journaled), done (journaled, in the same
+ * statement as the next stage's first attempt, whose effect has not begun; a stage folded into
+ * another's write is done at that write). Tests use it to prove recovery from every point. */
 static void rot_crash_point_at(const rotation_t *r, rotor_stage_t stage, const char *point)
 {
     static bool loaded;
