@@ -551,7 +551,9 @@ static int req_start_dsn(db_req_t *r, const char *dsn, db_req_t **out)
 
 static bool args_ok(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, db_req_t **out)
 {
-    return loop && dsn && role && *role && cb && out;
+    /* PostgreSQL's names are at most 63 bytes: a longer one is refused here, before a pooled
+     * connection could start the operation (and fail it) inside this call. */
+    return loop && dsn && role && *role && strlen(role) <= 255 && cb && out;
 }
 
 int db_check_roles(uv_loop_t *loop, const char *dsn, const char *active_role,
