@@ -96,6 +96,7 @@ static void on_created(void *arg, int status)
     engine_t *e = c->e;
     if (status == ROTOR_ECONFLICT && ++c->tries < 3) {
         /* Another rotation is open, or the active slot changed: read the journal and decide. */
+        c->sec->active = -1;
         cmd_request(c);
         return;
     }
@@ -114,6 +115,7 @@ static void on_created(void *arg, int status)
     log_info("rotation.created", "rotation", c->row.id, "secret", c->row.secret, "from",
              rotor_slot_name(c->row.from_slot), "to", rotor_slot_name(c->row.to_slot));
     rotation_t *r = rot_add(e, c->sec, &c->row);
+    r->fresh_attempt = c->row.status == RS_RUNNING; /* prepare's attempt 1 began in the insert */
     cmd_finish(c, 0, NULL);
     rot_step(r);
 }
@@ -156,7 +158,25 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
     if (row->reason[0])
         json_object_set_new(d, "reason", json_string(row->reason));
     rot_outbox_add(c->e, out, "rotation.started", row->secret, row->traceparent, d);
-    json_t *h = rot_history(row, "requested", data_str(ev, "requested_by"), -1, NULL, ev->id);
+    json_t *h = json_array();
+    json_array_append_new(
+        h, rot_history(row, "requested", data_str(ev, "requested_by"), -1, NULL, ev->id));
+    if (!c->e->stopping && c->e->owns(c->e->owns_arg, row->secret)) {
+        /* prepare's first attempt starts in the same statement (rot_step begins its effect):
+         * a write of its own would change nothing but add a commit. */
+        row->status = RS_RUNNING;
+        row->attempt = 1;
+        /* the attempt's claim and deadline, as rot_fence_write gives a running write: a new
+         * owner waits for it (prepare is never external: its bound is the stage's timeout) */
+        row->run_until_ms = now + (int64_t)c->sec->cfg->stages[STAGE_PREPARE].timeout_ms;
+        row->run_part = row->fence.part;
+        row->run_epoch = row->fence.epoch;
+        d = rot_data(row);
+        json_object_set_new(d, "stage", json_string(rotor_stage_name(row->stage)));
+        json_object_set_new(d, "attempt", json_integer(1));
+        rot_outbox_add(c->e, out, "stage.started", row->secret, row->traceparent, d);
+        json_array_append_new(h, rot_history(row, "started", NULL, -1, NULL, NULL));
+    }
     char *hs = json_dumps(h, JSON_COMPACT), *os = json_dumps(out, JSON_COMPACT);
     json_decref(h);
     json_decref(out);
@@ -168,6 +188,23 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
 }
 
 static void on_latest_for_request(void *arg, int status, const journal_rot_t *rows, int n);
+static void on_secret_for_request(void *arg, int status, rotor_slot_t active, int64_t first,
+                                  int64_t last);
+
+/* A new request for a secret with no rotation open here. When this process knows the secret's
+ * active slot, the rotation is inserted at once: the insert itself refuses it if the secret has
+ * an open rotation or another active slot (then on_created reads the journal and decides).
+ * Otherwise the journal is read first. */
+static void request_new(cmd_t *c)
+{
+    if (c->sec->active >= 0) {
+        create_rotation(c, (rotor_slot_t)c->sec->active);
+        return;
+    }
+    if (journal_secret(c->e->journal, c->sec->cfg->name, c->sec->cfg->active, on_secret_for_request,
+                       c) < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
 
 static void on_secret_for_request(void *arg, int status, rotor_slot_t active, int64_t first,
                                   int64_t last)
@@ -180,6 +217,7 @@ static void on_secret_for_request(void *arg, int status, rotor_slot_t active, in
         return;
     }
     c->row.from_slot = active;
+    c->sec->active = (int)active;
     if (journal_latest(c->e->journal, c->sec->cfg->name, on_latest_for_request, c) < 0)
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
 }
@@ -234,9 +272,7 @@ static void on_request_seen(void *arg, int status, const journal_rot_t *rows, in
         absorb(c, &open->row);
         return;
     }
-    if (journal_secret(c->e->journal, c->sec->cfg->name, c->sec->cfg->active, on_secret_for_request,
-                       c) < 0)
-        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+    request_new(c);
 }
 
 static void cmd_request(cmd_t *c)
@@ -253,6 +289,13 @@ static void cmd_request(cmd_t *c)
         snprintf(reason, sizeof reason, "subject \"%.100s\" does not match data.secret \"%.100s\"",
                  c->ev->subject, secret);
         cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    if (c->tries == 0 && c->sec->active >= 0 && !rot_of_secret(c->e, secret)) {
+        /* Nothing open here and the active slot known: insert at once. The insert refuses a
+         * request the journal has seen, an open rotation and another active slot; on_created
+         * then asks the journal (journal_by_request first). */
+        create_rotation(c, (rotor_slot_t)c->sec->active);
         return;
     }
     if (journal_by_request(c->e->journal, c->ev->id, on_request_seen, c) < 0)

@@ -1,5 +1,6 @@
-/* db.h: the managed database driver (`postgres`, db_postgres.c; prefix db_). Each operation opens
- * its own connection through pg.c, does one effect, closes, and reports back: drivers know nothing
+/* db.h: the managed database driver (`postgres`, db_postgres.c; prefix db_). Each operation takes a
+ * connection through pg.c (the admin ones from a small pool per DSN: db_postgres.c), does one
+ * effect, and reports back: drivers know nothing
  * of Kafka or the journal. Identifiers are quoted with PQescapeIdentifier; the password never
  * leaves rotor as plaintext: set-db sends a SCRAM-SHA-256 verifier computed client-side with
  * PQencryptPasswordConn on the libuv threadpool.
@@ -44,6 +45,10 @@ int db_set_nologin(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb,
 /* Ends role's remaining sessions with pg_terminate_backend; count = sessions ended. */
 int db_end_sessions(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,
                     db_req_t **out);
+
+/* Closes the idle connections that admin operations keep for reuse on loop (shutdown: before the
+ * loop is closed). */
+void db_close_idle(uv_loop_t *loop);
 
 /* Cancels a pending request: its callback runs with ROTOR_ECANCELED (possibly from within this
  * call). Must not be called after the callback ran. */

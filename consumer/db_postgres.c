@@ -12,11 +12,16 @@
 #include "util.h"
 
 typedef struct db_op_s db_op_t;
+typedef struct db_pool_s db_pool_t;
 
 struct db_req_s {
     uv_loop_t *loop;
     const db_op_t *op;
     pgc_conn_t *conn;
+    db_pool_t *pool; /* admin operations: the pool their connection belongs to */
+    bool reused;     /* the connection came from the pool (it may have died while idle) */
+    bool retried;    /* already moved to a fresh connection once */
+    db_req_t *next_waiting;
     char *role, *other, *probe;
     rotor_secret_t *password;
     int64_t valid_until_ms;
@@ -37,6 +42,186 @@ struct db_op_s {
     void (*start)(db_req_t *r);
     void (*result)(db_req_t *r, PGresult *res);
 };
+
+/* ---- the admin connection pool ------------------------------------------------------------ */
+
+/* Connections to one admin DSN are kept after an operation that succeeded and reused by the next:
+ * a fleet of rotations would otherwise have the server fork and authenticate a backend for
+ * every role check, ALTER ROLE and session sweep, which costs it more than the statements. At
+ * most DB_POOL_MAX are open per DSN at once; operations beyond that wait, FIFO, for one to be
+ * handed back. A connection whose operation failed or was canceled is closed, never kept; one
+ * that died while idle (a restart, pg_terminate_backend) is replaced once by a fresh one, and one
+ * idle for over DB_POOL_IDLE_MS is closed by the next operation of any pool (an Entra token's
+ * DSN changes with the token: its pool empties this way). Logins as a managed role (verify) are
+ * never pooled. Loop thread only. */
+#define DB_POOL_MAX 8
+#define DB_POOL_IDLE_MS 60000
+
+struct db_pool_s {
+    uv_loop_t *loop;
+    char *dsn;                     /* may hold a password: wiped on free */
+    pgc_conn_t *idle[DB_POOL_MAX]; /* a stack: the longest idle first */
+    int64_t idle_since[DB_POOL_MAX];
+    int nidle;
+    int nopen; /* idle, in use, or connecting */
+    db_req_t *wait_head, *wait_tail;
+    db_pool_t *next;
+};
+
+static db_pool_t *pools;
+
+static db_pool_t *pool_of(uv_loop_t *loop, const char *dsn)
+{
+    for (db_pool_t *p = pools; p; p = p->next) {
+        if (p->loop == loop && strcmp(p->dsn, dsn) == 0)
+            return p;
+    }
+    db_pool_t *p = util_calloc(1, sizeof *p);
+    p->loop = loop;
+    p->dsn = util_strdup(dsn);
+    p->next = pools;
+    pools = p;
+    return p;
+}
+
+static void pool_free_if_unused(db_pool_t *p)
+{
+    if (p->nopen > 0 || p->wait_head)
+        return;
+    for (db_pool_t **pp = &pools; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    secret_wipe(p->dsn, strlen(p->dsn));
+    free(p->dsn);
+    free(p);
+}
+
+void db_close_idle(uv_loop_t *loop)
+{
+    for (db_pool_t *p = pools, *next; p; p = next) {
+        next = p->next;
+        if (p->loop != loop)
+            continue;
+        while (p->nidle > 0) {
+            pgc_close(p->idle[--p->nidle]);
+            p->nopen--;
+        }
+        pool_free_if_unused(p);
+    }
+}
+
+static void on_connected(pgc_conn_t *c, int status, void *arg);
+static void req_finish(db_req_t *r, int status, const char *reason);
+
+/* Closes the connections of loop's pools idle for too long (keep stays, even if empty). */
+static void pool_prune(uv_loop_t *loop, const db_pool_t *keep)
+{
+    int64_t old = util_now_ms() - DB_POOL_IDLE_MS;
+    for (db_pool_t *p = pools, *next; p; p = next) {
+        next = p->next;
+        if (p->loop != loop)
+            continue;
+        int n = 0;
+        while (n < p->nidle && p->idle_since[n] < old)
+            pgc_close(p->idle[n++]);
+        if (n == 0)
+            continue;
+        memmove(p->idle, p->idle + n, (size_t)(p->nidle - n) * sizeof p->idle[0]);
+        memmove(p->idle_since, p->idle_since + n, (size_t)(p->nidle - n) * sizeof p->idle_since[0]);
+        p->nidle -= n;
+        p->nopen -= n;
+        if (p != keep)
+            pool_free_if_unused(p);
+    }
+}
+
+/* Gives r a connection of its pool: an idle one (the operation starts now), a new one (it starts
+ * once connected) or, with DB_POOL_MAX open, a place in the queue. 0 or a negative error. */
+static int pool_acquire(db_req_t *r)
+{
+    db_pool_t *p = r->pool;
+    while (p->nidle > 0) {
+        pgc_conn_t *c = p->idle[--p->nidle];
+        if (pgc_ok(c)) {
+            r->conn = c;
+            r->reused = true;
+            r->op->start(r);
+            return 0;
+        }
+        pgc_close(c);
+        p->nopen--;
+    }
+    if (p->nopen >= DB_POOL_MAX) {
+        if (p->wait_tail)
+            p->wait_tail->next_waiting = r;
+        else
+            p->wait_head = r;
+        p->wait_tail = r;
+        return 0;
+    }
+    int rc = pgc_connect_dsn(r->loop, p->dsn, on_connected, r, &r->conn);
+    if (rc != 0) {
+        r->conn = NULL;
+        return rc;
+    }
+    p->nopen++;
+    return 0;
+}
+
+static bool pool_unqueue(db_pool_t *p, db_req_t *r)
+{
+    for (db_req_t **pp = &p->wait_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next_waiting) {
+        if (*pp == r) {
+            *pp = r->next_waiting;
+            if (p->wait_tail == r)
+                p->wait_tail = prev;
+            r->next_waiting = NULL;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Takes back r's connection: kept (or handed to the first waiting operation) when r succeeded
+ * and it is at rest, else closed, and its place given to the first waiting operation. */
+static void pool_release(db_req_t *r, bool keep)
+{
+    db_pool_t *p = r->pool;
+    pgc_conn_t *c = r->conn;
+    r->conn = NULL;
+    if (!c)
+        return;
+    keep = keep && pgc_ok(c) && pgc_pending(c) == 0;
+    if (!keep) {
+        pgc_close(c);
+        p->nopen--;
+    }
+    db_req_t *w = p->wait_head;
+    if (w) {
+        p->wait_head = w->next_waiting;
+        if (!p->wait_head)
+            p->wait_tail = NULL;
+        w->next_waiting = NULL;
+        if (keep) {
+            w->conn = c;
+            w->reused = true;
+            w->op->start(w);
+        } else if (pool_acquire(w) != 0) {
+            req_finish(w, ROTOR_EDB, "cannot connect to the admin database");
+        }
+        return;
+    }
+    if (keep) {
+        p->idle_since[p->nidle] = util_now_ms();
+        p->idle[p->nidle++] = c;
+        pool_prune(p->loop, p);
+    } else {
+        pool_free_if_unused(p);
+    }
+}
 
 static void req_free(db_req_t *r)
 {
@@ -66,8 +251,13 @@ static void req_finish(db_req_t *r, int status, const char *reason)
     if (r->done)
         return;
     r->done = true;
-    if (!r->work_active)
+    if (r->pool && !r->conn && pool_unqueue(r->pool, r)) {
+        /* canceled while waiting for a connection: nothing to give back */
+    } else if (!r->work_active && r->pool) {
+        pool_release(r, status == 0);
+    } else if (!r->work_active) {
         req_close_conn(r);
+    }
     r->cb(r->arg, status, status == 0 ? NULL : reason, status == 0 ? r->count : 0);
     if (!r->work_active)
         req_free(r);
@@ -92,6 +282,20 @@ static void on_result(pgc_conn_t *c, PGresult *res, int status, void *arg)
     db_req_t *r = arg;
     if (r->done)
         return;
+    if (status != 0 && r->reused && !r->retried && PQstatus(pgc_raw(c)) == CONNECTION_BAD) {
+        /* A pooled connection the server closed while it was idle: once more, on a fresh one
+         * (it takes the dead one's place in the pool). */
+        r->retried = true;
+        r->reused = false;
+        pgc_close(r->conn);
+        r->conn = NULL;
+        if (pgc_connect_dsn(r->loop, r->pool->dsn, on_connected, r, &r->conn) != 0) {
+            r->conn = NULL;
+            r->pool->nopen--;
+            finish_pg(r, ROTOR_EDB, r->op->name, "cannot reconnect to the admin database");
+        }
+        return;
+    }
     if (status != 0) {
         finish_pg(r, status == ROTOR_ECANCELED ? ROTOR_ECANCELED : ROTOR_EDB, r->op->name,
                   pgc_error(c));
@@ -230,7 +434,10 @@ static void hash_done(uv_work_t *w, int status)
     r->work_active = false;
     if (r->done) {
         /* Canceled while hashing: the callback already ran; release what the work held. */
-        req_close_conn(r);
+        if (r->pool)
+            pool_release(r, false);
+        else
+            req_close_conn(r);
         req_free(r);
         return;
     }
@@ -239,14 +446,16 @@ static void hash_done(uv_work_t *w, int status)
                   status != 0 ? uv_strerror(status) : PQerrorMessage(pgc_raw(r->conn)));
         return;
     }
-    set_password_send(r);
-    secret_wipe(r->verifier, strlen(r->verifier));
-    PQfreemem(r->verifier);
-    r->verifier = NULL;
+    set_password_send(r); /* the verifier stays (wiped in req_free) for a retry */
 }
 
 static void set_password_start(db_req_t *r)
 {
+    if (r->verifier) {
+        /* again on a fresh connection (pool_acquire's retry): already hashed */
+        set_password_send(r);
+        return;
+    }
     r->work.data = r;
     if (uv_queue_work(r->loop, &r->work, hash_work, hash_done) != 0) {
         req_finish(r, ROTOR_EFAIL, "set-password: cannot queue the hash");
@@ -324,21 +533,27 @@ static db_req_t *req_new(uv_loop_t *loop, const db_op_t *op, const char *role, d
     return r;
 }
 
+/* Admin operations run on a connection of the DSN's pool. */
 static int req_start_dsn(db_req_t *r, const char *dsn, db_req_t **out)
 {
-    int rc = pgc_connect_dsn(r->loop, dsn, on_connected, r, &r->conn);
+    r->pool = pool_of(r->loop, dsn);
+    pool_prune(r->loop, r->pool);
+    *out = r;
+    int rc = pool_acquire(r);
     if (rc != 0) {
-        r->conn = NULL;
+        pool_free_if_unused(r->pool);
         req_free(r);
+        *out = NULL;
         return rc;
     }
-    *out = r;
     return 0;
 }
 
 static bool args_ok(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, db_req_t **out)
 {
-    return loop && dsn && role && *role && cb && out;
+    /* PostgreSQL's names are at most 63 bytes: a longer one is refused here, before a pooled
+     * connection could start the operation (and fail it) inside this call. */
+    return loop && dsn && role && *role && strlen(role) <= 255 && cb && out;
 }
 
 int db_check_roles(uv_loop_t *loop, const char *dsn, const char *active_role,

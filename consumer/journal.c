@@ -630,14 +630,17 @@ int journal_secret_figures(journal_t *j, journal_figures_cb cb, void *arg)
     "  FROM " from " jsonb_to_recordset(" arr ") AS x(topic text, key text, value text,"           \
     "   headers jsonb)"
 
-/* Wraps a mutation CTE named m (which must RETURN id) with the history line and the outbox rows,
- * both taken from JSON parameters $h and $o and written only if m touched a row. */
+/* Wraps a mutation CTE named m (which must RETURN id) with the history lines and the outbox rows,
+ * both taken from JSON parameters $h and $o and written only if m touched a row. $h is one
+ * history object or an array of them (a write that ends one stage and starts the next carries a
+ * line for each), inserted in array order. */
 #define HISTORY_AND_OUTBOX(h, o)                                                                   \
     ", hist AS (INSERT INTO rotor.history (rotation_id, trigger, actor, stage, outcome, attempt,"  \
     "   duration_ms, error, request_id)"                                                           \
     "  SELECT m.id, x.trigger, x.actor, x.stage, x.outcome, x.attempt, x.duration_ms, x.error,"    \
     "   x.request_id"                                                                              \
-    "  FROM m, jsonb_to_record(" h "::jsonb) AS x(trigger text, actor text, stage text,"           \
+    "  FROM m, jsonb_to_recordset(CASE jsonb_typeof(" h "::jsonb) WHEN 'array' THEN " h "::jsonb"  \
+    "   ELSE jsonb_build_array(" h "::jsonb) END) AS x(trigger text, actor text, stage text,"      \
     "   outcome text, attempt int, duration_ms bigint, error text, request_id text)"               \
     "  WHERE " h " IS NOT NULL)"                                                                   \
     ", ob AS (" OUTBOX_INSERT("(SELECT DISTINCT 1 FROM m) AS one,",                                \
@@ -742,18 +745,29 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
 {
     row_params_t p;
     row_params(r, history, outbox, &p);
+    /* A request's first attempt may start in its insert (prepare, status running): the row then
+     * records whose attempt it is and until when ($25), as journal_update does. */
     return jq(j,
               "WITH " FENCE_CTE ","
               " m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
               "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent,"
-              "  version, old_version, actor, next_at, expires_at)"
+              "  version, old_version, actor, next_at, expires_at, run_until, run_by, run_part,"
+              "  run_epoch, run_pid)"
               " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11,"
               "  $12, $13, $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
-              "  to_timestamp($19::bigint / 1000.0)"
+              "  to_timestamp($19::bigint / 1000.0),"
+              "  CASE WHEN $4 = 'running' THEN to_timestamp($25::bigint / 1000.0) END,"
+              "  CASE WHEN $4 = 'running' THEN current_setting('application_name') END,"
+              "  CASE WHEN $4 = 'running' THEN $22::int END,"
+              "  CASE WHEN $4 = 'running' THEN $23::bigint END,"
+              "  CASE WHEN $4 = 'running' THEN pg_backend_pid() END"
               " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
+              /* a request the journal has seen (it created or was absorbed into a rotation, and
+               * wrote a history line with its id) is never applied twice */
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.history h WHERE h.request_id = $11)"
               " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
               "  DO NOTHING RETURNING id)" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
-              24, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+              25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,

@@ -116,13 +116,15 @@ int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb,
 /* The open rotation of a secret, if any, else the most recent one (n = 0 when none). */
 int journal_latest(journal_t *j, const char *secret, journal_rows_cb cb, void *arg);
 
-/* history: a JSON object {trigger, actor, stage, outcome, attempt, duration_ms, error, request_id}
+/* history: a JSON object {trigger, actor, stage, outcome, attempt, duration_ms, error, request_id},
+ * or an array of them (written in order)
  * outbox: a JSON array of {topic, key, value (text), headers (object of strings)}.
  * Both borrowed for the call; either may be NULL. */
 
-/* Inserts r as a new rotation if the secret has no open rotation and its active slot is still
- * r->from_slot. status 0 = created; ROTOR_ECONFLICT = not created (re-read and decide);
- * ROTOR_EFENCED = r->fence no longer holds (another process owns the secret now). */
+/* Inserts r as a new rotation if the secret has no open rotation, its active slot is still
+ * r->from_slot and no history line names r->request_id (a request already applied). status 0 =
+ * created; ROTOR_ECONFLICT = not created (re-read and decide); ROTOR_EFENCED = r->fence no longer
+ * holds (another process owns the secret now). */
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg);
 

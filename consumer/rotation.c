@@ -116,8 +116,9 @@ char *engine_diagram(void)
 
 /* ROTOR_CRASH_POINT="<stage>:<point>" kills the process with SIGKILL, exactly as `kill -9` would,
  * at a chosen point: begin (attempt journaled, effect not started), inside (set-db: password read
- * back, ALTER ROLE not sent), effect (effect done, not journaled), done (journaled, next stage
- * not started). Tests use it to prove recovery from every point. */
+ * back, ALTER ROLE not sent), effect (effect done, not journaled), done (journaled, in the same
+ * statement as the next stage's first attempt, whose effect has not begun; a stage folded into
+ * another's write is done at that write). Tests use it to prove recovery from every point. */
 static void rot_crash_point_at(const rotation_t *r, rotor_stage_t stage, const char *point)
 {
     static bool loaded;
@@ -328,11 +329,19 @@ static void on_persisted(void *arg, int status)
     persisted_fn then = p->then;
     free(p);
     r->writing = false;
+    r->fresh_attempt = status == 0 && r->next_starts;
+    r->next_starts = false;
     if (status == 0) {
         if (!journal_status_open(r->next.status))
             observe_rotation_ended(&r->next); /* every write that ends one, an abort's too */
         r->row = r->next;
         r->row.seq++;
+        if (!journal_status_open(r->row.status)) {
+            /* what journal_update made the secret's active slot */
+            bool moved =
+                r->row.status == RS_COMPLETED || (r->row.status == RS_ABORTED && r->row.swapped);
+            r->sec->active = (int)(moved ? r->row.to_slot : r->row.from_slot);
+        }
     }
     if (r->gone) {
         rot_maybe_free(r);
@@ -413,6 +422,7 @@ static void on_reloaded(void *arg, int status, const journal_rot_t *rows, int n)
         return;
     }
     r->row = rows[0];
+    r->fresh_attempt = false;
     rot_step(r);
 }
 
@@ -494,8 +504,6 @@ static char *dsn_with_password(const char *dsn, const char *token)
     return out;
 }
 
-static void on_attempt_started(rotation_t *r, int status);
-
 typedef struct {
     rotation_t *r;
     unsigned token;
@@ -550,17 +558,12 @@ static void run_effect(rotation_t *r)
     }
 }
 
-static void on_attempt_started(rotation_t *r, int status)
+/* The attempt that r->row records as running, journaled by this process, begins its effect. A
+ * process that stops or loses the secret before this leaves it running in the journal: the next
+ * owner runs it again (rot_step). */
+static void begin_attempt(rotation_t *r)
 {
-    if (status != 0) {
-        rot_after_write(r, status);
-        return;
-    }
-    if (r->eng->stopping) {
-        /* journaled as running; the next start resumes it */
-        return;
-    }
-    if (r->letting_go || !rot_fence_holds(r)) {
+    if (!rot_fence_holds(r)) {
         /* lost the secret since the write: no effect starts under a stale claim */
         rot_let_go(r, "revoked before the effect");
         return;
@@ -578,6 +581,7 @@ static void on_attempt_started(rotation_t *r, int status)
 }
 
 static void enter_approval(rotation_t *r, json_t *out);
+static void start_next(rotation_t *r, json_t *out, json_t *hist);
 
 /* deploy kind external: the attempt's start asks the pipeline to act, in the same statement
  * that journals the start, so the request is published exactly when the attempt exists. */
@@ -614,16 +618,27 @@ static void start_attempt(rotation_t *r)
         rot_effect_done(r, ROTOR_EFAIL, "no attempts left");
         return;
     }
-    r->next.status = RS_RUNNING;
-    r->next.attempt = r->row.attempt + 1;
     json_t *out = json_array();
-    json_t *d = rot_data(&r->next);
-    json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
-    json_object_set_new(d, "attempt", json_integer(r->next.attempt));
-    rot_outbox_add(r->eng, out, "stage.started", r->row.secret, r->row.traceparent, d);
+    json_t *hist = json_array();
+    start_next(r, out, hist);
     if (stage_is_external(r))
         add_stage_requested(r, out);
-    rot_persist(r, rot_history(&r->next, "started", NULL, -1, NULL, NULL), out, on_attempt_started);
+    r->nfinished = 0;
+    rot_persist(r, hist, out, rot_after_write);
+}
+
+/* Moves r->next (pending at its stage) to a running attempt, with its event and history line.
+ * rot_step() begins the effect once the write is in the journal (fresh_attempt). */
+static void start_next(rotation_t *r, json_t *out, json_t *hist)
+{
+    r->next.status = RS_RUNNING;
+    r->next.attempt++;
+    json_t *d = rot_data(&r->next);
+    json_object_set_new(d, "stage", json_string(rotor_stage_name(r->next.stage)));
+    json_object_set_new(d, "attempt", json_integer(r->next.attempt));
+    rot_outbox_add(r->eng, out, "stage.started", r->next.secret, r->next.traceparent, d);
+    json_array_append_new(hist, rot_history(&r->next, "started", NULL, -1, NULL, NULL));
+    r->next_starts = true;
 }
 
 /* Enters the approve stage: waiting for a decision (manual) or for the soak (auto). */
@@ -684,28 +699,99 @@ static void rot_advance(rotation_t *r, trans_event_t on, json_t *out)
         enter_approval(r, out);
 }
 
-/* Counts what a journaled transition did, once it is in the journal. */
-static void count_transition(const rotation_t *r)
+/* Records a stage whose end the write being built journals. */
+static void add_finished(rotation_t *r, rotor_stage_t st)
+{
+    if (r->nfinished < (int)(sizeof r->finished / sizeof r->finished[0]))
+        r->finished[r->nfinished++] = st;
+}
+
+/* deploy kind none with no driver: nothing to bring up, the stage completes at once. */
+static bool stage_is_noop(const rotation_t *r, rotor_stage_t st)
+{
+    return st == STAGE_DEPLOY && !r->sec->deploy && r->sec->cfg->deploy.kind_id == DEPLOY_NONE;
+}
+
+/* Folds into the write that ends a stage what would otherwise be journaled by writes of their own
+ * right after it, with nothing to wait for in between: an approve that decides by itself at once
+ * (mode auto, soak 0), a deploy with nothing to bring up (kind none), and the start of the next
+ * stage's first attempt. Each keeps its events and its history line, in the same statement, in
+ * the order separate writes gave them: the events contract and the audit trail are unchanged,
+ * only the commits between them are gone. A process that is stopping or no longer owns the
+ * secret folds nothing: the next owner starts the stage. */
+static void rot_chain(rotation_t *r, json_t *out, json_t *hist)
+{
+    engine_t *e = r->eng;
+    const cfg_secret_t *cfg = r->sec->cfg;
+    if (e->stopping || !e->owns(e->owns_arg, r->next.secret))
+        return;
+    for (;;) {
+        int64_t now = util_now_ms();
+        if (r->next.status == RS_WAITING && r->next.stage == STAGE_APPROVE &&
+            cfg->approval.mode == APPROVAL_AUTO && r->next.next_at_ms <= now) {
+            /* what rot_step would do at once: rot_approve_decided(ON_APPROVED, "auto") */
+            json_t *d = rot_data(&r->next);
+            json_object_set_new(d, "stage", json_string("approve"));
+            json_object_set_new(d, "attempt", json_integer(1));
+            json_object_set_new(d, "duration_ms", json_integer(0));
+            rot_outbox_add(e, out, "stage.completed", r->next.secret, r->next.traceparent, d);
+            json_array_append_new(hist, rot_history(&r->next, "approved", "auto", -1, NULL, NULL));
+            util_strlcpy(r->next.actor, "auto", sizeof r->next.actor);
+            add_finished(r, STAGE_APPROVE);
+            rot_advance(r, ON_APPROVED, out);
+            continue;
+        }
+        if (r->next.status != RS_PENDING || r->next.next_at_ms > now ||
+            r->next.stage == STAGE_APPROVE ||
+            (cfg->deploy.kind_id == DEPLOY_EXTERNAL &&
+             (r->next.stage == STAGE_DEPLOY || r->next.stage == STAGE_SWAP ||
+              r->next.stage == STAGE_RETIRE || r->next.stage == STAGE_ROLLBACK)))
+            return; /* a wait, or a pipeline to ask (start_attempt publishes stage.requested) */
+        start_next(r, out, hist);
+        if (!stage_is_noop(r, r->next.stage))
+            return;
+        r->next_starts = false;
+        json_t *d = rot_data(&r->next);
+        json_object_set_new(d, "stage", json_string(rotor_stage_name(r->next.stage)));
+        json_object_set_new(d, "attempt", json_integer(r->next.attempt));
+        json_object_set_new(d, "duration_ms", json_integer(0));
+        rot_outbox_add(e, out, "stage.completed", r->next.secret, r->next.traceparent, d);
+        json_array_append_new(hist, rot_history(&r->next, "completed", NULL, 0, NULL, NULL));
+        r->next.error[0] = '\0';
+        add_finished(r, r->next.stage);
+        rot_advance(r, ON_OK, out);
+    }
+}
+
+/* Counts what a journaled transition did for one of the stages it ended, once it is in the
+ * journal. Only the first can have failed or be retried: later ones were folded in after an ok. */
+static void count_transition(const rotation_t *r, int i)
 {
     char labels[96];
-    const char *outcome = r->row.status == RS_PENDING && r->row.stage == r->finished ? "retry"
-                          : r->row.status == RS_FAILED                               ? "failed"
-                                                                                     : "ok";
-    snprintf(labels, sizeof labels, "stage=\"%s\",outcome=\"%s\"", rotor_stage_name(r->finished),
-             outcome);
+    rotor_stage_t st = r->finished[i];
+    const char *outcome = i > 0                                               ? "ok"
+                          : r->row.status == RS_PENDING && r->row.stage == st ? "retry"
+                          : r->row.status == RS_FAILED                        ? "failed"
+                                                                              : "ok";
+    snprintf(labels, sizeof labels, "stage=\"%s\",outcome=\"%s\"", rotor_stage_name(st), outcome);
     metrics_count("rotor_stage_attempts_total", "Stage attempts that ended, by stage and outcome",
                   labels, 1);
+    /* a stage folded into the write took no time of its own */
+    observe_attempt(st, outcome, i > 0 ? 0 : r->took_ms);
+    if (i > 0)
+        return;
     metrics_gauge("rotor_rotations_open", "Rotations open in this process", NULL,
                   engine_open_count(r->eng) - (journal_status_open(r->row.status) ? 0 : 1));
-    observe_attempt(r->finished, outcome, r->took_ms);
 }
 
 void rot_on_effect_persisted(rotation_t *r, int status)
 {
-    if (status == 0)
-        count_transition(r);
-    if (status == 0)
-        rot_crash_point_at(r, r->finished, "done");
+    for (int i = 0; status == 0 && i < r->nfinished; i++)
+        count_transition(r, i);
+    /* <stage>:done of every stage this write ended: a stage folded into the write of another
+     * (deploy none, approve auto with soak 0) is journaled done at the same instant. */
+    for (int i = 0; status == 0 && i < r->nfinished; i++)
+        rot_crash_point_at(r, r->finished[i], "done");
     rot_after_write(r, status);
 }
 
@@ -723,7 +809,8 @@ void rot_effect_done(rotation_t *r, int status, const char *reason)
     /* r->row was updated in place by the effect (version, swapped, old_version); the journal
      * still holds the old values, and r->row.seq is still the token it holds. */
     r->next = r->row;
-    r->finished = r->row.stage;
+    r->nfinished = 0;
+    add_finished(r, r->row.stage);
     json_t *out = json_array();
     json_t *hist;
     if (status == 0) {
@@ -781,7 +868,10 @@ void rot_effect_done(rotation_t *r, int status, const char *reason)
             r->next.next_at_ms = util_now_ms() + (int64_t)delay;
         }
     }
-    rot_persist(r, hist, out, rot_on_effect_persisted);
+    json_t *lines = json_array();
+    json_array_append_new(lines, hist);
+    rot_chain(r, out, lines);
+    rot_persist(r, lines, out, rot_on_effect_persisted);
 }
 
 /* ---- the step function: what to do next for a rotation ------------------------------------- */
@@ -811,7 +901,13 @@ void rot_step(rotation_t *r)
     int64_t now = util_now_ms();
     switch (r->row.status) {
     case RS_PENDING:
-    case RS_RUNNING: /* a running row found at start-up or taken over: was its attempt's? */
+    case RS_RUNNING: /* found at start-up, taken over, or just journaled here */
+        if (r->fresh_attempt) {
+            /* journaled as running by the write that just landed: its effect begins now */
+            r->fresh_attempt = false;
+            begin_attempt(r);
+            return;
+        }
         if (rot_wait_previous_owner(r))
             return;
         if (r->row.next_at_ms > now) {
@@ -849,7 +945,8 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
     stage_cancel_deploy(r); /* a soak still watching production: the decision is made */
     r->token++;
     r->next = r->row;
-    r->finished = STAGE_APPROVE;
+    r->nfinished = 0;
+    add_finished(r, STAGE_APPROVE);
     r->took_ms = r->attempt_started_ms ? util_now_ms() - r->attempt_started_ms : -1;
     json_t *out = json_array();
     json_t *hist;
@@ -867,7 +964,10 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
     }
     util_strlcpy(r->next.actor, actor ? actor : "", sizeof r->next.actor);
     rot_advance(r, on, out);
-    rot_persist(r, hist, out, then);
+    json_t *lines = json_array();
+    json_array_append_new(lines, hist);
+    rot_chain(r, out, lines);
+    rot_persist(r, lines, out, then);
 }
 
 /* ---- start, ownership, stop ---------------------------------------------------------------- */
@@ -941,10 +1041,12 @@ void engine_rebalanced(engine_t *e)
 static void on_secret_registered(void *arg, int status, rotor_slot_t active, int64_t first,
                                  int64_t last)
 {
-    (void)active;
     (void)first;
     (void)last;
-    engine_t *e = arg;
+    secret_ctx_t *sec = arg;
+    engine_t *e = sec->eng;
+    if (status == 0)
+        sec->active = (int)active;
     if (status != 0 && e->ready_cb) {
         engine_ready_cb cb = e->ready_cb;
         e->ready_cb = NULL;
@@ -1028,6 +1130,8 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     for (size_t i = 0; i < e->nsecrets; i++) {
         const cfg_secret_t *s = &opts->cfg->secrets[i];
         e->secrets[i].cfg = s;
+        e->secrets[i].eng = e;
+        e->secrets[i].active = -1;
         char key[160];
         snprintf(key, sizeof key, "secrets[%zu].database", i);
         rc = config_dsn(s->database.dsn_env, s->database.dsn_file, key, &e->secrets[i].dsn, err,
@@ -1045,7 +1149,8 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     e->registering = (int)e->nsecrets;
     for (size_t i = 0; i < e->nsecrets; i++) {
         const cfg_secret_t *s = e->secrets[i].cfg;
-        if (journal_secret(e->journal, s->name, s->active, on_secret_registered, e) < 0) {
+        if (journal_secret(e->journal, s->name, s->active, on_secret_registered, &e->secrets[i]) <
+            0) {
             snprintf(err, errlen, "journal unavailable");
             return ROTOR_EDB; /* callbacks already queued will see the journal close */
         }
@@ -1139,6 +1244,7 @@ void engine_free(engine_t *e)
             }
         }
     }
+    db_close_idle(e->loop);
     azure_cred_free(e->deps.cred);
     e->deps.cred = NULL;
     if (e->deps.http)

@@ -27,6 +27,11 @@ typedef struct {
     deploy_t *deploy; /* NULL for the kinds without a driver (none, external) */
     char *dsn;        /* admin DSN (may hold a password): wiped on free */
     char *dsn_entra;  /* database.entra_token: dsn with the current Entra token as password */
+    engine_t *eng;
+    /* The secret's active slot as this process last saw it journaled (registration, or a
+     * rotation of it that ended here); -1 when unknown. A request creates its rotation from it
+     * without reading the journal first: the insert itself checks it (journal_create). */
+    int active;
 } secret_ctx_t;
 
 typedef struct rotation_s rotation_t;
@@ -77,7 +82,12 @@ struct rotation_s {
     bool release;           /* when freed, release its running attempt in the journal */
     bool orphan;            /* the engine was freed first: nothing to unlink or release */
     bool awaiting_previous; /* waiting for a previous owner's attempt (logged once) */
-    rotor_stage_t finished; /* the stage whose end is being written */
+    /* The stages whose end is being written, in order: one, or more when a write also ends
+     * stages with nothing to do (deploy none; approve mode auto with soak 0). */
+    rotor_stage_t finished[4];
+    int nfinished;
+    bool next_starts;   /* r->next, being written, also starts the next stage's attempt */
+    bool fresh_attempt; /* r->row is a running attempt journaled here whose effect has not begun */
     db_req_t *dbreq;
     deploy_req_t *deployreq;         /* the deploy driver's request in flight */
     probe_req_t *probereq;           /* probes of the current effect, or of the soak */

@@ -15,14 +15,18 @@ STAGES = ["prepare", "generate", "set-db", "deploy", "verify", "swap", "approve"
 EFFECT_STAGES = [s for s in STAGES if s != "approve"]
 
 # begin: attempt journaled, effect not started; effect: effect done, not journaled;
-# done: journaled, next stage not started; set-db:inside: password read back, ALTER ROLE not sent.
+# done: journaled (in the same statement as the next stage's first attempt, which has not begun);
+# set-db:inside: password read back, ALTER ROLE not sent. A stage with nothing to do is journaled
+# in the write of the stage before it (deploy none in set-db's; approve with mode auto and soak 0
+# in swap's), so its done is the same instant as that stage's: approve:done, which follows
+# swap:done at once, is reached only with a real decision (test_approval.py's manual approvals).
 CHAINS = {
     # Every point between two stages (done), inside set-db, and the effect points where a
     # repeated effect could do harm: a second store version, a second verifier, a half swap.
     "early": ["prepare:begin", "prepare:done", "generate:effect", "generate:done",
               "set-db:inside", "set-db:effect", "set-db:done"],
-    "late": ["deploy:done", "verify:done", "swap:effect", "swap:done", "approve:done",
-             "retire:begin", "retire:effect", "retire:done"],
+    "late": ["deploy:done", "verify:done", "swap:effect", "swap:done", "retire:begin",
+             "retire:effect", "retire:done"],
 }
 
 

@@ -68,8 +68,20 @@ def test_two_rotations_blue_green_blue(lab):
         assert mine[-1]["type"] == "rotation.completed"
         assert all(e["subject"] == "app-db" for e in mine)
         outcomes = [(s, o) for s, o, _, _ in lab.history(rid)]
-        assert outcomes[0] == ("prepare", "requested")
-        assert ("retire", "completed") in outcomes
+        # the audit trail, in order, as if every transition had been a write of its own ...
+        assert outcomes == [("prepare", "requested"), ("prepare", "started"),
+                            ("prepare", "completed"), ("generate", "started"),
+                            ("generate", "completed"), ("set-db", "started"),
+                            ("set-db", "completed"), ("deploy", "started"),
+                            ("deploy", "completed"), ("verify", "started"),
+                            ("verify", "completed"), ("swap", "started"), ("swap", "completed"),
+                            ("approve", "approved"), ("retire", "started"),
+                            ("retire", "completed")], outcomes
+        # ... from one insert and six compare-and-set updates (seq counts them): a stage's end
+        # and the next stage's start are one write; deploy none and approve auto with soak 0
+        # are journaled in the write before them
+        seq = lab.pg.query("SELECT seq FROM rotor.rotations WHERE id = %s", (rid,))[0][0]
+        assert seq == 7, (seq, outcomes)
     # Kafka key is the secret for every event
     assert all(m["key"] == "app-db" for m in lab.consume("rotor.events"))
 

@@ -107,6 +107,8 @@ static void ctx_run(ctx_t *x)
     assert_int_equal(x->calls, 0);
     assert_int_equal(uv_run(&x->loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(x->calls, 1);
+    db_close_idle(&x->loop);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x->loop), 0);
 }
 
@@ -340,6 +342,8 @@ static void test_cancel_pending(void **state)
     assert_int_equal(x.status, ROTOR_ECANCELED);
     assert_int_equal(uv_run(&x.loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(x.calls, 1);
+    db_close_idle(&x.loop);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x.loop), 0);
 }
 
@@ -392,11 +396,81 @@ static void test_cancel_set_password_anytime(void **state)
         assert_true(x.status == 0 || x.status == ROTOR_ECANCELED);
         canceled += x.status == ROTOR_ECANCELED;
         completed += x.status == 0;
+        db_close_idle(&x.loop);
+        uv_run(&x.loop, UV_RUN_DEFAULT);
         assert_int_equal(uv_loop_close(&x.loop), 0);
     }
     assert_true(canceled > 0);
     assert_true(completed > 0);
     admin_exec("ALTER ROLE app_off NOLOGIN");
+}
+
+/* Pids of the other sessions of postgres (the pool's idle connections), as "pid,pid,...". */
+static char *pool_pids(void)
+{
+    return admin_value("SELECT coalesce(string_agg(pid::text, ',' ORDER BY pid), '')"
+                       " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                       " AND pid <> pg_backend_pid() AND usename = $1",
+                       "postgres");
+}
+
+static int count_pids(const char *list)
+{
+    int n = *list ? 1 : 0;
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    return n;
+}
+
+/* Admin operations share a few kept connections: a burst of 20 opens at most 8, the next burst
+ * opens none, and connections the server closed while idle are replaced without a failure. */
+static void test_admin_pool(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    db_req_t *req;
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(
+            db_check_roles(&x.loop, admin_dsn, "app_blue", "app_green", on_done, &x, &req), 0);
+    assert_int_equal(uv_run(&x.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(x.calls, 20);
+    assert_int_equal(x.status, 0);
+    char *first = pool_pids();
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(
+            db_check_roles(&x.loop, admin_dsn, "app_blue", "app_green", on_done, &x, &req), 0);
+    assert_int_equal(uv_run(&x.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(x.calls, 40);
+    assert_int_equal(x.status, 0);
+    char *second = pool_pids();
+    assert_true(count_pids(second) >= 1);
+    assert_true(count_pids(second) <= 8);
+    /* every session after the second burst was already there after the first */
+    for (const char *p = second; *p;) {
+        size_t n = strcspn(p, ",");
+        char pid[16];
+        snprintf(pid, sizeof pid, "%.*s", (int)n, p);
+        char needle[24], hay[4096];
+        snprintf(needle, sizeof needle, ",%s,", pid);
+        snprintf(hay, sizeof hay, ",%s,", first);
+        assert_non_null(strstr(hay, needle));
+        p += n + (p[n] == ',');
+    }
+    free(first);
+    free(second);
+    /* the server ends the idle sessions: the next operations still succeed */
+    admin_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+               " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+               " AND usename = 'postgres'");
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(db_set_nologin(&x.loop, admin_dsn, "app_off", on_done, &x, &req), 0);
+    assert_int_equal(uv_run(&x.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(x.calls, 43);
+    assert_int_equal(x.status, 0);
+    db_close_idle(&x.loop);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&x.loop), 0);
 }
 
 int main(void)
@@ -414,6 +488,7 @@ int main(void)
         cmocka_unit_test(test_end_sessions),
         cmocka_unit_test(test_cancel_pending),
         cmocka_unit_test(test_cancel_set_password_anytime),
+        cmocka_unit_test(test_admin_pool),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
