@@ -97,8 +97,8 @@ struct kafka_s {
     kafka_pipe_t pipes[2];       /* indexed by KAFKA_CONSUMER / KAFKA_PRODUCER */
     uv_idle_t resume;            /* hands over ready messages, drains the rest of the queue */
     uv_timer_t tick;             /* metadata retry while running; progress while stopping */
-    uv_timer_t lag;              /* refreshes the consumer lag gauges */
-    uv_timer_t deadline;         /* bound on kafka_stop */
+    uv_timer_t lag;      /* refreshes the consumer lag gauges; polls the consumer when idle */
+    uv_timer_t deadline; /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
     int meta_result;         /* written by the worker thread, read in the after-work callback */
@@ -1028,11 +1028,15 @@ void kafka_msg_done(kafka_t *k, kafka_msg_t *msg)
         kafka_uv_resume(k);
 }
 
-/* Consumer lag per partition (high watermark minus the offset we would commit), from the
- * watermarks librdkafka caches with every fetch response: no request, no blocking. */
+/* Every KAFKA_LAG_MS. Consumer lag per partition (high watermark minus the offset we would commit),
+ * from the watermarks librdkafka caches with every fetch response: no request, no blocking. */
 static void kafka_on_lag(uv_timer_t *t)
 {
     kafka_t *k = t->data;
+    /* librdkafka counts max.poll.interval.ms from the last rd_kafka_consumer_poll(), and an idle
+     * queue never writes the pipe: without this poll an idle consumer leaves its group after 5
+     * minutes (MAX_POLL_EXCEEDED) and every partition is rebalanced. */
+    kafka_consumer_drain(k);
     for (kafka_part_t *p = k->parts; p; p = p->next) {
         int64_t lo = -1, hi = -1;
         int64_t pos = p->head ? p->head->pub.offset : p->next_offset;

@@ -55,6 +55,7 @@ typedef struct ctx_s {
     int ndelivered;
     int ndelivery_errors;
     int assigned;
+    int nrevoked;
     bool closed;
 } ctx_t;
 
@@ -197,6 +198,8 @@ static void on_rebalance(kafka_t *k, const int32_t *parts, int n, int assigned, 
     for (int i = 0; i < n; i++)
         assert_true(parts[i] >= 0 && parts[i] < 3);
     c->assigned += assigned ? n : -n;
+    if (!assigned)
+        c->nrevoked++;
 }
 
 static void on_closed(kafka_t *k, void *arg)
@@ -661,6 +664,37 @@ static void test_pause_resume(void **state)
     free(c);
 }
 
+static bool all_assigned(ctx_t *c)
+{
+    return c->assigned == 3;
+}
+
+/* An idle consumer keeps its partitions: librdkafka's max.poll.interval.ms counts from the last
+ * poll, and with nothing to consume nothing wakes the pipe. */
+static void test_idle_keeps_membership(void **state)
+{
+    fixture_t *f = *state;
+    cfg_kv_t props[3] = {f->props[0], f->props[1], {"max.poll.interval.ms", "4500"}};
+    rotor_config_t cfg = f->cfg;
+    cfg.kafka.properties = props;
+    cfg.kafka.nproperties = 3;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    char err[256] = "";
+    assert_int_equal(
+        kafka_start(&c->loop, &cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err, sizeof err),
+        0);
+    assert_true(run_until(c, all_assigned, 30000));
+    target = 1;
+    run_until(c, got_target, 8000); /* idle for longer than max.poll.interval.ms */
+    assert_int_equal(c->nrevoked, 0);
+    produce_one(c, "rotor.commands", "late", "after-idle", 0);
+    assert_true(run_until(c, got_target, 10000));
+    assert_int_equal(c->nrevoked, 0);
+    ctx_stop(c);
+    free(c);
+}
+
 static void test_bad_property(void **state)
 {
     fixture_t *f = *state;
@@ -695,6 +729,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lanes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batched_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_keeps_membership, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
