@@ -30,7 +30,7 @@
 #define MAX_PARTITIONS 1024
 #define KV_MAX_EVENTS 16 /* Event Grid delivers at most this many events in one message */
 #define RETRY_MS 1000    /* a command whose effect the journal could not take is tried again */
-/* A Key Vault event whose vault (or journal) does not answer is tried this many times, with a
+/* A Key Vault event whose vault does not answer is tried this many times, with a
  * backoff from KV_BACKOFF_MS, then dead-lettered with the reason and skipped: it is a trigger
  * that Key Vault repeats (near-expiry daily) and rotor's own schedule covers, while the offsets
  * behind it must move on. */
@@ -262,12 +262,17 @@ static void on_kv_event_done(void *arg, int status, const char *reason)
         inflight_free(f);
         return;
     }
-    if (status != 0) {
-        /* Events of the message already handled are not handled again: kv_next stays. */
+    /* Events of the message already handled are not handled again: kv_next stays. A journal
+     * outage is waited out as for commands; a vault that does not answer is given up on. */
+    if (status == ROTOR_ESTORE) {
         if (++f->attempts >= KV_MAX_ATTEMPTS)
             skip_kv_message(f, reason);
         else
             retry_later(f, backoff_delay(f->attempts, KV_BACKOFF_MS, KV_BACKOFF_MAX_MS, 0));
+        return;
+    }
+    if (status != 0) {
+        retry_later(f, RETRY_MS);
         return;
     }
     f->kv_next++;

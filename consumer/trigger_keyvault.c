@@ -139,7 +139,7 @@ static void on_current(void *arg, int status, const char *version, const char *r
         char why[256];
         snprintf(why, sizeof why, "vault unreachable (%s)",
                  reason ? reason : rotor_strerror(status));
-        kvt_finish(t, ROTOR_EDB, NULL, why);
+        kvt_finish(t, ROTOR_ESTORE, NULL, why);
         return;
     }
     if (!version || strcasecmp(version, t->ev->version) != 0) {

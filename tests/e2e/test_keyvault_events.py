@@ -5,8 +5,10 @@ ignored; a version written by someone else is reported out of band; malformed ev
 dead-lettered. The store is Azure Key Vault (the emulator, over TLS, with a client secret)."""
 import json
 import os
+import re
 import secrets
 import time
+import urllib.request
 
 import pytest
 
@@ -28,12 +30,17 @@ def kv_lab_manual(make_lab, tmp_path):
     yield from kv_lab_with(make_lab, tmp_path, approval="{ mode: manual, gate: retire }")
 
 
-def kv_lab_with(make_lab, tmp_path, **opts):
+@pytest.fixture
+def kv_lab_short_timeout(make_lab, tmp_path):
+    yield from kv_lab_with(make_lab, tmp_path, store_extra=", timeout: 1s")
+
+
+def kv_lab_with(make_lab, tmp_path, store_extra="", **opts):
     kv = KeyVaultEmulator(str(tmp_path))
     kv.start()
     store = (f'{{ kind: azure-keyvault, vault_url: "{kv.vault_url}", resolve: "{kv.resolve}", '
              f'ca_file: {kv.ca_file}, names: {{ blue: pg-blue, green: pg-green, '
-             f'current: pg-current }} }}')
+             f'current: pg-current }}{store_extra} }}')
     azure = (f'{{ tenant_id: "{kv.tenant}", client_id: "{kv.client_id}", '
              f'authority_host: "{kv.authority_host}", ca_file: {kv.ca_file} }}')
     env = {k: v for k, v in kv.env("secret").items() if k == "AZURE_CLIENT_SECRET"}
@@ -201,3 +208,23 @@ def test_keyvault_outage_does_not_delay_an_approval(kv_lab_manual):
     # One event costs the store's retries (about 4-7 s with the vault down); six of them one
     # after the other held the approval back for half a minute.
     assert took < 3.0, f"the approval took {took:.1f} s behind the Key Vault events"
+
+
+def test_keyvault_event_given_up_after_three_attempts(kv_lab_short_timeout):
+    """A vault that does not answer in time: the event is tried three times, then dead-lettered
+    with the reason, counted, and its offset goes on."""
+    lab = kv_lab_short_timeout
+    d = lab.start()
+    lab.kv.faults(delay_ms=3000)
+    publish(lab, event_grid(lab, "Microsoft.KeyVault.SecretNearExpiry", "pg-blue",
+                            lab.blue_version))
+    got = wait_for(lambda: lab.consume("rotor.deadletter"), 150, 0.5, what="a dead letter")
+    headers = dict(zip(got[0]["headers"][::2], got[0]["headers"][1::2]))
+    assert headers["rotor-dlq-topic"] == TOPIC
+    assert "vault unreachable" in headers["rotor-dlq-reason"], headers
+    assert "after 3 attempts" in headers["rotor-dlq-reason"], headers
+    port = re.search(r'"http.listening".*?"port":"(\d+)"', d.text()).group(1)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert re.search(r"^rotor_keyvault_events_skipped_total 1$", text, re.M), text
+    assert re.search(r'^rotor_input_messages_total\{outcome="skipped"\} 1$', text, re.M), text
+    assert lab.rotations() == []
