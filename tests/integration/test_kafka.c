@@ -510,6 +510,27 @@ static bool got_b1_c1(ctx_t *c)
     return find_recv(c, "b1") >= 0 && find_recv(c, "c1") >= 0 && c->outstanding == 1;
 }
 
+/* The rotor_consumer_lag gauge of one partition, or -1. */
+static double lag_of(const char *topic, int32_t partition)
+{
+    size_t len;
+    char *text = metrics_render(&len);
+    char a[128], b[128];
+    snprintf(a, sizeof a, "partition=\"%d\",topic=\"%s\"} ", (int)partition, topic);
+    snprintf(b, sizeof b, "topic=\"%s\",partition=\"%d\"} ", topic, (int)partition);
+    double v = -1;
+    for (char *line = strstr(text, "rotor_consumer_lag{"); line;
+         line = strstr(line + 1, "rotor_consumer_lag{")) {
+        char *lbl = line + strlen("rotor_consumer_lag{");
+        if (strncmp(lbl, a, strlen(a)) == 0)
+            v = atof(lbl + strlen(a));
+        else if (strncmp(lbl, b, strlen(b)) == 0)
+            v = atof(lbl + strlen(b));
+    }
+    free(text);
+    return v;
+}
+
 /* Two keys [partition of A] and one on another partition. */
 static void pick_keys(ctx_t *c, char *a, char *b, char *cc)
 {
@@ -555,6 +576,10 @@ static void test_lanes(void **state)
     run_until(c, got_target, 1000);
     assert_int_equal(find_recv(c, "a2"), -1);
     assert_int_equal(c->nrecv, 3);
+    /* a1, a2 and b1 are not committed on a's partition: its lag says 3 (refreshed each second) */
+    int32_t pa = kafka_partition_of(c->k, a);
+    run_until(c, got_target, 1500);
+    assert_int_equal(lag_of("rotor.commands", pa), 3);
     ctx_stop(c); /* a1 never done: the offset of its partition stays at a1 */
 
     ctx_init(c);
