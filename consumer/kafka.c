@@ -994,8 +994,9 @@ static void kafka_store(kafka_t *k, kafka_part_t *p)
     if (e) {
         char part[16];
         snprintf(part, sizeof part, "%d", (int)p->partition);
-        log_warn("kafka.store.skipped", "topic", p->topic, "partition", part, "reason",
-                 rd_kafka_err2str(e));
+        /* While closing the assignment is already gone: expected, and the new owner redoes it. */
+        log_write(k->state == KAFKA_RUNNING ? LOG_WARN : LOG_DEBUG, "kafka.store.skipped", "topic",
+                  p->topic, "partition", part, "reason", rd_kafka_err2str(e), NULL);
     }
     rd_kafka_topic_partition_list_destroy(offs);
 }
