@@ -1,5 +1,6 @@
-/* daemon.c: `rotor run`: start-up and shutdown order, signals, and the path of one input
- * message (parse, engine or dead-letter, journal, then the offset). */
+/* daemon.c: `rotor run`: start-up and shutdown order, signals, and the path of each input
+ * message (parse, engine or dead-letter, journal, then the offset). Messages are handled
+ * concurrently, each with its own state (inflight_t); kafka.c keeps one key's messages in order. */
 #include "daemon.h"
 
 #include <inttypes.h>
@@ -11,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "backoff.h"
 #include "broker.h"
 #include "event.h"
 #include "health.h"
@@ -28,8 +30,33 @@
 #include "util.h"
 
 #define KV_MAX_EVENTS 16 /* Event Grid delivers at most this many events in one message */
+#define RETRY_MS 1000    /* a command whose effect the journal could not take is tried again */
+/* A Key Vault event whose vault does not answer is tried this many times, with a
+ * backoff from KV_BACKOFF_MS, then dead-lettered with the reason and skipped: it is a trigger
+ * that Key Vault repeats (near-expiry daily) and rotor's own schedule covers, while the offsets
+ * behind it must move on. */
+#define KV_MAX_ATTEMPTS 3
+#define KV_BACKOFF_MS 1000
+#define KV_BACKOFF_MAX_MS 8000
 
-typedef struct {
+typedef struct daemon_s daemon_t;
+
+/* One input message being handled: its parse results and retry state. Lives until the message is
+ * done; a callback the engine or the journal still owes keeps it alive after Kafka closed. */
+typedef struct inflight_s {
+    daemon_t *d;
+    struct inflight_s *prev, *next;
+    kafka_msg_t *msg; /* NULL once Kafka has closed and freed it */
+    event_t ev;
+    kv_event_t *kv; /* a Key Vault message's events (malloc'ed), handled in order */
+    int nkv, kv_next;
+    int attempts;      /* failed attempts of a Key Vault message */
+    char *skip_reason; /* set once a Key Vault message is to be dead-lettered and skipped */
+    uv_timer_t retry;
+    bool timer_inited;
+} inflight_t;
+
+struct daemon_s {
     uv_loop_t loop;
     const rotor_config_t *cfg;
     broker_t *broker;
@@ -44,18 +71,14 @@ typedef struct {
     schedule_t *schedule;
     health_t *health;
     uv_signal_t sigint, sigterm;
-    uv_timer_t retry_timer; /* re-handles a message when the journal was unavailable */
     uv_timer_t force_timer; /* bounds shutdown */
     owner_t *owner;         /* claims of the assigned partitions (fencing epochs) */
     bool rebalanced;        /* the consumer has been assigned at least once */
     bool stopping;
     int exit_code;
-    /* the message being handled (one at a time) */
-    kafka_msg_t *msg;
-    event_t ev;
-    kv_event_t kv[KV_MAX_EVENTS]; /* a Key Vault message's events, handled in order */
-    int nkv, kv_next;
-} daemon_t;
+    inflight_t *inflight;         /* every message being handled */
+    kv_event_t kv[KV_MAX_EVENTS]; /* parse scratch: a message keeps only the events it holds */
+};
 
 /* ---- ownership and readiness ----------------------------------------------------------------- */
 
@@ -109,44 +132,78 @@ static int ready(void *arg, const char **reason)
 /* ---- one input message ------------------------------------------------------------------------
  */
 
-static void handle_message(daemon_t *d);
+static void handle_message(inflight_t *f);
 
-static void message_done(daemon_t *d, const char *outcome)
+static void inflight_on_closed(uv_handle_t *h)
 {
+    free(h->data);
+}
+
+static void inflight_free(inflight_t *f)
+{
+    daemon_t *d = f->d;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        d->inflight = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    event_clear(&f->ev);
+    free(f->kv);
+    free(f->skip_reason);
+    if (f->timer_inited)
+        uv_close((uv_handle_t *)&f->retry, inflight_on_closed); /* frees f */
+    else
+        free(f);
+}
+
+static void message_done(inflight_t *f, const char *outcome)
+{
+    daemon_t *d = f->d;
     char labels[64];
     snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
     metrics_count("rotor_input_messages_total", "Input messages handled, by outcome", labels, 1);
     if (d->engine)
         metrics_gauge("rotor_rotations_open", "Rotations open in this process", NULL,
                       engine_open_count(d->engine));
-    kafka_msg_t *m = d->msg;
-    d->msg = NULL;
-    event_clear(&d->ev);
-    kafka_msg_done(d->kafka, m);
+    if (f->msg)
+        kafka_msg_done(d->kafka, f->msg);
+    inflight_free(f);
 }
 
 static void on_retry_timer(uv_timer_t *t)
 {
-    daemon_t *d = t->data;
-    if (d->msg && !d->stopping)
-        handle_message(d);
+    inflight_t *f = t->data;
+    if (f->msg && !f->d->stopping)
+        handle_message(f);
 }
 
-/* The journal could not take the message's effect: keep the offset, try again shortly. */
-static void retry_later(daemon_t *d)
+/* The journal (or the vault) could not take the message's effect: keep the offset, try again.
+ * Only this message's lane waits; other keys and partitions go on. */
+static void retry_later(inflight_t *f, uint64_t delay_ms)
 {
-    event_clear(&d->ev);
-    uv_timer_start(&d->retry_timer, on_retry_timer, 1000, 0);
+    event_clear(&f->ev);
+    if (!f->msg || f->d->stopping) {
+        if (!f->msg)
+            inflight_free(f); /* Kafka is gone: nothing to retry for */
+        return;               /* stopping: not committed, handled again after the restart */
+    }
+    if (!f->timer_inited) {
+        uv_timer_init(&f->d->loop, &f->retry);
+        f->retry.data = f;
+        f->timer_inited = true;
+    }
+    uv_timer_start(&f->retry, on_retry_timer, delay_ms, 0);
 }
 
 static void on_dead_lettered(void *arg, int status)
 {
-    daemon_t *d = arg;
+    inflight_t *f = arg;
     if (status != 0) {
-        retry_later(d);
+        retry_later(f, RETRY_MS);
         return;
     }
-    message_done(d, "dead-lettered");
+    message_done(f, f->skip_reason ? "skipped" : "dead-lettered");
 }
 
 /* Original headers as a JSON object of strings (headers that are not UTF-8 are dropped: the
@@ -167,9 +224,14 @@ static char *headers_json(const kafka_msg_t *m)
     return text;
 }
 
-static void dead_letter(daemon_t *d, const char *why)
+static void dead_letter(inflight_t *f, const char *why)
 {
-    kafka_msg_t *m = d->msg;
+    daemon_t *d = f->d;
+    kafka_msg_t *m = f->msg;
+    if (!m) {
+        inflight_free(f);
+        return;
+    }
     /* A reason quoting the input may end in half a character: the journal would refuse it. */
     char reason[1024];
     util_strlcpy(reason, why ? why : "unusable input", sizeof reason);
@@ -182,96 +244,145 @@ static void dead_letter(daemon_t *d, const char *why)
     char *hdrs = headers_json(m);
     int rc = journal_dead_letter(d->journal, d->cfg->kafka.topic_deadletter, m->topic, m->partition,
                                  m->offset, m->key, m->key_len, m->value, m->len, hdrs, reason,
-                                 on_dead_lettered, d);
+                                 on_dead_lettered, f);
     free(hdrs);
     if (rc < 0)
-        retry_later(d);
+        retry_later(f, RETRY_MS);
 }
 
 static void on_command_done(void *arg, int status, const char *reason)
 {
-    daemon_t *d = arg;
-    if (status == 0)
-        message_done(d, "applied");
+    inflight_t *f = arg;
+    if (!f->msg)
+        inflight_free(f);
+    else if (status == 0)
+        message_done(f, "applied");
     else if (status == ROTOR_EINVALID)
-        dead_letter(d, reason);
+        dead_letter(f, reason);
     else
-        retry_later(d);
+        retry_later(f, RETRY_MS);
 }
 
 /* Key Vault's events (Event Grid through Event Hubs): one message may hold several. */
-static void next_kv_event(daemon_t *d);
+static void next_kv_event(inflight_t *f);
+
+/* Gives up on a Key Vault message after KV_MAX_ATTEMPTS: dead-lettered with the reason (where an
+ * operator looks for input rotor did not use), counted, and its offset goes on. */
+static void skip_kv_message(inflight_t *f, const char *reason)
+{
+    char why[512];
+    snprintf(why, sizeof why, "%s after %d attempts", reason ? reason : "vault unreachable",
+             f->attempts);
+    f->skip_reason = util_strdup(why);
+    metrics_count("rotor_keyvault_events_skipped_total",
+                  "Key Vault event messages given up on after their retries (dead-lettered)", NULL,
+                  1);
+    log_warn("keyvault.event.skipped", "vault", f->kv[f->kv_next].vault, "name",
+             f->kv[f->kv_next].name, "type", f->kv[f->kv_next].type, "reason", why);
+    dead_letter(f, f->skip_reason);
+}
 
 static void on_kv_event_done(void *arg, int status, const char *reason)
 {
-    (void)reason;
-    daemon_t *d = arg;
+    inflight_t *f = arg;
+    if (!f->msg) {
+        inflight_free(f);
+        return;
+    }
+    /* Events of the message already handled are not handled again: kv_next stays. A journal
+     * outage is waited out as for commands; a vault that does not answer is given up on. */
+    if (status == ROTOR_ESTORE) {
+        if (++f->attempts >= KV_MAX_ATTEMPTS)
+            skip_kv_message(f, reason);
+        else
+            retry_later(f, backoff_delay(f->attempts, KV_BACKOFF_MS, KV_BACKOFF_MAX_MS, 0));
+        return;
+    }
     if (status != 0) {
-        retry_later(d); /* the whole message again: what was done is absorbed or ignored */
+        retry_later(f, RETRY_MS);
         return;
     }
-    d->kv_next++;
-    next_kv_event(d);
+    f->kv_next++;
+    next_kv_event(f);
 }
 
-static void next_kv_event(daemon_t *d)
+static void next_kv_event(inflight_t *f)
 {
-    if (d->kv_next >= d->nkv) {
-        message_done(d, "applied");
+    if (f->kv_next >= f->nkv) {
+        message_done(f, "applied");
         return;
     }
-    engine_keyvault_event(d->engine, &d->kv[d->kv_next], on_kv_event_done, d);
+    engine_keyvault_event(f->d->engine, &f->kv[f->kv_next], on_kv_event_done, f);
 }
 
-static void handle_keyvault_message(daemon_t *d)
+static void handle_keyvault_message(inflight_t *f)
 {
-    kafka_msg_t *m = d->msg;
+    daemon_t *d = f->d;
+    if (f->skip_reason) {
+        dead_letter(f, f->skip_reason); /* the dead letter itself failed before */
+        return;
+    }
+    if (f->kv) {
+        next_kv_event(f); /* a retry: go on from the event that failed */
+        return;
+    }
+    kafka_msg_t *m = f->msg;
     char reason[512];
     int n =
         kv_event_parse(m->value, m->len, m->headers, m->nheaders, d->cfg->kafka.max_message_bytes,
                        d->kv, KV_MAX_EVENTS, reason, sizeof reason);
     if (n < 0) {
-        dead_letter(d, reason);
+        dead_letter(f, reason);
         return;
     }
-    d->nkv = n;
-    d->kv_next = 0;
-    next_kv_event(d);
+    /* Only the events the message holds: a message waiting in memory stays small. */
+    f->kv = util_calloc(n > 0 ? (size_t)n : 1, sizeof *f->kv);
+    memcpy(f->kv, d->kv, (size_t)n * sizeof *f->kv);
+    f->nkv = n;
+    f->kv_next = 0;
+    next_kv_event(f);
 }
 
-static void handle_message(daemon_t *d)
+static void handle_message(inflight_t *f)
 {
-    kafka_msg_t *m = d->msg;
+    daemon_t *d = f->d;
+    kafka_msg_t *m = f->msg;
     char reason[512];
     if (d->cfg->kafka.topic_keyvault && strcmp(m->topic, d->cfg->kafka.topic_keyvault) == 0) {
-        handle_keyvault_message(d);
+        handle_keyvault_message(f);
         return;
     }
     if (event_parse(m->value, m->len, m->headers, m->nheaders, d->cfg->kafka.max_message_bytes,
-                    &d->ev, reason, sizeof reason) < 0) {
-        dead_letter(d, reason);
+                    &f->ev, reason, sizeof reason) < 0) {
+        dead_letter(f, reason);
         return;
     }
     /* The Kafka key must be the managed secret: it is what keeps a secret's events in order. */
-    if (d->ev.subject &&
-        (m->key_len != strlen(d->ev.subject) || memcmp(m->key, d->ev.subject, m->key_len) != 0)) {
+    if (f->ev.subject &&
+        (m->key_len != strlen(f->ev.subject) || memcmp(m->key, f->ev.subject, m->key_len) != 0)) {
         snprintf(reason, sizeof reason, "Kafka key does not match the event subject \"%.128s\"",
-                 d->ev.subject);
-        event_clear(&d->ev);
-        dead_letter(d, reason);
+                 f->ev.subject);
+        event_clear(&f->ev);
+        dead_letter(f, reason);
         return;
     }
-    engine_command(d->engine, &d->ev, on_command_done, d);
+    engine_command(d->engine, &f->ev, on_command_done, f);
 }
 
 static void on_message(kafka_t *k, kafka_msg_t *msg, void *arg)
 {
     (void)k;
     daemon_t *d = arg;
-    d->msg = msg;
     if (d->stopping)
-        return; /* not committed: handled again after the restart */
-    handle_message(d);
+        return; /* not done, so not committed: handled again after the restart */
+    inflight_t *f = util_calloc(1, sizeof *f);
+    f->d = d;
+    f->msg = msg;
+    f->next = d->inflight;
+    if (d->inflight)
+        d->inflight->prev = f;
+    d->inflight = f;
+    handle_message(f);
 }
 
 /* ---- Kafka callbacks ------------------------------------------------------------------------- */
@@ -303,6 +414,12 @@ static void on_kafka_closed(kafka_t *k, void *arg)
 {
     (void)k;
     daemon_t *d = arg;
+    /* Kafka has freed the messages still here; a callback still owed finds msg NULL. */
+    for (inflight_t *f = d->inflight; f; f = f->next) {
+        f->msg = NULL;
+        if (f->timer_inited)
+            uv_timer_stop(&f->retry);
+    }
     close_rest(d);
 }
 
@@ -332,7 +449,6 @@ static void close_rest(daemon_t *d)
     d->journal = NULL;
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
-    uv_close((uv_handle_t *)&d->retry_timer, NULL);
     uv_close((uv_handle_t *)&d->force_timer, NULL);
     log_info("rotor.stopped");
 }
@@ -361,7 +477,10 @@ static void shutdown_begin(daemon_t *d, const char *why)
         return;
     d->stopping = true;
     log_info("rotor.stopping", "reason", why);
-    uv_timer_stop(&d->retry_timer);
+    for (inflight_t *f = d->inflight; f; f = f->next) {
+        if (f->timer_inited)
+            uv_timer_stop(&f->retry);
+    }
     /* The hard bound: whatever happens below, the process is gone by then. */
     uv_timer_start(&d->force_timer, on_force, d->cfg->daemon.shutdown_timeout_ms + 2000, 0);
     uv_unref((uv_handle_t *)&d->force_timer);
@@ -476,9 +595,8 @@ int daemon_run(const rotor_config_t *cfg)
     d->sigint.data = d->sigterm.data = d;
     uv_signal_start(&d->sigint, on_signal, SIGINT);
     uv_signal_start(&d->sigterm, on_signal, SIGTERM);
-    uv_timer_init(&d->loop, &d->retry_timer);
     uv_timer_init(&d->loop, &d->force_timer);
-    d->retry_timer.data = d->force_timer.data = d;
+    d->force_timer.data = d;
 
     log_info("rotor.starting", "version", ROTOR_VERSION, "config", cfg->path ? cfg->path : "");
     char *dsn = NULL;
@@ -508,6 +626,16 @@ int daemon_run(const rotor_config_t *cfg)
     int closed = uv_loop_close(&d->loop);
     if (closed != 0)
         log_warn("rotor.loop_not_closed", "error", uv_strerror(closed));
+    /* Messages whose callback never came (the engine and journal are gone): their timers were
+     * closed by the walk above, so the memory can go. */
+    while (d->inflight) {
+        inflight_t *f = d->inflight;
+        d->inflight = f->next;
+        event_clear(&f->ev);
+        free(f->kv);
+        free(f->skip_reason);
+        free(f);
+    }
     if (d->kafka)
         kafka_free(d->kafka);
     if (d->broker)

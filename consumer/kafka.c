@@ -9,7 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "log.h"
+#include "metrics.h"
 #include "rotor.h"
 #include "util.h"
 
@@ -18,6 +21,22 @@
 #define KAFKA_META_RETRY_MS 1000
 #define KAFKA_META_REFRESH_MS 30000 /* the commands topic may grow: ownership follows its count */
 #define KAFKA_FATAL_STOP_MS 5000
+#define KAFKA_LAG_MS 1000 /* how often the consumer lag gauges are refreshed */
+/* Offsets are committed in batches by librdkafka's auto-commit of stored offsets (which also
+ * commits a revoked partition's stored offset before it goes, and the last ones at close). */
+#define KAFKA_COMMIT_INTERVAL_MS "1000"
+/* One serve hands over or fetches at most this many messages, then yields to the loop (libpq,
+ * curl and the HTTP server run on it too) and continues from an idle callback. */
+#define KAFKA_SERVE_BUDGET 256
+/* Bounds on what the consumer holds (handed over, waiting in a lane, or done but above a
+ * partition's lowest undone offset). Messages are at most kafka.max_message_bytes each. */
+#define KAFKA_PART_MAX 512
+#define KAFKA_HELD_MAX 8192
+#define KAFKA_HELD_BYTES ((size_t)64 << 20)
+/* Past the overall bound, partitions holding fewer than this are left running, so that one busy
+ * topic (Key Vault's events) cannot stop the commands of another. */
+#define KAFKA_PART_RESERVE 8
+#define KAFKA_LANE_BUCKETS 1024
 
 typedef enum { KAFKA_RUNNING = 0, KAFKA_STOPPING, KAFKA_CLOSING, KAFKA_CLOSED } kafka_state_t;
 
@@ -27,6 +46,45 @@ typedef struct {
     int fds[2]; /* librdkafka writes to [1] when its queue turns non-empty */
     uv_poll_t poll;
 } kafka_pipe_t;
+
+typedef struct kafka_part_s kafka_part_t;
+typedef struct kafka_lane_s kafka_lane_t;
+typedef struct kafka_held_s kafka_held_t;
+
+/* A consumed message while the consumer holds it. */
+struct kafka_held_s {
+    kafka_msg_t pub;             /* first member: the owner's kafka_msg_t * is a kafka_held_t * */
+    rd_kafka_message_t *raw;     /* NULL once done */
+    kafka_part_t *part;          /* NULL once its partition was revoked: never stored then */
+    kafka_lane_t *lane;          /* NULL for a keyless message */
+    kafka_held_t *pnext;         /* the partition's messages, in offset order */
+    kafka_held_t *qnext;         /* the lane's waiting messages, or the ready list */
+    kafka_held_t *gprev, *gnext; /* every held message, to free what is left at close */
+    size_t bytes;
+    bool handed, done;
+};
+
+/* A partition of an input topic, as far as this consumer has seen it. */
+struct kafka_part_s {
+    kafka_part_t *next;
+    char *topic;
+    int32_t partition;
+    bool paused;
+    kafka_held_t *head, *tail; /* held messages in offset order: head is the lowest not popped */
+    int held;
+    int64_t next_offset; /* after the last message fetched; -1 unknown */
+};
+
+/* The messages of one (topic, partition, key): one with the owner, the rest waiting in order. */
+struct kafka_lane_s {
+    kafka_lane_t *next; /* hash chain */
+    kafka_part_t *part;
+    uint32_t hash;
+    size_t key_len;
+    kafka_held_t *busy; /* with the owner or on the ready list */
+    kafka_held_t *qhead, *qtail;
+    unsigned char key[];
+};
 
 struct kafka_s {
     uv_loop_t *loop;
@@ -38,18 +96,25 @@ struct kafka_s {
     rd_kafka_queue_t *pq; /* producer's main queue: delivery reports and errors */
     rd_kafka_topic_t *cmd_topic; /* producer-side handle, for the partitioner */
     kafka_pipe_t pipes[2];       /* indexed by KAFKA_CONSUMER / KAFKA_PRODUCER */
-    uv_idle_t resume;            /* drains the consumer queue after kafka_msg_done */
+    uv_idle_t resume;            /* hands over ready messages, drains the rest of the queue */
     uv_timer_t tick;             /* metadata retry while running; progress while stopping */
-    uv_timer_t deadline;         /* bound on kafka_stop */
+    uv_timer_t lag;      /* refreshes the consumer lag gauges; polls the consumer when idle */
+    uv_timer_t deadline; /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
     bool meta_again; /* a refresh was asked for while one ran */
-    int meta_result; /* written by the worker thread, read in the after-work callback */
     void (*on_count)(kafka_t *k, int32_t count, void *arg);
     void *on_count_arg;
-    int32_t partition_cnt;       /* of the commands topic; -1 until known */
-    kafka_msg_t *held;           /* handed to the owner, not yet done */
-    rd_kafka_message_t *pending; /* fetched while a message was held */
+    int meta_result;         /* written by the worker thread, read in the after-work callback */
+    int32_t partition_cnt;   /* of the commands topic; -1 until known */
+    kafka_part_t *parts;     /* every input partition seen (few: never freed before k) */
+    kafka_part_t *last_part; /* the last one looked up: consecutive messages share one */
+    kafka_lane_t *lanes[KAFKA_LANE_BUCKETS];
+    kafka_held_t *ready, *ready_tail; /* lane heads to hand over on the next serve */
+    kafka_held_t *all;                /* every held message */
+    int held;                         /* messages held, and their bytes */
+    size_t held_bytes;
+    bool over; /* past the overall bound, not yet drained to half */
     kafka_state_t state;
     bool close_failed;
     bool deadline_passed;
@@ -146,15 +211,25 @@ static bool kafka_list_has(const rd_kafka_topic_partition_list_t *parts, const c
     return false;
 }
 
-/* A message fetched for a partition we lose now belongs to the new owner: drop it uncommitted. */
-static void kafka_drop_pending(kafka_t *k, const rd_kafka_topic_partition_list_t *revoked, bool all)
+static void kafka_part_revoke(kafka_t *k, kafka_part_t *p);
+
+static kafka_part_t *kafka_part_find(kafka_t *k, const char *topic, int32_t partition)
 {
-    rd_kafka_message_t *m = k->pending;
-    if (!m)
-        return;
-    if (all || kafka_list_has(revoked, rd_kafka_topic_name(m->rkt), m->partition)) {
-        rd_kafka_message_destroy(m);
-        k->pending = NULL;
+    for (kafka_part_t *p = k->parts; p; p = p->next) {
+        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* What was fetched for a partition we lose now belongs to the new owner: what waits is dropped,
+ * what the owner holds is never stored. The offsets stored so far are committed by librdkafka
+ * as the partition is unassigned (auto-commit of stored offsets), without blocking the loop. */
+static void kafka_revoke(kafka_t *k, const rd_kafka_topic_partition_list_t *revoked, bool all)
+{
+    for (kafka_part_t *p = k->parts; p; p = p->next) {
+        if (all || kafka_list_has(revoked, p->topic, p->partition))
+            kafka_part_revoke(k, p);
     }
 }
 
@@ -191,7 +266,7 @@ static void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (!assigned && err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
         log_warn("kafka.rebalance.error", "reason", rd_kafka_err2str(err));
     if (!assigned)
-        kafka_drop_pending(k, parts, !coop);
+        kafka_revoke(k, parts, !coop);
 
     rd_kafka_error_t *e = NULL;
     rd_kafka_resp_err_t re = RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -217,8 +292,12 @@ static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
     (void)rk;
     (void)opaque;
+    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET)
+        return; /* nothing new was stored: no request was sent */
+    metrics_count("rotor_offset_commits_total",
+                  "Offset commit requests (stored offsets are committed in batches)", NULL, 1);
     /* A lost commit only means the message is consumed again: at-least-once, so warn only. */
-    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+    if (err)
         log_warn("kafka.commit.failed", "reason", rd_kafka_err2str(err));
     for (int i = 0; offsets && i < offsets->cnt; i++) {
         if (offsets->elems[i].err)
@@ -233,10 +312,14 @@ static int kafka_make_consumer(kafka_t *k, const char *brokers, char *err, size_
         {"partition.assignment.strategy", "range"},
         {"auto.offset.reset", "earliest"},
         {"enable.partition.eof", "false"},
+        {"auto.commit.interval.ms", KAFKA_COMMIT_INTERVAL_MS},
     };
-    /* Applied after the operator's properties: the at-least-once guarantee depends on them. */
+    /* Applied after the operator's properties: the at-least-once guarantee depends on them.
+     * Only kafka_msg_done stores an offset (after the journal commit); auto-commit then sends
+     * what is stored, in batches, and on revoke and close commits it before the partition goes
+     * (librdkafka's documented pattern for at-least-once with asynchronous processing). */
     static const char *const enforced[][2] = {
-        {"enable.auto.commit", "false"},
+        {"enable.auto.commit", "true"},
         {"enable.auto.offset.store", "false"},
     };
     rd_kafka_conf_t *conf = kafka_conf_base(k, brokers, err, errlen);
@@ -285,35 +368,250 @@ static int kafka_subscribe(kafka_t *k, char *err, size_t errlen)
     return 0;
 }
 
-static void kafka_msg_free(kafka_msg_t *msg)
+/* ---- held messages, lanes, flow control ---- */
+
+static void kafka_uv_resume(kafka_t *k);
+static void kafka_on_lag(uv_timer_t *t);
+
+static uint32_t kafka_hash(const kafka_part_t *p, const void *key, size_t len)
 {
-    rd_kafka_message_destroy(msg->raw);
-    free(msg->headers);
-    free(msg);
+    uint32_t h = 2166136261u ^ (uint32_t)p->partition; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ ((const unsigned char *)key)[i]) * 16777619u;
+    return h ^ (uint32_t)(uintptr_t)p;
 }
 
-static void kafka_hand_over(kafka_t *k, rd_kafka_message_t *m)
+static kafka_lane_t **kafka_lane_slot(kafka_t *k, kafka_part_t *p, const void *key, size_t len,
+                                      uint32_t h)
 {
-    kafka_msg_t *msg = util_calloc(1, sizeof *msg);
-    msg->topic = rd_kafka_topic_name(m->rkt);
-    msg->partition = m->partition;
-    msg->offset = m->offset;
-    msg->key = m->key;
-    msg->key_len = m->key_len;
-    msg->value = m->payload;
-    msg->len = m->len;
-    msg->raw = m;
-    rd_kafka_headers_t *hdrs;
-    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        msg->nheaders = rd_kafka_header_cnt(hdrs);
-        msg->headers = util_calloc(msg->nheaders, sizeof *msg->headers);
-        for (size_t i = 0; i < msg->nheaders; i++) {
-            event_header_t *h = &msg->headers[i];
-            rd_kafka_header_get_all(hdrs, i, &h->name, &h->value, &h->len);
+    kafka_lane_t **l = &k->lanes[h % KAFKA_LANE_BUCKETS];
+    for (; *l; l = &(*l)->next) {
+        if ((*l)->hash == h && (*l)->part == p && (*l)->key_len == len &&
+            memcmp((*l)->key, key, len) == 0)
+            break;
+    }
+    return l;
+}
+
+static void kafka_lane_free(kafka_t *k, kafka_lane_t *lane)
+{
+    kafka_lane_t **l = &k->lanes[lane->hash % KAFKA_LANE_BUCKETS];
+    while (*l != lane)
+        l = &(*l)->next;
+    *l = lane->next;
+    free(lane);
+}
+
+static void kafka_ready_push(kafka_t *k, kafka_held_t *h)
+{
+    h->qnext = NULL;
+    if (k->ready_tail)
+        k->ready_tail->qnext = h;
+    else
+        k->ready = h;
+    k->ready_tail = h;
+}
+
+static void kafka_held_release(kafka_held_t *h)
+{
+    if (h->raw)
+        rd_kafka_message_destroy(h->raw);
+    h->raw = NULL;
+    free(h->pub.headers);
+    h->pub.headers = NULL;
+}
+
+static void kafka_held_free(kafka_t *k, kafka_held_t *h)
+{
+    kafka_held_release(h);
+    if (h->gprev)
+        h->gprev->gnext = h->gnext;
+    else
+        k->all = h->gnext;
+    if (h->gnext)
+        h->gnext->gprev = h->gprev;
+    k->held--;
+    k->held_bytes -= h->bytes;
+    free(h);
+}
+
+static void kafka_pause(kafka_t *k, kafka_part_t *p, bool pause)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
+    rd_kafka_resp_err_t e = pause ? rd_kafka_pause_partitions(k->consumer, l)
+                                  : rd_kafka_resume_partitions(k->consumer, l);
+    if (!e)
+        e = l->elems[0].err;
+    rd_kafka_topic_partition_list_destroy(l);
+    char part[16], held[16];
+    snprintf(part, sizeof part, "%d", (int)p->partition);
+    snprintf(held, sizeof held, "%d", p->held);
+    if (e) {
+        log_warn(pause ? "kafka.pause.failed" : "kafka.resume.failed", "topic", p->topic,
+                 "partition", part, "reason", rd_kafka_err2str(e));
+        return;
+    }
+    p->paused = pause;
+    log_debug(pause ? "kafka.paused" : "kafka.resumed", "topic", p->topic, "partition", part,
+              "held", held);
+}
+
+/* Pauses a partition that holds too much, resumes one that has drained to half. A paused
+ * partition's prefetched messages are dropped by librdkafka and fetched again from the position
+ * after the last message it gave us, so nothing is lost or seen twice. */
+static void kafka_flow(kafka_t *k)
+{
+    if (k->state != KAFKA_RUNNING)
+        return;
+    if (!k->over && (k->held >= KAFKA_HELD_MAX || k->held_bytes >= KAFKA_HELD_BYTES))
+        k->over = true;
+    else if (k->over && k->held <= KAFKA_HELD_MAX / 2 && k->held_bytes <= KAFKA_HELD_BYTES / 2)
+        k->over = false;
+    for (kafka_part_t *p = k->parts; p; p = p->next) {
+        bool stop = k->over ? p->held >= KAFKA_PART_RESERVE : false;
+        if (!p->paused && (stop || p->held >= KAFKA_PART_MAX))
+            kafka_pause(k, p, true);
+        else if (p->paused && !stop && p->held <= KAFKA_PART_MAX / 2)
+            kafka_pause(k, p, false);
+    }
+}
+
+static void kafka_lag_gauge(const kafka_part_t *p, int64_t lag)
+{
+    char labels[256];
+    snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", p->topic, (int)p->partition);
+    metrics_gauge("rotor_consumer_lag",
+                  "Messages of an input partition not yet handled here (high watermark minus the "
+                  "offset to commit; 0 once the partition is revoked)",
+                  labels, (double)lag);
+}
+
+/* Forgets a partition's messages (it was revoked): waiting ones are freed, the owner's are kept
+ * until done but will not be stored, and their lanes stay busy until then, so a key's next
+ * message (after a reassignment) still waits for them. */
+static void kafka_part_revoke(kafka_t *k, kafka_part_t *p)
+{
+    /* Ready messages have not reached the owner: unlink those of p. */
+    kafka_held_t **r = &k->ready;
+    k->ready_tail = NULL;
+    while (*r) {
+        if ((*r)->part == p) {
+            if ((*r)->lane)
+                (*r)->lane->busy = NULL;
+            *r = (*r)->qnext;
+        } else {
+            k->ready_tail = *r;
+            r = &(*r)->qnext;
         }
     }
-    k->held = msg;
-    k->cbs->on_message(k, msg, k->cbs->arg);
+    for (int i = 0; i < KAFKA_LANE_BUCKETS; i++) {
+        kafka_lane_t *l = k->lanes[i];
+        while (l) {
+            kafka_lane_t *next = l->next;
+            if (l->part == p) {
+                l->qhead = l->qtail = NULL;
+                if (!l->busy)
+                    kafka_lane_free(k, l);
+            }
+            l = next;
+        }
+    }
+    kafka_held_t *h = p->head;
+    while (h) {
+        kafka_held_t *next = h->pnext;
+        h->pnext = NULL;
+        if (h->handed && !h->done)
+            h->part = NULL;
+        else
+            kafka_held_free(k, h);
+        h = next;
+    }
+    p->head = p->tail = NULL;
+    p->held = 0;
+    p->paused = false; /* a new assignment starts unpaused */
+    p->next_offset = -1;
+    kafka_lag_gauge(p, 0); /* not ours to catch up on any more */
+}
+
+/* Takes a fetched message: into its lane's queue if the lane is busy, else onto the ready list. */
+static void kafka_take(kafka_t *k, rd_kafka_message_t *m)
+{
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    kafka_part_t *p = k->last_part;
+    if (!p || p->partition != m->partition || strcmp(p->topic, topic) != 0)
+        p = kafka_part_find(k, topic, m->partition);
+    if (!p) {
+        p = util_calloc(1, sizeof *p);
+        p->topic = util_strdup(topic);
+        p->partition = m->partition;
+        p->next_offset = -1;
+        p->next = k->parts;
+        k->parts = p;
+    }
+    k->last_part = p;
+
+    kafka_held_t *h = util_calloc(1, sizeof *h);
+    h->pub.topic = p->topic;
+    h->pub.partition = m->partition;
+    h->pub.offset = m->offset;
+    h->pub.key = m->key;
+    h->pub.key_len = m->key_len;
+    h->pub.value = m->payload;
+    h->pub.len = m->len;
+    h->raw = m;
+    h->part = p;
+    h->bytes = sizeof *h + m->len + m->key_len;
+    rd_kafka_headers_t *hdrs;
+    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        h->pub.nheaders = rd_kafka_header_cnt(hdrs);
+        h->pub.headers = util_calloc(h->pub.nheaders, sizeof *h->pub.headers);
+        for (size_t i = 0; i < h->pub.nheaders; i++) {
+            event_header_t *e = &h->pub.headers[i];
+            rd_kafka_header_get_all(hdrs, i, &e->name, &e->value, &e->len);
+            h->bytes += sizeof *e;
+        }
+    }
+    h->gnext = k->all;
+    if (k->all)
+        k->all->gprev = h;
+    k->all = h;
+    k->held++;
+    k->held_bytes += h->bytes;
+    if (p->tail)
+        p->tail->pnext = h;
+    else
+        p->head = h;
+    p->tail = h;
+    p->held++;
+    p->next_offset = m->offset + 1;
+
+    if (m->key_len == 0) {
+        kafka_ready_push(k, h);
+        return;
+    }
+    uint32_t hash = kafka_hash(p, m->key, m->key_len);
+    kafka_lane_t **slot = kafka_lane_slot(k, p, m->key, m->key_len, hash);
+    kafka_lane_t *lane = *slot;
+    if (!lane) {
+        lane = util_calloc(1, sizeof *lane + m->key_len);
+        lane->part = p;
+        lane->hash = hash;
+        lane->key_len = m->key_len;
+        memcpy(lane->key, m->key, m->key_len);
+        *slot = lane;
+    }
+    h->lane = lane;
+    if (lane->busy) {
+        if (lane->qtail)
+            lane->qtail->qnext = h;
+        else
+            lane->qhead = h;
+        lane->qtail = h;
+        return;
+    }
+    lane->busy = h;
+    kafka_ready_push(k, h);
 }
 
 static void kafka_consumer_error(kafka_t *k, const rd_kafka_message_t *m)
@@ -326,19 +624,23 @@ static void kafka_consumer_error(kafka_t *k, const rd_kafka_message_t *m)
              "reason", rd_kafka_message_errstr(m));
 }
 
-/* Serves the consumer queue with zero timeouts. Hands over at most one message at a time; while
- * one is held, at most one more is fetched and kept, and serving pauses until kafka_msg_done. */
+/* Serves the consumer queue with zero timeouts: hands the ready messages over, takes what is
+ * fetched into lanes. Stops after KAFKA_SERVE_BUDGET steps and continues from the idle handle:
+ * the pipe is written only when the queue turns non-empty, so what is left must be asked for. */
 static void kafka_consumer_serve(kafka_t *k)
 {
-    while (k->state == KAFKA_RUNNING || k->state == KAFKA_STOPPING) {
-        if (k->state == KAFKA_RUNNING && !k->held && k->pending) {
-            rd_kafka_message_t *m = k->pending;
-            k->pending = NULL;
-            kafka_hand_over(k, m);
+    int budget = KAFKA_SERVE_BUDGET;
+    while ((k->state == KAFKA_RUNNING || k->state == KAFKA_STOPPING) && budget-- > 0) {
+        if (k->state == KAFKA_RUNNING && k->ready) {
+            kafka_held_t *h = k->ready;
+            k->ready = h->qnext;
+            if (!k->ready)
+                k->ready_tail = NULL;
+            h->qnext = NULL;
+            h->handed = true;
+            k->cbs->on_message(k, &h->pub, k->cbs->arg);
             continue;
         }
-        if (k->state == KAFKA_RUNNING && k->held && k->pending)
-            break;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, 0);
         if (!m)
             break;
@@ -347,12 +649,13 @@ static void kafka_consumer_serve(kafka_t *k)
             rd_kafka_message_destroy(m);
         } else if (k->state != KAFKA_RUNNING) {
             rd_kafka_message_destroy(m); /* closing: the next owner gets it again */
-        } else if (k->held) {
-            k->pending = m;
         } else {
-            kafka_hand_over(k, m);
+            kafka_take(k, m);
         }
     }
+    kafka_flow(k);
+    if (budget < 0 || (k->state == KAFKA_RUNNING && k->ready))
+        kafka_uv_resume(k);
 }
 
 /* ---- producer ---- */
@@ -615,6 +918,11 @@ static void kafka_on_resume(uv_idle_t *h)
     kafka_consumer_drain(k);
 }
 
+static void kafka_uv_resume(kafka_t *k)
+{
+    uv_idle_start(&k->resume, kafka_on_resume);
+}
+
 static void kafka_on_tick(uv_timer_t *h)
 {
     kafka_t *k = h->data;
@@ -694,13 +1002,15 @@ static int kafka_watch(kafka_t *k)
     }
     uv_idle_init(k->loop, &k->resume);
     uv_timer_init(k->loop, &k->tick);
+    uv_timer_init(k->loop, &k->lag);
     uv_timer_init(k->loop, &k->deadline);
     k->pipes[KAFKA_CONSUMER].poll.data = k;
     k->pipes[KAFKA_PRODUCER].poll.data = k;
     k->resume.data = k;
     k->tick.data = k;
+    k->lag.data = k;
     k->deadline.data = k;
-    k->open_handles = 5;
+    k->open_handles = 6;
     uv_poll_start(&k->pipes[KAFKA_CONSUMER].poll, UV_READABLE, kafka_on_pipe);
     uv_poll_start(&k->pipes[KAFKA_PRODUCER].poll, UV_READABLE, kafka_on_pipe);
     /* io events fire only on an empty -> non-empty transition: look once in case it was not
@@ -738,45 +1048,113 @@ int kafka_start(uv_loop_t *loop, const rotor_config_t *cfg, const char *brokers,
         return rc; /* kafka_watch has arranged for k to be freed */
     }
     uv_timer_start(&k->tick, kafka_on_tick, 0, 0);
+    uv_timer_start(&k->lag, kafka_on_lag, KAFKA_LAG_MS, KAFKA_LAG_MS);
     *out = k;
     return 0;
 }
 
 /* ---- messages ---- */
 
-static void kafka_commit(kafka_t *k, const kafka_msg_t *msg)
+/* Stores the offset after p's done messages that no undone one precedes. The stored offset is
+ * committed with the next batch; a store for a partition no longer assigned fails and is skipped:
+ * its new owner's progress must not be overwritten with ours. */
+static void kafka_store(kafka_t *k, kafka_part_t *p)
 {
+    int64_t next = -1;
+    while (p->head && p->head->done) {
+        kafka_held_t *h = p->head;
+        p->head = h->pnext;
+        if (!p->head)
+            p->tail = NULL;
+        p->held--;
+        next = h->pub.offset + 1;
+        kafka_held_free(k, h);
+    }
+    if (next < 0 || (k->state != KAFKA_RUNNING && k->state != KAFKA_STOPPING))
+        return;
     rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(offs, msg->topic, msg->partition)->offset = msg->offset + 1;
-    /* Store fails for a partition that was revoked meanwhile: its new owner's progress must not
-     * be overwritten with ours, so then nothing is committed. */
+    rd_kafka_topic_partition_list_add(offs, p->topic, p->partition)->offset = next;
     rd_kafka_resp_err_t e = rd_kafka_offsets_store(k->consumer, offs);
     if (!e)
         e = offs->elems[0].err;
-    if (!e)
-        e = rd_kafka_commit(k->consumer, offs, 1);
     if (e) {
         char part[16];
-        snprintf(part, sizeof part, "%d", (int)msg->partition);
-        log_warn("kafka.commit.skipped", "topic", msg->topic, "partition", part, "reason",
-                 rd_kafka_err2str(e));
+        snprintf(part, sizeof part, "%d", (int)p->partition);
+        /* While closing the assignment is already gone: expected, and the new owner redoes it. */
+        log_write(k->state == KAFKA_RUNNING ? LOG_WARN : LOG_DEBUG, "kafka.store.skipped", "topic",
+                  p->topic, "partition", part, "reason", rd_kafka_err2str(e), NULL);
     }
     rd_kafka_topic_partition_list_destroy(offs);
 }
 
 void kafka_msg_done(kafka_t *k, kafka_msg_t *msg)
 {
-    if (k->state == KAFKA_RUNNING)
-        kafka_commit(k, msg);
-    if (k->held == msg)
-        k->held = NULL;
-    kafka_msg_free(msg);
-    /* Not recursion: the next message arrives on a later loop iteration. */
-    if (k->state == KAFKA_RUNNING)
-        uv_idle_start(&k->resume, kafka_on_resume);
+    kafka_held_t *h = (kafka_held_t *)msg;
+    kafka_lane_t *lane = h->lane;
+    if (lane) {
+        lane->busy = lane->qhead;
+        if (lane->qhead) {
+            lane->qhead = lane->qhead->qnext;
+            if (!lane->qhead)
+                lane->qtail = NULL;
+            /* Handed over by the next serve, not from here: no recursion into the owner. */
+            kafka_ready_push(k, lane->busy);
+        } else {
+            kafka_lane_free(k, lane);
+        }
+        h->lane = NULL;
+    }
+    h->done = true;
+    kafka_held_release(h); /* only its offset is needed until it is popped */
+    kafka_part_t *p = h->part;
+    if (p)
+        kafka_store(k, p);
+    else
+        kafka_held_free(k, h); /* revoked meanwhile: not stored */
+    if (k->state == KAFKA_RUNNING && (k->ready || (p && p->paused) || k->over))
+        kafka_uv_resume(k);
+}
+
+/* Every KAFKA_LAG_MS. Consumer lag per partition (high watermark minus the offset we would commit),
+ * from the watermarks librdkafka caches with every fetch response: no request, no blocking. */
+static void kafka_on_lag(uv_timer_t *t)
+{
+    kafka_t *k = t->data;
+    /* librdkafka counts max.poll.interval.ms from the last rd_kafka_consumer_poll(), and an idle
+     * queue never writes the pipe: without this poll an idle consumer leaves its group after 5
+     * minutes (MAX_POLL_EXCEEDED) and every partition is rebalanced. */
+    kafka_consumer_drain(k);
+    for (kafka_part_t *p = k->parts; p; p = p->next) {
+        int64_t lo = -1, hi = -1;
+        int64_t pos = p->head ? p->head->pub.offset : p->next_offset;
+        if (pos < 0 ||
+            rd_kafka_get_watermark_offsets(k->consumer, p->topic, p->partition, &lo, &hi) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR ||
+            hi < 0)
+            continue;
+        kafka_lag_gauge(p, hi > pos ? hi - pos : 0);
+    }
 }
 
 /* ---- shutdown ---- */
+
+static void kafka_free_held(kafka_t *k)
+{
+    while (k->all)
+        kafka_held_free(k, k->all);
+    k->ready = k->ready_tail = NULL;
+    for (int i = 0; i < KAFKA_LANE_BUCKETS; i++) {
+        while (k->lanes[i]) {
+            kafka_lane_t *l = k->lanes[i];
+            k->lanes[i] = l->next;
+            free(l);
+        }
+    }
+    for (kafka_part_t *p = k->parts; p; p = p->next) {
+        p->head = p->tail = NULL;
+        p->held = 0;
+    }
+}
 
 static void kafka_on_closed(uv_handle_t *h)
 {
@@ -784,10 +1162,7 @@ static void kafka_on_closed(uv_handle_t *h)
     if (--k->open_handles > 0)
         return;
     k->state = KAFKA_CLOSED;
-    if (k->held) {
-        kafka_msg_free(k->held); /* never done: not committed, the next owner gets it again */
-        k->held = NULL;
-    }
+    kafka_free_held(k); /* never done: not committed, the next owner gets them again */
     if (k->cbs->on_closed)
         k->cbs->on_closed(k, k->cbs->arg);
 }
@@ -813,6 +1188,7 @@ static void kafka_stop_check(kafka_t *k)
     uv_close((uv_handle_t *)&k->pipes[KAFKA_PRODUCER].poll, kafka_on_closed);
     uv_close((uv_handle_t *)&k->resume, kafka_on_closed);
     uv_close((uv_handle_t *)&k->tick, kafka_on_closed);
+    uv_close((uv_handle_t *)&k->lag, kafka_on_closed);
     uv_close((uv_handle_t *)&k->deadline, kafka_on_closed);
 }
 
@@ -822,10 +1198,7 @@ void kafka_stop(kafka_t *k, uint64_t timeout_ms)
         return;
     k->state = KAFKA_STOPPING;
     uv_idle_stop(&k->resume);
-    if (k->pending) {
-        rd_kafka_message_destroy(k->pending);
-        k->pending = NULL;
-    }
+    uv_timer_stop(&k->lag);
     rd_kafka_error_t *e = rd_kafka_consumer_close_queue(k->consumer, k->cq);
     if (e) {
         log_warn("kafka.close.failed", "reason", rd_kafka_error_string(e));
@@ -841,8 +1214,13 @@ void kafka_free(kafka_t *k)
 {
     if (!k)
         return;
-    if (k->pending)
-        rd_kafka_message_destroy(k->pending);
+    kafka_free_held(k);
+    while (k->parts) {
+        kafka_part_t *p = k->parts;
+        k->parts = p->next;
+        free(p->topic);
+        free(p);
+    }
     /* rd_kafka_destroy may block briefly (thread joins); it runs after the loop work is over. */
     kafka_destroy_clients(k);
     free(k);

@@ -2,14 +2,25 @@
  *
  * Both clients route their events to queues with io events enabled
  * (rd_kafka_queue_io_event_enable) that write to non-blocking pipes watched by uv_poll; the loop
- * drains the queues with zero timeouts. Input is handed to the owner one message at a time: the
- * owner calls kafka_msg_done() once the message's effect is in the journal, which commits the
- * offset and hands over the next one. Offsets are never auto-committed. */
+ * drains the queues with zero timeouts.
+ *
+ * Input is handed to the owner in lanes: at most one message of a (topic, partition, key) is
+ * with the owner at a time, in offset order, while messages of other keys and other partitions
+ * are handed over at the same time. A message without a key has no lane of its own to keep:
+ * Kafka promises no order between keyless messages, so each is handed over as it comes. The
+ * owner calls kafka_msg_done() once the message's effect is in the journal. A partition's offset
+ * is stored only up to its lowest message not yet done, and the stored offsets are committed in
+ * batches (every kafka.c KAFKA_COMMIT_INTERVAL_MS unless the operator's auto.commit.interval.ms
+ * says otherwise), and for a partition that is revoked or at close, before it goes.
+ *
+ * Memory is bounded: a partition holding KAFKA_PART_MAX messages (handed over or waiting in a
+ * lane) is paused until it has drained to half of that; past KAFKA_HELD_MAX messages or
+ * KAFKA_HELD_BYTES overall, every partition holding more than a few is paused as well. */
 #ifndef ROTOR_KAFKA_H
 #define ROTOR_KAFKA_H
 
-#include <librdkafka/rdkafka.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -18,7 +29,7 @@
 
 typedef struct kafka_s kafka_t;
 
-/* One input message (borrowed views into msg->raw, valid until kafka_msg_done). */
+/* One input message: views into the consumed message, borrowed until kafka_msg_done(). */
 typedef struct {
     const char *topic;
     int32_t partition;
@@ -29,11 +40,12 @@ typedef struct {
     size_t len;
     event_header_t *headers; /* owned by the message */
     size_t nheaders;
-    rd_kafka_message_t *raw;
 } kafka_msg_t;
 
 typedef struct {
-    /* A consumed message; ownership passes to the callee until kafka_msg_done(). */
+    /* A consumed message; ownership passes to the callee until kafka_msg_done(). Several may be
+     * with the owner at once (never two of one lane). Messages still with the owner when
+     * on_closed runs are freed by kafka: the owner must not use them after on_closed. */
     void (*on_message)(kafka_t *k, kafka_msg_t *msg, void *arg);
     /* Delivery report for kafka_produce(opaque): err 0 or a negative error, permanent when
      * kafka_err_permanent(err). */
@@ -67,8 +79,10 @@ bool kafka_err_permanent(int err);
  * set it): value, key and headers of one produced message must fit in it. */
 size_t kafka_max_message_bytes(kafka_t *k);
 
-/* The owner is done with msg: commits offset+1 (asynchronously), frees msg, hands over the next
- * message if any. */
+/* The owner is done with msg (its effect is in the journal): frees msg, stores the partition's
+ * offset if msg was its lowest message not yet done (committed with the next batch), and hands
+ * the next message of msg's lane over on a later loop iteration. A message whose partition was
+ * revoked meanwhile is only freed: the new owner handles it again. */
 void kafka_msg_done(kafka_t *k, kafka_msg_t *msg);
 
 /* Partition of the commands topic that key maps to (murmur2, as the producer partitions), or -1

@@ -48,7 +48,8 @@ int engine_command(engine_t *e, const event_t *ev, engine_cmd_cb cb, void *arg);
 /* Handles one Key Vault event (borrowed until cb runs): requests a rotation through the
  * commands topic when the version production uses nears or passes its expiry, reports a version
  * someone else wrote as secret.changed-out-of-band, records and ignores the rest. cb status: 0 =
- * handled; ROTOR_EDB = the journal or the vault is unavailable (try the event again later). */
+ * handled; ROTOR_ESTORE = the vault did not answer in time (reason says so: try again a few times,
+ * then give up); ROTOR_EDB = the journal is unavailable (try the event again later). */
 int engine_keyvault_event(engine_t *e, const kv_event_t *ev, engine_cmd_cb cb, void *arg);
 
 /* Ownership changed: load the open rotations of newly owned secrets; let go of the others:

@@ -34,7 +34,8 @@ static void kvt_finish(kvt_t *t, int status, const char *outcome, const char *wh
         log_info("keyvault.event", "outcome", outcome, "type", t->ev->type, "vault", t->ev->vault,
                  "name", t->ev->name, "version", t->ev->version, "why", why);
     }
-    t->cb(t->arg, status, status == 0 ? NULL : "journal unavailable");
+    /* why, for a failure: what the caller records if it gives up on the event. */
+    t->cb(t->arg, status, status == 0 ? NULL : why ? why : "journal unavailable");
     free(t);
 }
 
@@ -135,7 +136,10 @@ static void on_current(void *arg, int status, const char *version, const char *r
     }
     if (status < 0) {
         /* The vault is unreachable or throttling: try the event again later. */
-        kvt_finish(t, ROTOR_EDB, NULL, NULL);
+        char why[256];
+        snprintf(why, sizeof why, "vault unreachable (%s)",
+                 reason ? reason : rotor_strerror(status));
+        kvt_finish(t, ROTOR_ESTORE, NULL, why);
         return;
     }
     if (!version || strcasecmp(version, t->ev->version) != 0) {

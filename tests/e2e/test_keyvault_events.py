@@ -5,8 +5,10 @@ ignored; a version written by someone else is reported out of band; malformed ev
 dead-lettered. The store is Azure Key Vault (the emulator, over TLS, with a client secret)."""
 import json
 import os
+import re
 import secrets
 import time
+import urllib.request
 
 import pytest
 
@@ -20,15 +22,29 @@ TOPIC = "keyvault.events"
 
 @pytest.fixture
 def kv_lab(make_lab, tmp_path):
+    yield from kv_lab_with(make_lab, tmp_path)
+
+
+@pytest.fixture
+def kv_lab_manual(make_lab, tmp_path):
+    yield from kv_lab_with(make_lab, tmp_path, approval="{ mode: manual, gate: retire }")
+
+
+@pytest.fixture
+def kv_lab_short_timeout(make_lab, tmp_path):
+    yield from kv_lab_with(make_lab, tmp_path, store_extra=", timeout: 1s")
+
+
+def kv_lab_with(make_lab, tmp_path, store_extra="", **opts):
     kv = KeyVaultEmulator(str(tmp_path))
     kv.start()
     store = (f'{{ kind: azure-keyvault, vault_url: "{kv.vault_url}", resolve: "{kv.resolve}", '
              f'ca_file: {kv.ca_file}, names: {{ blue: pg-blue, green: pg-green, '
-             f'current: pg-current }} }}')
+             f'current: pg-current }}{store_extra} }}')
     azure = (f'{{ tenant_id: "{kv.tenant}", client_id: "{kv.client_id}", '
              f'authority_host: "{kv.authority_host}", ca_file: {kv.ca_file} }}')
     env = {k: v for k, v in kv.env("secret").items() if k == "AZURE_CLIENT_SECRET"}
-    lab = make_lab(store=store, azure=azure, keyvault_topic=TOPIC, env_extra=env)
+    lab = make_lab(store=store, azure=azure, keyvault_topic=TOPIC, env_extra=env, **opts)
     # the operator's bootstrap: the active slot's password is a version in the vault
     token = kv.token()
     r = kv.vault("PUT", "/secrets/pg-blue", {"value": lab.initial_password}, token=token)
@@ -164,4 +180,51 @@ def test_malformed_keyvault_events_are_dead_lettered(kv_lab):
     assert any("JSON" in r for r in reasons), reasons
     assert all(dict(zip(m["headers"][::2], m["headers"][1::2]))["rotor-dlq-topic"] == TOPIC
                for m in got)
+    assert lab.rotations() == []
+
+
+def test_keyvault_outage_does_not_delay_an_approval(kv_lab_manual):
+    """Key Vault events for a managed secret whose vault is down take seconds each (the store's
+    retries, then rotor's): an approval published after them is applied at once, because only
+    the events' own lanes wait for the vault."""
+    lab = kv_lab_manual
+    d = lab.start()
+    rid = lab.rotation_for(lab.request())["id"]
+    assert lab.wait_status(rid, "waiting", timeout=90)["stage"] == "approve"
+    lab.kv.stop()  # connections to the vault are refused from now on
+    for _ in range(6):
+        publish(lab, event_grid(lab, "Microsoft.KeyVault.SecretNearExpiry", "pg-blue",
+                                lab.blue_version))
+    wait_for(lambda: '"store.keyvault.retry"' in d.text(), 30, 0.1,
+             what="rotor asking the vault that is down")
+    start = time.monotonic()
+    lab.command("rotation.approved", rid, by="alice")
+
+    def approved():
+        return lab.pg.query("SELECT actor FROM rotor.history WHERE rotation_id = %s "
+                            "AND outcome = 'approved'", (rid,))
+    assert wait_for(approved, 60, 0.1, what="the approval") == [("alice",)]
+    took = time.monotonic() - start
+    # One event costs the store's retries (about 4-7 s with the vault down); six of them one
+    # after the other held the approval back for half a minute.
+    assert took < 3.0, f"the approval took {took:.1f} s behind the Key Vault events"
+
+
+def test_keyvault_event_given_up_after_three_attempts(kv_lab_short_timeout):
+    """A vault that does not answer in time: the event is tried three times, then dead-lettered
+    with the reason, counted, and its offset goes on."""
+    lab = kv_lab_short_timeout
+    d = lab.start()
+    lab.kv.faults(delay_ms=3000)
+    publish(lab, event_grid(lab, "Microsoft.KeyVault.SecretNearExpiry", "pg-blue",
+                            lab.blue_version))
+    got = wait_for(lambda: lab.consume("rotor.deadletter"), 150, 0.5, what="a dead letter")
+    headers = dict(zip(got[0]["headers"][::2], got[0]["headers"][1::2]))
+    assert headers["rotor-dlq-topic"] == TOPIC
+    assert "vault unreachable" in headers["rotor-dlq-reason"], headers
+    assert "after 3 attempts" in headers["rotor-dlq-reason"], headers
+    port = re.search(r'"http.listening".*?"port":"(\d+)"', d.text()).group(1)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert re.search(r"^rotor_keyvault_events_skipped_total 1$", text, re.M), text
+    assert re.search(r'^rotor_input_messages_total\{outcome="skipped"\} 1$', text, re.M), text
     assert lab.rotations() == []

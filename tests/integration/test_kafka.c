@@ -14,41 +14,49 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "testsrv.h"
 #include "broker.h"
 #include "kafka.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 extern char **environ;
 
 #define N_EVENTS 20
 #define N_KEYS 50
-#define MAX_RECV 128
+#define MAX_RECV 2048
+#define MAX_HELD 1024
 
 typedef struct {
     char key[64];
     char value[64];
     int32_t partition;
+    int64_t offset;
     char idx_header[16];
     bool null_header_seen;
 } recv_t;
 
-typedef struct {
+typedef struct ctx_s {
     uv_loop_t loop;
     uv_timer_t guard; /* wakes uv_run so run_until can look at the clock */
     uv_timer_t done_later;
     kafka_callbacks_t cbs;
     kafka_t *k;
-    kafka_msg_t *held;
-    int outstanding; /* messages handed over and not yet done: never above 1 */
+    kafka_msg_t *held[MAX_HELD]; /* handed over, not yet done */
+    int outstanding;
     recv_t recv[MAX_RECV];
     int nrecv;
     int hold_at; /* stop acknowledging from this message on (0: acknowledge all) */
+    int nkept;   /* messages so held */
+    bool (*keep)(struct ctx_s *c, const kafka_msg_t *m); /* messages on_done_later keeps */
     int delivered[MAX_RECV];
     int ndelivered;
     int ndelivery_errors;
     int assigned;
+    int nrevoked;
     bool closed;
 } ctx_t;
 
@@ -106,21 +114,47 @@ static int teardown(void **state)
 
 /* ---- callbacks ---- */
 
+/* Acknowledges every message handed over, except those the test keeps. */
 static void on_done_later(uv_timer_t *t)
 {
     ctx_t *c = t->data;
-    kafka_msg_t *m = c->held;
-    c->held = NULL;
-    c->outstanding--;
-    kafka_msg_done(c->k, m);
+    int kept = 0;
+    for (int i = 0; i < c->outstanding; i++) {
+        kafka_msg_t *m = c->held[i];
+        if (c->keep && c->keep(c, m)) {
+            c->held[kept++] = m;
+            continue;
+        }
+        kafka_msg_done(c->k, m);
+    }
+    c->outstanding = kept;
+}
+
+static void ack(ctx_t *c, kafka_msg_t *m)
+{
+    for (int i = 0; i < c->outstanding; i++) {
+        if (c->held[i] == m) {
+            c->held[i] = c->held[--c->outstanding];
+            kafka_msg_done(c->k, m);
+            return;
+        }
+    }
+    fail_msg("not held");
 }
 
 static void on_message(kafka_t *k, kafka_msg_t *msg, void *arg)
 {
     ctx_t *c = arg;
     (void)k;
-    assert_int_equal(c->outstanding, 0); /* one at a time */
+    /* One message of a (partition, key) at a time: its lane waits for kafka_msg_done. */
+    for (int i = 0; i < c->outstanding; i++) {
+        assert_false(c->held[i]->partition == msg->partition &&
+                     c->held[i]->key_len == msg->key_len &&
+                     memcmp(c->held[i]->key, msg->key, msg->key_len) == 0 &&
+                     strcmp(c->held[i]->topic, msg->topic) == 0);
+    }
     assert_true(c->nrecv < MAX_RECV);
+    assert_true(c->outstanding < MAX_HELD);
     recv_t *r = &c->recv[c->nrecv++];
     snprintf(r->key, sizeof r->key, "%.*s", (int)msg->key_len, (const char *)msg->key);
     snprintf(r->value, sizeof r->value, "%.*s", (int)msg->len, (const char *)msg->value);
@@ -132,12 +166,15 @@ static void on_message(kafka_t *k, kafka_msg_t *msg, void *arg)
         if (strcmp(msg->headers[i].name, "empty") == 0 && msg->headers[i].value == NULL)
             r->null_header_seen = true;
     }
-    c->outstanding++;
-    c->held = msg;
-    if (c->hold_at && c->nrecv >= c->hold_at)
-        return; /* keep it: never acknowledged */
-    /* Acknowledge on a later iteration, as the journal would, to prove nothing else arrives. */
-    uv_timer_start(&c->done_later, on_done_later, 2, 0);
+    r->offset = msg->offset;
+    if (c->hold_at && c->nrecv >= c->hold_at) {
+        c->nkept++; /* keep it: never acknowledged (freed by kafka_stop) */
+        return;
+    }
+    c->held[c->outstanding++] = msg;
+    /* Acknowledge on a later iteration, as the journal would. */
+    if (!uv_is_active((uv_handle_t *)&c->done_later))
+        uv_timer_start(&c->done_later, on_done_later, 2, 0);
 }
 
 static void on_delivery(kafka_t *k, void *opaque, int err, const char *reason, void *arg)
@@ -162,6 +199,8 @@ static void on_rebalance(kafka_t *k, const int32_t *parts, int n, int assigned, 
     for (int i = 0; i < n; i++)
         assert_true(parts[i] >= 0 && parts[i] < 3);
     c->assigned += assigned ? n : -n;
+    if (!assigned)
+        c->nrevoked++;
 }
 
 static void on_closed(kafka_t *k, void *arg)
@@ -235,7 +274,8 @@ static bool delivered_target(ctx_t *c)
 }
 static bool all_done(ctx_t *c)
 {
-    return got_target(c) && delivered_target(c) && c->outstanding == (c->hold_at ? 1 : 0);
+    return got_target(c) && delivered_target(c) && c->outstanding == 0 &&
+           c->nkept == (c->hold_at ? 1 : 0);
 }
 static bool partitions_known(ctx_t *c)
 {
@@ -451,6 +491,238 @@ static void test_queue_full(void **state)
     free(c);
 }
 
+/* ---- lanes, offsets, flow control ---- */
+
+static const char *kept_value;
+static bool keep_value(ctx_t *c, const kafka_msg_t *m)
+{
+    (void)c;
+    return kept_value && m->len == strlen(kept_value) && memcmp(m->value, kept_value, m->len) == 0;
+}
+
+static int find_recv(ctx_t *c, const char *value)
+{
+    for (int i = 0; i < c->nrecv; i++)
+        if (strcmp(c->recv[i].value, value) == 0)
+            return i;
+    return -1;
+}
+
+static bool got_b1_c1(ctx_t *c)
+{
+    return find_recv(c, "b1") >= 0 && find_recv(c, "c1") >= 0 && c->outstanding == 1;
+}
+
+/* The rotor_consumer_lag gauge of one partition, or -1. */
+static double lag_of(const char *topic, int32_t partition)
+{
+    size_t len;
+    char *text = metrics_render(&len);
+    char a[128], b[128];
+    snprintf(a, sizeof a, "partition=\"%d\",topic=\"%s\"} ", (int)partition, topic);
+    snprintf(b, sizeof b, "topic=\"%s\",partition=\"%d\"} ", topic, (int)partition);
+    double v = -1;
+    for (char *line = strstr(text, "rotor_consumer_lag{"); line;
+         line = strstr(line + 1, "rotor_consumer_lag{")) {
+        char *lbl = line + strlen("rotor_consumer_lag{");
+        if (strncmp(lbl, a, strlen(a)) == 0)
+            v = atof(lbl + strlen(a));
+        else if (strncmp(lbl, b, strlen(b)) == 0)
+            v = atof(lbl + strlen(b));
+    }
+    free(text);
+    return v;
+}
+
+/* Two keys [partition of A] and one on another partition. */
+static void pick_keys(ctx_t *c, char *a, char *b, char *cc)
+{
+    int32_t pa = -1;
+    a[0] = b[0] = cc[0] = '\0';
+    for (int i = 0; i < 1000 && !(a[0] && b[0] && cc[0]); i++) {
+        char key[32];
+        snprintf(key, sizeof key, "db-%d", i);
+        int32_t p = kafka_partition_of(c->k, key);
+        if (!a[0]) {
+            strcpy(a, key);
+            pa = p;
+        } else if (!b[0] && p == pa) {
+            strcpy(b, key);
+        } else if (!cc[0] && p != pa) {
+            strcpy(cc, key);
+        }
+    }
+    assert_true(a[0] && b[0] && cc[0]);
+}
+
+/* A message that is not done holds back only its own key: a later key of the same partition and
+ * another partition go on. Its partition's offset stays below it, so after a restart it and what
+ * followed it on that partition come again, but nothing of the other partition. */
+static void test_lanes(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    assert_true(run_until(c, partitions_known, 10000));
+    char a[32], b[32], cc[32];
+    pick_keys(c, a, b, cc);
+    kept_value = "a1";
+    c->keep = keep_value;
+    produce_one(c, "rotor.commands", a, "a1", 0);
+    produce_one(c, "rotor.commands", a, "a2", 1);
+    produce_one(c, "rotor.commands", b, "b1", 2);
+    produce_one(c, "rotor.commands", cc, "c1", 3);
+    assert_true(run_until(c, got_b1_c1, 30000));
+    /* a2 waits behind a1, however long a1 takes */
+    target = 100;
+    run_until(c, got_target, 1000);
+    assert_int_equal(find_recv(c, "a2"), -1);
+    assert_int_equal(c->nrecv, 3);
+    /* a1, a2 and b1 are not committed on a's partition: its lag says 3 (refreshed each second) */
+    int32_t pa = kafka_partition_of(c->k, a);
+    run_until(c, got_target, 1500);
+    assert_int_equal(lag_of("rotor.commands", pa), 3);
+    ctx_stop(c); /* a1 never done: the offset of its partition stays at a1 */
+
+    ctx_init(c);
+    c->keep = NULL;
+    ctx_start(c, f);
+    target = 3;
+    assert_true(run_until(c, got_target, 30000));
+    run_until(c, got_target, 1500); /* c1 must not come again */
+    target = 4;
+    run_until(c, got_target, 1500);
+    assert_int_equal(c->nrecv, 3);
+    int i1 = find_recv(c, "a1"), i2 = find_recv(c, "a2");
+    assert_true(i1 >= 0 && i2 > i1);
+    assert_true(find_recv(c, "b1") >= 0);
+    assert_int_equal(find_recv(c, "c1"), -1);
+    ctx_stop(c);
+    kept_value = NULL;
+    free(c);
+}
+
+static double commits_total(void)
+{
+    size_t len;
+    char *text = metrics_render(&len);
+    double v = 0;
+    const char *line = strstr(text, "\nrotor_offset_commits_total ");
+    if (line)
+        v = atof(line + strlen("\nrotor_offset_commits_total "));
+    free(text);
+    return v;
+}
+
+#define N_BATCH 600
+
+/* Offsets are stored as messages are done and committed in batches, not one request each; after
+ * a restart nothing comes again and nothing was lost. */
+static void test_batched_commits(void **state)
+{
+    fixture_t *f = *state;
+    metrics_reset();
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    for (int i = 0; i < N_BATCH; i++) {
+        char key[32], value[32];
+        snprintf(key, sizeof key, "secret-%d", i % 40);
+        snprintf(value, sizeof value, "v%d", i);
+        produce_one(c, "rotor.commands", key, value, i);
+    }
+    target = N_BATCH;
+    assert_true(run_until(c, all_done, 30000));
+    int seen[N_BATCH] = {0};
+    for (int i = 0; i < c->nrecv; i++)
+        seen[atoi(c->recv[i].value + 1)]++;
+    for (int i = 0; i < N_BATCH; i++)
+        assert_int_equal(seen[i], 1);
+    ctx_stop(c); /* what was stored and not yet committed is committed at close */
+    double commits = commits_total();
+    print_message("%d messages, %.0f commit requests\n", N_BATCH, commits);
+    assert_true(commits >= 1);
+    assert_true(commits <= N_BATCH / 20);
+
+    ctx_init(c);
+    ctx_start(c, f);
+    target = 1;
+    run_until(c, got_target, 3000);
+    assert_int_equal(c->nrecv, 0);
+    ctx_stop(c);
+    metrics_reset();
+    free(c);
+}
+
+#define N_FLOOD 1500
+
+static bool got_first_only(ctx_t *c)
+{
+    return c->nrecv >= 1;
+}
+
+/* One key's messages beyond what a partition may hold (its first message not done): the
+ * partition is paused and resumed; every message arrives once, in order. */
+static void test_pause_resume(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    kept_value = "v0";
+    c->keep = keep_value;
+    for (int i = 0; i < N_FLOOD; i++) {
+        char value[32];
+        snprintf(value, sizeof value, "v%d", i);
+        produce_one(c, "rotor.commands", "one-key", value, i);
+    }
+    target = N_FLOOD;
+    assert_true(run_until(c, delivered_target, 30000));
+    assert_true(run_until(c, got_first_only, 30000));
+    run_until(c, got_target, 2000); /* whatever is fetched waits in the lane, paused at a bound */
+    assert_int_equal(c->nrecv, 1);
+    kept_value = NULL;
+    ack(c, c->held[0]);
+    assert_true(run_until(c, all_done, 30000));
+    assert_int_equal(c->nrecv, N_FLOOD);
+    for (int i = 0; i < N_FLOOD; i++)
+        assert_int_equal(atoi(c->recv[i].value + 1), i);
+    ctx_stop(c);
+    free(c);
+}
+
+static bool all_assigned(ctx_t *c)
+{
+    return c->assigned == 3;
+}
+
+/* An idle consumer keeps its partitions: librdkafka's max.poll.interval.ms counts from the last
+ * poll, and with nothing to consume nothing wakes the pipe. */
+static void test_idle_keeps_membership(void **state)
+{
+    fixture_t *f = *state;
+    cfg_kv_t props[3] = {f->props[0], f->props[1], {"max.poll.interval.ms", "4500"}};
+    rotor_config_t cfg = f->cfg;
+    cfg.kafka.properties = props;
+    cfg.kafka.nproperties = 3;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    char err[256] = "";
+    assert_int_equal(
+        kafka_start(&c->loop, &cfg, broker_bootstrap(f->broker), &c->cbs, &c->k, err, sizeof err),
+        0);
+    assert_true(run_until(c, all_assigned, 30000));
+    target = 1;
+    run_until(c, got_target, 8000); /* idle for longer than max.poll.interval.ms */
+    assert_int_equal(c->nrevoked, 0);
+    produce_one(c, "rotor.commands", "late", "after-idle", 0);
+    assert_true(run_until(c, got_target, 10000));
+    assert_int_equal(c->nrevoked, 0);
+    ctx_stop(c);
+    free(c);
+}
+
 static void test_bad_property(void **state)
 {
     fixture_t *f = *state;
@@ -482,6 +754,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kcat_interop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_property, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lanes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batched_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_keeps_membership, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
