@@ -543,7 +543,7 @@ static void test_symlinked_entry_refused(void **state)
 
     /* A version file that is a link is refused as well. */
     result_t v = put(f, "pg-blue", "blue-value", "rot-1");
-    char vpath[128];
+    char vpath[256];
     snprintf(vpath, sizeof vpath, "%s/.versions/pg-blue/%s.json", f->dir, v.version);
     assert_int_equal(unlink(vpath), 0);
     assert_int_equal(symlink(outside, vpath), 0);
