@@ -277,12 +277,25 @@ static void finish_pg(db_req_t *r, int status, const char *what, const char *msg
     req_finish(r, status, buf);
 }
 
+/* Whether a failed statement failed because the session is gone rather than because of what
+ * it asked: the socket is closed, or the server said so first (57P01 admin_shutdown from
+ * pg_terminate_backend or a restart, class 08 connection exceptions). libpq reports the server's
+ * FATAL before it has seen the end of the socket, so PQstatus alone misses the common case. */
+static bool session_lost(pgc_conn_t *c, const PGresult *res)
+{
+    if (PQstatus(pgc_raw(c)) == CONNECTION_BAD)
+        return true;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state && (strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0);
+}
+
 static void on_result(pgc_conn_t *c, PGresult *res, int status, void *arg)
 {
     db_req_t *r = arg;
     if (r->done)
         return;
-    if (status != 0 && r->reused && !r->retried && PQstatus(pgc_raw(c)) == CONNECTION_BAD) {
+    if (status != 0 && status != ROTOR_ECANCELED && r->reused && !r->retried &&
+        session_lost(c, res)) {
         /* A pooled connection the server closed while it was idle: once more, on a fresh one
          * (it takes the dead one's place in the pool). */
         r->retried = true;

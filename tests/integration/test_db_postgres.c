@@ -463,11 +463,15 @@ static void test_admin_pool(void **state)
     admin_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
                " AND usename = 'postgres'");
+    /* read-only checks: three ALTER ROLE of one role at once would race in the catalog
+     * ("tuple concurrently updated"), which is not what this tests */
     for (int i = 0; i < 3; i++)
-        assert_int_equal(db_set_nologin(&x.loop, admin_dsn, "app_off", on_done, &x, &req), 0);
+        assert_int_equal(
+            db_check_roles(&x.loop, admin_dsn, "app_blue", "app_green", on_done, &x, &req), 0);
     assert_int_equal(uv_run(&x.loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(x.calls, 43);
-    assert_int_equal(x.status, 0);
+    if (x.status != 0)
+        fail_msg("after the server ended the idle sessions: %s", x.reason);
     db_close_idle(&x.loop);
     uv_run(&x.loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&x.loop), 0);
