@@ -103,6 +103,7 @@ struct kafka_s {
     uv_timer_t tick;             /* metadata retry while running; progress while stopping */
     uv_timer_t lag;      /* refreshes the consumer lag gauges; polls the consumer when idle */
     bool lag_busy;       /* input taken or done since the lag timer last ran */
+    int lag_quiet;       /* lag timer runs in a row without input */
     uv_timer_t deadline; /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
@@ -1137,7 +1138,13 @@ static void kafka_on_lag(uv_timer_t *t)
 {
     kafka_t *k = t->data;
     uv_timer_start(t, kafka_on_lag, k->lag_busy ? KAFKA_LAG_MS : KAFKA_IDLE_POLL_MS, 0);
+    k->lag_quiet = k->lag_busy ? 0 : k->lag_quiet + 1;
     k->lag_busy = false;
+    /* Input has been quiet for a whole idle period (after start-up, or after a burst): what the
+     * burst allocated and freed is handed back to the kernel once, rather than kept resident
+     * until the next one. Freed chunks inside the heap are not returned by free() alone. */
+    if (k->lag_quiet == 2)
+        util_release_free_memory();
     /* librdkafka counts max.poll.interval.ms from the last rd_kafka_consumer_poll(), and an idle
      * queue never writes the pipe: without this poll an idle consumer leaves its group after 5
      * minutes (MAX_POLL_EXCEEDED) and every partition is rebalanced. */
