@@ -23,7 +23,8 @@
 #define KAFKA_FATAL_STOP_MS 5000
 #define KAFKA_LAG_MS 1000 /* how often the consumer lag gauges are refreshed while input flows */
 /* With no input, the lag timer only keeps the consumer polled (max.poll.interval.ms, 300 s by
- * default) and the gauges fresh: an idle daemon's loop wakes for it once in this long. */
+ * default) and the gauges fresh: an idle daemon's loop wakes for it once in this long, or in a
+ * third of max.poll.interval.ms when an operator set that lower. */
 #define KAFKA_IDLE_POLL_MS 10000
 /* Offsets are committed in batches by librdkafka's auto-commit of stored offsets (which also
  * commits a revoked partition's stored offset before it goes, and the last ones at close). */
@@ -101,10 +102,11 @@ struct kafka_s {
     kafka_pipe_t pipes[2];       /* indexed by KAFKA_CONSUMER / KAFKA_PRODUCER */
     uv_idle_t resume;            /* hands over ready messages, drains the rest of the queue */
     uv_timer_t tick;             /* metadata retry while running; progress while stopping */
-    uv_timer_t lag;      /* refreshes the consumer lag gauges; polls the consumer when idle */
-    bool lag_busy;       /* input taken or done since the lag timer last ran */
-    int lag_quiet;       /* lag timer runs in a row without input */
-    uv_timer_t deadline; /* bound on kafka_stop */
+    uv_timer_t lag;        /* refreshes the consumer lag gauges; polls the consumer when idle */
+    bool lag_busy;         /* input taken or done since the lag timer last ran */
+    int lag_quiet;         /* lag timer runs in a row without input */
+    uint64_t idle_poll_ms; /* the lag timer's period without input */
+    uv_timer_t deadline;   /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
     bool meta_again; /* a refresh was asked for while one ran */
@@ -340,6 +342,14 @@ static int kafka_make_consumer(kafka_t *k, const char *brokers, char *err, size_
     if (rc) {
         rd_kafka_conf_destroy(conf);
         return rc;
+    }
+    char mpi[24];
+    size_t mpi_len = sizeof mpi;
+    k->idle_poll_ms = KAFKA_IDLE_POLL_MS;
+    if (rd_kafka_conf_get(conf, "max.poll.interval.ms", mpi, &mpi_len) == RD_KAFKA_CONF_OK) {
+        uint64_t third = strtoull(mpi, NULL, 10) / 3;
+        if (third < k->idle_poll_ms)
+            k->idle_poll_ms = third > KAFKA_LAG_MS ? third : KAFKA_LAG_MS;
     }
     rd_kafka_conf_set_rebalance_cb(conf, kafka_rebalance_cb);
     rd_kafka_conf_set_offset_commit_cb(conf, kafka_commit_cb);
@@ -1131,13 +1141,13 @@ void kafka_msg_done(kafka_t *k, kafka_msg_t *msg)
         kafka_uv_resume(k);
 }
 
-/* Every KAFKA_LAG_MS while input moves, else every KAFKA_IDLE_POLL_MS. Consumer lag per partition
+/* Every KAFKA_LAG_MS while input moves, else every idle_poll_ms. Consumer lag per partition
  * (high watermark minus the offset we would commit), from the watermarks librdkafka caches with
  * every fetch response: no request, no blocking. */
 static void kafka_on_lag(uv_timer_t *t)
 {
     kafka_t *k = t->data;
-    uv_timer_start(t, kafka_on_lag, k->lag_busy ? KAFKA_LAG_MS : KAFKA_IDLE_POLL_MS, 0);
+    uv_timer_start(t, kafka_on_lag, k->lag_busy ? KAFKA_LAG_MS : k->idle_poll_ms, 0);
     k->lag_quiet = k->lag_busy ? 0 : k->lag_quiet + 1;
     k->lag_busy = false;
     /* Input has been quiet for a whole idle period (after start-up, or after a burst): what the
