@@ -24,8 +24,8 @@
 #define HEALTH_LAG_HELP                                                                            \
     "Longest time callbacks held the event loop in one iteration since the last scrape, seconds"
 #define HEALTH_DELAY_HELP                                                                          \
-    "Time callbacks held the event loop in each iteration that ran any: the longest an event "     \
-    "arriving meanwhile waited, seconds"
+    "Time callbacks held the event loop, per iteration (the longest an event arriving meanwhile "  \
+    "waited), seconds"
 /* Fine below the 2 ms that a fleet run's p99 must stay under, so that bound is a bucket edge and
  * the fraction of samples within it is exact; coarse above, where only "how bad" matters. */
 static const double health_lag_buckets[] = {0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,

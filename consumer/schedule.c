@@ -20,9 +20,9 @@ struct schedule_s {
     uv_timer_t timer;
     /* A round reads every candidate secret in one statement, then claims the due ones one after
      * another: 100 secrets cost two wake-ups a round, not a hundred. */
-    size_t *asked; /* cfg->secrets index of each secret asked for in this round */
-    size_t *due_at_idx;
-    int64_t *due; /* the due ones: their index and slot */
+    size_t *asked;      /* cfg->secrets index of each secret asked for in this round */
+    size_t *due_at_idx; /* the due ones: their cfg->secrets index... */
+    int64_t *due;       /* ...and their slot */
     int nasked;
     int ndue, next; /* claiming due[next] */
     bool busy;      /* a journal request is in flight */
