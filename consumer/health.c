@@ -18,17 +18,14 @@
 #include "rotor.h"
 #include "util.h"
 
-/* How often the loop's lag is sampled: often enough that a p99 over a few minutes rests on
- * thousands of samples and a stall of a tenth of a second is seen, rarely enough to cost nothing
- * on an idle daemon (ten wake-ups a second). */
-#define HEALTH_LAG_INTERVAL_MS 100
 /* Idle connections are dropped after this many seconds; MHD enforces it through our timer. */
 #define HEALTH_CONN_TIMEOUT_S 10u
 #define HEALTH_CONN_LIMIT 64u
 #define HEALTH_LAG_HELP                                                                            \
-    "Seconds by which the event loop ran a 100 ms periodic timer late (latest sample)."
+    "Longest time callbacks held the event loop in one iteration since the last scrape, seconds"
 #define HEALTH_DELAY_HELP                                                                          \
-    "Seconds by which the event loop ran a 100 ms periodic timer late, every sample"
+    "Time callbacks held the event loop, per iteration (the longest an event arriving meanwhile "  \
+    "waited), seconds"
 /* Fine below the 2 ms that a fleet run's p99 must stay under, so that bound is a bucket edge and
  * the fraction of samples within it is exact; coarse above, where only "how bad" matters. */
 static const double health_lag_buckets[] = {0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
@@ -39,8 +36,10 @@ struct health_s {
     struct MHD_Daemon *mhd;
     uv_poll_t poll;        /* MHD's epoll fd */
     uv_timer_t mhd_timer;  /* MHD's own timeouts (idle connections, pending data) */
-    uv_timer_t lag_timer;  /* samples the loop's lag */
-    uint64_t lag_expected; /* loop time (ms) at which lag_timer is due next */
+    uv_prepare_t hold;     /* measures how long each loop iteration held the loop */
+    uint64_t hold_at;      /* uv_hrtime() at the previous prepare, 0 before the first */
+    uint64_t hold_idle;    /* uv_metrics_idle_time() then */
+    double hold_max;       /* longest hold since the last scrape */
     health_ready_fn ready; /* borrowed */
     void *ready_arg;       /* borrowed */
     int port;
@@ -128,8 +127,12 @@ static enum MHD_Result health_reply_ready(health_t *h, struct MHD_Connection *c)
     return health_reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, body, "text/plain");
 }
 
-static enum MHD_Result health_reply_metrics(struct MHD_Connection *c)
+static enum MHD_Result health_reply_metrics(health_t *h, struct MHD_Connection *c)
 {
+    /* The largest hold since the last scrape, so a stall between two scrapes is not missed; the
+     * iteration serving this scrape is still running and counts towards the next. */
+    metrics_gauge("rotor_loop_lag_seconds", HEALTH_LAG_HELP, NULL, h->hold_max);
+    h->hold_max = 0;
     metrics_gauge("rotor_up", "1 while the rotor daemon is running.", NULL, 1);
     size_t len;
     char *text = metrics_render(&len);
@@ -173,7 +176,7 @@ static enum MHD_Result health_access(void *cls, struct MHD_Connection *c, const 
     if (strcmp(url, "/readyz") == 0)
         return health_reply_ready(h, c);
     if (strcmp(url, "/metrics") == 0)
-        return health_reply_metrics(c);
+        return health_reply_metrics(h, c);
     return health_reply(c, MHD_HTTP_NOT_FOUND, "not found\n", "text/plain");
 }
 
@@ -204,21 +207,28 @@ static void health_poll_cb(uv_poll_t *p, int status, int events)
     health_run(p->data);
 }
 
-/* The timer repeats from the loop time at which it ran, so any delay beyond its due time is time
- * the loop spent elsewhere: blocked in a callback or starved. The loop's time counts whole
- * milliseconds and is only refreshed once per iteration, too coarse for a 2 ms bound, so the
- * delay is read from uv_hrtime() (the same monotonic clock, in nanoseconds) against the due
- * time; the due time itself is in loop time, since that is what libuv schedules by. */
-static void health_lag_cb(uv_timer_t *t)
+/* Runs once per loop iteration, right before the loop blocks for I/O. The time since the previous
+ * prepare, less what the loop spent waiting inside epoll meanwhile (libuv's idle-time metric), is
+ * how long callbacks held the loop in that iteration: I/O callbacks, timers, checks, closes. An
+ * event that arrived during that time waited for it, so that is the loop's lag. Nothing is
+ * sampled on a timer: a loop asleep in epoll is not lagging and costs no wake-up, and an iteration
+ * only happens when something woke the loop anyway. uv_hrtime() gives nanoseconds; the loop's
+ * own clock counts whole milliseconds, too coarse for the 2 ms bound. */
+static void health_hold_cb(uv_prepare_t *p)
 {
-    health_t *h = t->data;
-    uint64_t now_ns = uv_hrtime();
-    uint64_t due_ns = h->lag_expected * 1000000u;
-    double lag = now_ns > due_ns ? (double)(now_ns - due_ns) / 1e9 : 0.0;
-    metrics_gauge("rotor_loop_lag_seconds", HEALTH_LAG_HELP, NULL, lag);
-    metrics_observe("rotor_loop_delay_seconds", HEALTH_DELAY_HELP, NULL, health_lag_buckets,
-                    sizeof health_lag_buckets / sizeof health_lag_buckets[0], lag);
-    h->lag_expected = uv_now(h->loop) + HEALTH_LAG_INTERVAL_MS;
+    health_t *h = p->data;
+    uint64_t now = uv_hrtime();
+    uint64_t idle = uv_metrics_idle_time(h->loop);
+    if (h->hold_at) {
+        uint64_t wall = now - h->hold_at, waited = idle - h->hold_idle;
+        double held = wall > waited ? (double)(wall - waited) / 1e9 : 0.0;
+        if (held > h->hold_max)
+            h->hold_max = held;
+        metrics_observe("rotor_loop_delay_seconds", HEALTH_DELAY_HELP, NULL, health_lag_buckets,
+                        sizeof health_lag_buckets / sizeof health_lag_buckets[0], held);
+    }
+    h->hold_at = now;
+    h->hold_idle = idle;
 }
 
 static struct MHD_Daemon *health_mhd_start(health_t *h, const struct sockaddr_storage *ss, bool v6)
@@ -264,15 +274,17 @@ int health_start(uv_loop_t *loop, const char *listen, health_ready_fn ready, voi
     }
     h->port = bp->port;
     uv_timer_init(loop, &h->mhd_timer);
-    uv_timer_init(loop, &h->lag_timer);
-    h->poll.data = h->mhd_timer.data = h->lag_timer.data = h;
+    uv_prepare_init(loop, &h->hold);
+    h->poll.data = h->mhd_timer.data = h->hold.data = h;
     h->open_handles = 3;
 
     uv_poll_start(&h->poll, UV_READABLE, health_poll_cb);
     metrics_gauge("rotor_loop_lag_seconds", HEALTH_LAG_HELP, NULL, 0);
     observe_build_info();
-    h->lag_expected = uv_now(loop) + HEALTH_LAG_INTERVAL_MS;
-    uv_timer_start(&h->lag_timer, health_lag_cb, HEALTH_LAG_INTERVAL_MS, HEALTH_LAG_INTERVAL_MS);
+    /* Makes libuv account the time it waits in epoll; it can be switched on at any time. */
+    uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
+    uv_prepare_start(&h->hold, health_hold_cb);
+    uv_unref((uv_handle_t *)&h->hold); /* measures the loop, does not keep it running */
     health_run(h);
     *out = h;
     return 0;
@@ -300,5 +312,5 @@ void health_stop(health_t *h)
     h->mhd = NULL;
     uv_close((uv_handle_t *)&h->poll, health_close_cb);
     uv_close((uv_handle_t *)&h->mhd_timer, health_close_cb);
-    uv_close((uv_handle_t *)&h->lag_timer, health_close_cb);
+    uv_close((uv_handle_t *)&h->hold, health_close_cb);
 }

@@ -580,6 +580,79 @@ int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_
               2, params, on_secret, jreq_new(j, (void *)cb, arg, false));
 }
 
+static void on_secrets(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_secrets_cb cb = (journal_secrets_cb)q->cb;
+    if (status != 0) {
+        cb(q->arg, db_failed(status, "secrets", c, res), NULL, 0);
+        free(q);
+        return;
+    }
+    int n = PQntuples(res);
+    journal_secret_row_t *rows = util_calloc((size_t)n + 1, sizeof *rows);
+    for (int i = 0; i < n; i++) {
+        rows[i].index = (int)strtol(PQgetvalue(res, i, 0), NULL, 10) - 1;
+        rows[i].first_seen_ms = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        rows[i].last_rotated_ms = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+    }
+    cb(q->arg, 0, rows, n);
+    free(rows);
+    free(q);
+}
+
+/* An array literal ({"a","b"}) of strs[0..n-1], each quoted and escaped; malloc'ed. */
+static char *array_literal(const char *const *strs, int n)
+{
+    size_t cap = 3;
+    for (int i = 0; i < n; i++)
+        cap += 2 * strlen(strs[i]) + 3;
+    char *b = util_malloc(cap), *o = b;
+    *o++ = '{';
+    for (int i = 0; i < n; i++) {
+        if (i)
+            *o++ = ',';
+        *o++ = '"';
+        for (const char *s = strs[i]; *s; s++) {
+            if (*s == '"' || *s == '\\')
+                *o++ = '\\';
+            *o++ = *s;
+        }
+        *o++ = '"';
+    }
+    *o++ = '}';
+    *o = '\0';
+    return b;
+}
+
+int journal_secrets(journal_t *j, const char *const *names, const rotor_slot_t *active, int n,
+                    journal_secrets_cb cb, void *arg)
+{
+    const char **slots = util_calloc((size_t)n + 1, sizeof *slots);
+    for (int i = 0; i < n; i++)
+        slots[i] = rotor_slot_name(active[i]);
+    char *nb = array_literal(names, n), *ab = array_literal(slots, n);
+    free(slots);
+    const char *params[] = {nb, ab};
+    /* DO NOTHING, not journal_secret's DO UPDATE: a secret met before is not rewritten, so a
+     * round over every secret leaves no dead row versions behind. The rows the INSERT adds are
+     * not in the statement's snapshot, hence the UNION ALL. */
+    int rc = jq(j,
+                "WITH want AS (SELECT n, a, i FROM unnest($1::text[], $2::text[])"
+                "  WITH ORDINALITY AS u(n, a, i)),"
+                " ins AS (INSERT INTO rotor.secrets (name, active_slot) SELECT n, a FROM want"
+                "  ON CONFLICT (name) DO NOTHING RETURNING name, first_seen, last_rotated)"
+                " SELECT w.i, (extract(epoch from x.first_seen) * 1000)::bigint,"
+                "  coalesce((extract(epoch from x.last_rotated) * 1000)::bigint, 0)"
+                " FROM want w JOIN (SELECT name, first_seen, last_rotated FROM ins UNION ALL"
+                "  SELECT name, first_seen, last_rotated FROM rotor.secrets"
+                "  WHERE name = ANY ($1::text[])) x ON x.name = w.n",
+                2, params, on_secrets, jreq_new(j, (void *)cb, arg, false));
+    free(nb);
+    free(ab);
+    return rc;
+}
+
 /* ---- per-secret figures (metrics) ----------------------------------------------------------- */
 
 static void on_secret_figures(pgc_conn_t *c, PGresult *res, int status, void *arg)

@@ -94,6 +94,20 @@ typedef void (*journal_secret_cb)(void *arg, int status, rotor_slot_t active, in
 int journal_secret(journal_t *j, const char *name, rotor_slot_t active, journal_secret_cb cb,
                    void *arg);
 
+/* journal_secret for n secrets in one statement: registers those not met yet (names[i] with
+ * active[i]) and reports, for each secret found, its index in names and when it was first seen
+ * and last rotated (0 = never). A secret another replica registers at the same moment may be
+ * missing from this answer (it is in the next). names and active are borrowed for the call; rows
+ * borrowed during the callback. */
+typedef struct {
+    int index;
+    int64_t first_seen_ms;
+    int64_t last_rotated_ms;
+} journal_secret_row_t;
+typedef void (*journal_secrets_cb)(void *arg, int status, const journal_secret_row_t *rows, int n);
+int journal_secrets(journal_t *j, const char *const *names, const rotor_slot_t *active, int n,
+                    journal_secrets_cb cb, void *arg);
+
 /* Per secret, the latest rotation that changed the password production uses (completed, or
  * aborted after the swap): when it finished and the VALID UNTIL it set (expires_at; 0 when
  * none), for the expiry gauges. Rows borrowed during the callback. */

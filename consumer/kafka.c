@@ -21,7 +21,11 @@
 #define KAFKA_META_RETRY_MS 1000
 #define KAFKA_META_REFRESH_MS 30000 /* the commands topic may grow: ownership follows its count */
 #define KAFKA_FATAL_STOP_MS 5000
-#define KAFKA_LAG_MS 1000 /* how often the consumer lag gauges are refreshed */
+#define KAFKA_LAG_MS 1000 /* how often the consumer lag gauges are refreshed while input flows */
+/* With no input, the lag timer only keeps the consumer polled (max.poll.interval.ms, 300 s by
+ * default) and the gauges fresh: an idle daemon's loop wakes for it once in this long, or in a
+ * third of max.poll.interval.ms when an operator set that lower. */
+#define KAFKA_IDLE_POLL_MS 10000
 /* Offsets are committed in batches by librdkafka's auto-commit of stored offsets (which also
  * commits a revoked partition's stored offset before it goes, and the last ones at close). */
 #define KAFKA_COMMIT_INTERVAL_MS "1000"
@@ -98,8 +102,11 @@ struct kafka_s {
     kafka_pipe_t pipes[2];       /* indexed by KAFKA_CONSUMER / KAFKA_PRODUCER */
     uv_idle_t resume;            /* hands over ready messages, drains the rest of the queue */
     uv_timer_t tick;             /* metadata retry while running; progress while stopping */
-    uv_timer_t lag;      /* refreshes the consumer lag gauges; polls the consumer when idle */
-    uv_timer_t deadline; /* bound on kafka_stop */
+    uv_timer_t lag;        /* refreshes the consumer lag gauges; polls the consumer when idle */
+    bool lag_busy;         /* input taken or done since the lag timer last ran */
+    int lag_quiet;         /* lag timer runs in a row without input */
+    uint64_t idle_poll_ms; /* the lag timer's period without input */
+    uv_timer_t deadline;   /* bound on kafka_stop */
     uv_work_t meta_work;
     bool meta_busy;
     bool meta_again; /* a refresh was asked for while one ran */
@@ -336,6 +343,14 @@ static int kafka_make_consumer(kafka_t *k, const char *brokers, char *err, size_
         rd_kafka_conf_destroy(conf);
         return rc;
     }
+    char mpi[24];
+    size_t mpi_len = sizeof mpi;
+    k->idle_poll_ms = KAFKA_IDLE_POLL_MS;
+    if (rd_kafka_conf_get(conf, "max.poll.interval.ms", mpi, &mpi_len) == RD_KAFKA_CONF_OK) {
+        uint64_t third = strtoull(mpi, NULL, 10) / 3;
+        if (third < k->idle_poll_ms)
+            k->idle_poll_ms = third > KAFKA_LAG_MS ? third : KAFKA_LAG_MS;
+    }
     rd_kafka_conf_set_rebalance_cb(conf, kafka_rebalance_cb);
     rd_kafka_conf_set_offset_commit_cb(conf, kafka_commit_cb);
     char errstr[512];
@@ -535,8 +550,18 @@ static void kafka_part_revoke(kafka_t *k, kafka_part_t *p)
 }
 
 /* Takes a fetched message: into its lane's queue if the lane is busy, else onto the ready list. */
+/* Input moved: the gauges are refreshed within KAFKA_LAG_MS, and every KAFKA_LAG_MS while it
+ * keeps moving. */
+static void kafka_lag_busy(kafka_t *k)
+{
+    k->lag_busy = true;
+    if (k->state == KAFKA_RUNNING && uv_timer_get_due_in(&k->lag) > KAFKA_LAG_MS)
+        uv_timer_start(&k->lag, kafka_on_lag, KAFKA_LAG_MS, 0);
+}
+
 static void kafka_take(kafka_t *k, rd_kafka_message_t *m)
 {
+    kafka_lag_busy(k);
     const char *topic = rd_kafka_topic_name(m->rkt);
     kafka_part_t *p = k->last_part;
     if (!p || p->partition != m->partition || strcmp(p->topic, topic) != 0)
@@ -1048,7 +1073,7 @@ int kafka_start(uv_loop_t *loop, const rotor_config_t *cfg, const char *brokers,
         return rc; /* kafka_watch has arranged for k to be freed */
     }
     uv_timer_start(&k->tick, kafka_on_tick, 0, 0);
-    uv_timer_start(&k->lag, kafka_on_lag, KAFKA_LAG_MS, KAFKA_LAG_MS);
+    uv_timer_start(&k->lag, kafka_on_lag, KAFKA_LAG_MS, 0);
     *out = k;
     return 0;
 }
@@ -1105,6 +1130,7 @@ void kafka_msg_done(kafka_t *k, kafka_msg_t *msg)
         h->lane = NULL;
     }
     h->done = true;
+    kafka_lag_busy(k);
     kafka_held_release(h); /* only its offset is needed until it is popped */
     kafka_part_t *p = h->part;
     if (p)
@@ -1115,11 +1141,20 @@ void kafka_msg_done(kafka_t *k, kafka_msg_t *msg)
         kafka_uv_resume(k);
 }
 
-/* Every KAFKA_LAG_MS. Consumer lag per partition (high watermark minus the offset we would commit),
- * from the watermarks librdkafka caches with every fetch response: no request, no blocking. */
+/* Every KAFKA_LAG_MS while input moves, else every idle_poll_ms. Consumer lag per partition
+ * (high watermark minus the offset we would commit), from the watermarks librdkafka caches with
+ * every fetch response: no request, no blocking. */
 static void kafka_on_lag(uv_timer_t *t)
 {
     kafka_t *k = t->data;
+    uv_timer_start(t, kafka_on_lag, k->lag_busy ? KAFKA_LAG_MS : k->idle_poll_ms, 0);
+    k->lag_quiet = k->lag_busy ? 0 : k->lag_quiet + 1;
+    k->lag_busy = false;
+    /* Input has been quiet for a whole idle period (after start-up, or after a burst): what the
+     * burst allocated and freed is handed back to the kernel once, rather than kept resident
+     * until the next one. Freed chunks inside the heap are not returned by free() alone. */
+    if (k->lag_quiet == 2)
+        util_release_free_memory();
     /* librdkafka counts max.poll.interval.ms from the last rd_kafka_consumer_poll(), and an idle
      * queue never writes the pipe: without this poll an idle consumer leaves its group after 5
      * minutes (MAX_POLL_EXCEEDED) and every partition is rebalanced. */

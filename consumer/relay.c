@@ -19,8 +19,13 @@
 #define RELAY_MAX_INFLIGHT 2000 /* handed to the producer, not reported: no more reads above */
 #define RELAY_MARK_ROWS 500     /* delivered ids marked sent in one statement at this many... */
 #define RELAY_MARK_MS 20        /* ...or this long after the first of them was reported */
-#define RELAY_TICK_MS 1000      /* outbox poll: rows of a restart, retries after a failure */
-#define RELAY_SWEEP_TICKS 10    /* adopt, read the outbox from its start, refresh the gauges */
+/* New rows are read when the journal commits them (relay_kick), so the relay polls only for what
+ * no kick announces: rows another instance left (adoption, after a minute), rows an operator
+ * unparked or whose mark failed (behind the cursor), and the gauges. Every RELAY_SWEEP_MS it reads
+ * the outbox from its start; after a failure (journal or producer) it tries again within
+ * RELAY_RETRY_MS. An idle relay thus wakes the loop once in RELAY_SWEEP_MS, not every second. */
+#define RELAY_SWEEP_MS 10000
+#define RELAY_RETRY_MS 1000
 #define RELAY_MAX_HEADERS 32
 /* librdkafka counts a record's own framing (varints, timestamp, attributes) against
  * message.max.bytes, and the broker counts the record batch's (61 bytes) against its limit:
@@ -61,7 +66,7 @@ typedef struct {
 struct relay_s {
     journal_t *j;
     kafka_t *k;
-    uv_timer_t timer;      /* the poll tick */
+    uv_timer_t timer;      /* the sweep, or a retry after a failure */
     uv_timer_t mark_timer; /* flushes the delivered ids */
     int64_t last_id;       /* highest row handed to the producer (the read cursor) */
     int64_t fetch_from;    /* last_id when the read on its way was sent */
@@ -79,8 +84,8 @@ struct relay_s {
     bool marking_busy;
     bool adopting;
     bool counting;
-    bool failing; /* a delivery failed since the last success: one warning per outage */
-    int ticks;
+    bool failing;   /* a delivery failed since the last success: one warning per outage */
+    uint64_t swept; /* loop time of the last sweep, 0 = none yet */
     bool stopped;
     int closed; /* close callbacks run, out of 2 */
 };
@@ -207,6 +212,7 @@ static void rewind_to(relay_t *r, int64_t id)
 }
 
 static void fetch(relay_t *r);
+static void retry_soon(relay_t *r);
 
 /* ---- gauges, adoption ------------------------------------------------------------------------ */
 
@@ -246,10 +252,22 @@ static void on_adopted(void *arg, int status, int64_t first_id)
     }
 }
 
+/* Something failed that the next read retries (a row to publish again, a read or produce that
+ * did not happen): the timer comes due within RELAY_RETRY_MS instead of at the next sweep. */
+static void on_timer(uv_timer_t *t);
+
+static void retry_soon(relay_t *r)
+{
+    if (!r->stopped && uv_timer_get_due_in(&r->timer) > RELAY_RETRY_MS)
+        uv_timer_start(&r->timer, on_timer, RELAY_RETRY_MS, RELAY_SWEEP_MS);
+}
+
 static void on_timer(uv_timer_t *t)
 {
     relay_t *r = t->data;
-    if (r->ticks++ % RELAY_SWEEP_TICKS == 0 && !r->stopped) {
+    uint64_t now = uv_now(t->loop);
+    if ((r->swept == 0 || now - r->swept >= RELAY_SWEEP_MS - RELAY_RETRY_MS / 2) && !r->stopped) {
+        r->swept = now;
         /* Read the outbox from its start now and then: a row an operator unparked, or one
          * whose mark statement failed, sits behind the cursor. Rows still in flight or
          * waiting for their mark are skipped (on_rows), so this sends no duplicate itself. */
@@ -282,6 +300,7 @@ static void on_parked(void *arg, int status)
         count(r);
     } else if (!r->stopped) {
         rewind_to(r, p->id); /* refused again on the next read, and parked then */
+        retry_soon(r);
     }
     free(p);
     if (r->stopped)
@@ -442,6 +461,7 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
                 r->throttled = true;
             else
                 log_warn("relay.produce_failed", "error", rotor_strerror(rc));
+            retry_soon(r); /* a full queue whose reports do not come back is retried too */
             return false;
         }
     }
@@ -461,8 +481,12 @@ static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int
     bool more = status == 0 && publish_rows(r, rows, n);
     /* A report that failed while this read was on its way asked for rows this read started
      * after (or that the cursor then passed): the next tick goes back for them. */
-    if (rewound > 0 && rewound - 1 < r->last_id)
+    if (rewound > 0 && rewound - 1 < r->last_id) {
         r->last_id = rewound - 1;
+        retry_soon(r);
+    }
+    if (status != 0)
+        retry_soon(r);
     if (status == 0 && (more || r->again)) {
         r->again = false;
         fetch(r);
@@ -479,8 +503,10 @@ static void fetch(relay_t *r)
     }
     r->fetching = true;
     r->fetch_from = r->last_id;
-    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, on_rows, r) < 0)
+    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, on_rows, r) < 0) {
         r->fetching = false;
+        retry_soon(r);
+    }
 }
 
 void relay_kick(void *relay)
@@ -569,6 +595,7 @@ void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
         r->failing = false;
         if (b && b->floor < id) {
             rewind_to(r, id); /* sent again after the row that failed before it */
+            retry_soon(r);
         } else {
             if (b && b->floor == id)
                 block_drop(r, b);
@@ -587,6 +614,7 @@ void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
         r->failing = true;
         block_set(r, key, key_len, id); /* takes key */
         rewind_to(r, id);
+        retry_soon(r);
     }
     if (r->throttled && r->ninflight < RELAY_MAX_INFLIGHT / 2) {
         r->throttled = false;
@@ -608,7 +636,7 @@ int relay_start(uv_loop_t *loop, journal_t *j, kafka_t *k, relay_t **out)
     uv_timer_init(loop, &r->mark_timer);
     r->timer.data = r;
     r->mark_timer.data = r;
-    uv_timer_start(&r->timer, on_timer, 0, RELAY_TICK_MS);
+    uv_timer_start(&r->timer, on_timer, 0, RELAY_SWEEP_MS);  /* at once: rows of a restart */
     metrics_count(PARKED_TOTAL, PARKED_TOTAL_HELP, NULL, 0); /* shown from the start, at 0 */
     *out = r;
     return 0;

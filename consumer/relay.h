@@ -13,8 +13,9 @@
 
 typedef struct relay_s relay_t;
 
-/* j and k are borrowed and must outlive the relay. Polls the outbox every second as well as on
- * relay_kick(), so rows left by a crash are published too. */
+/* j and k are borrowed and must outlive the relay. Reads the outbox at once, on every
+ * relay_kick(), and from its start every 10 s (every second after a failure), so rows left by a
+ * crash, by another instance (adopted after a minute) or unparked by hand are published too. */
 int relay_start(uv_loop_t *loop, journal_t *j, kafka_t *k, relay_t **out);
 
 /* New outbox rows were committed. */

@@ -18,8 +18,14 @@ struct schedule_s {
     bool (*owns)(void *arg, const char *secret);
     void *owns_arg;
     uv_timer_t timer;
-    size_t next; /* secret being checked in this round */
-    bool busy;   /* a journal request is in flight */
+    /* A round reads every candidate secret in one statement, then claims the due ones one after
+     * another: 100 secrets cost two wake-ups a round, not a hundred. */
+    size_t *asked;      /* cfg->secrets index of each secret asked for in this round */
+    size_t *due_at_idx; /* the due ones: their cfg->secrets index... */
+    int64_t *due;       /* ...and their slot */
+    int nasked;
+    int ndue, next; /* claiming due[next] */
+    bool busy;      /* a journal request is in flight */
     bool stopped;
     bool closed;
 };
@@ -54,11 +60,14 @@ int64_t schedule_due(const cfg_secret_t *sec, int64_t first_seen_ms, int64_t las
     return due;
 }
 
-static void check_next(schedule_t *s);
+static void claim_next(schedule_t *s);
 
 static void maybe_free(schedule_t *s)
 {
     if (s->closed && !s->busy) {
+        free(s->asked);
+        free(s->due_at_idx);
+        free(s->due);
         free(s->source);
         free(s);
     }
@@ -72,11 +81,11 @@ static void on_claimed(void *arg, int status)
         maybe_free(s);
         return;
     }
-    const cfg_secret_t *sec = &s->cfg->secrets[s->next];
+    const cfg_secret_t *sec = &s->cfg->secrets[s->due_at_idx[s->next]];
     if (status == 0)
         log_info("schedule.requested", "secret", sec->name);
     s->next++;
-    check_next(s);
+    claim_next(s);
 }
 
 /* Queues the request in the journal's outbox, claimed once for this due time. */
@@ -92,7 +101,7 @@ static void request(schedule_t *s, const cfg_secret_t *sec, int64_t due)
     char *value = event_build("rotation.requested", s->source, sec->name, data, NULL);
     if (!value) {
         s->next++;
-        check_next(s);
+        claim_next(s);
         return;
     }
     json_t *out = json_pack("[{s:s, s:s, s:s, s:{s:s}}]", "topic", s->cfg->kafka.topic_commands,
@@ -107,40 +116,48 @@ static void request(schedule_t *s, const cfg_secret_t *sec, int64_t due)
     free(outbox);
 }
 
-static void on_secret(void *arg, int status, rotor_slot_t active, int64_t first, int64_t last)
+static bool candidate(schedule_t *s, const cfg_secret_t *sec)
 {
-    (void)active;
+    bool scheduled = sec->schedule.every_ms > 0 || sec->schedule.cron;
+    return scheduled && s->owns(s->owns_arg, sec->name) && !engine_has_open(s->e, sec->name);
+}
+
+/* Claims the due secrets in turn; ownership and open rotations are checked again, since the read
+ * that found them due was a round trip ago. */
+static void claim_next(schedule_t *s)
+{
+    for (; s->next < s->ndue; s->next++) {
+        const cfg_secret_t *sec = &s->cfg->secrets[s->due_at_idx[s->next]];
+        if (candidate(s, sec)) {
+            request(s, sec, s->due[s->next]);
+            return;
+        }
+    }
+}
+
+static void on_secrets(void *arg, int status, const journal_secret_row_t *rows, int n)
+{
     schedule_t *s = arg;
     s->busy = false;
     if (s->stopped) {
         maybe_free(s);
         return;
     }
-    const cfg_secret_t *sec = &s->cfg->secrets[s->next];
+    s->ndue = s->next = 0;
     int64_t now = util_now_ms();
-    int64_t due = status == 0 ? schedule_due(sec, first, last, now) : -1;
-    bool in_window = sec->schedule.window_start < 0 ||
-                     cron_in_window(now, sec->schedule.window_start, sec->schedule.window_end);
-    if (due >= 0 && due <= now && in_window) {
-        request(s, sec, due);
-        return;
-    }
-    s->next++;
-    check_next(s);
-}
-
-static void check_next(schedule_t *s)
-{
-    for (; s->next < s->cfg->nsecrets; s->next++) {
-        const cfg_secret_t *sec = &s->cfg->secrets[s->next];
-        bool scheduled = sec->schedule.every_ms > 0 || sec->schedule.cron;
-        if (!scheduled || !s->owns(s->owns_arg, sec->name) || engine_has_open(s->e, sec->name))
+    for (int i = 0; status == 0 && i < n; i++) {
+        if (rows[i].index < 0 || rows[i].index >= s->nasked)
             continue;
-        s->busy = true;
-        if (journal_secret(s->j, sec->name, sec->active, on_secret, s) < 0)
-            s->busy = false;
-        return;
+        const cfg_secret_t *sec = &s->cfg->secrets[s->asked[rows[i].index]];
+        int64_t due = schedule_due(sec, rows[i].first_seen_ms, rows[i].last_rotated_ms, now);
+        bool in_window = sec->schedule.window_start < 0 ||
+                         cron_in_window(now, sec->schedule.window_start, sec->schedule.window_end);
+        if (due >= 0 && due <= now && in_window) {
+            s->due_at_idx[s->ndue] = s->asked[rows[i].index];
+            s->due[s->ndue++] = due;
+        }
     }
+    claim_next(s);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -148,8 +165,27 @@ static void on_tick(uv_timer_t *t)
     schedule_t *s = t->data;
     if (s->busy)
         return; /* the previous round is still going */
-    s->next = 0;
-    check_next(s);
+    size_t max = s->cfg->nsecrets;
+    const char **names = util_calloc(max + 1, sizeof *names);
+    rotor_slot_t *active = util_calloc(max + 1, sizeof *active);
+    int n = 0;
+    for (size_t i = 0; i < max; i++) {
+        const cfg_secret_t *sec = &s->cfg->secrets[i];
+        if (!candidate(s, sec))
+            continue;
+        s->asked[n] = i;
+        names[n] = sec->name;
+        active[n++] = sec->active;
+    }
+    s->nasked = n;
+    s->ndue = s->next = 0;
+    if (n > 0) {
+        s->busy = true;
+        if (journal_secrets(s->j, names, active, n, on_secrets, s) < 0)
+            s->busy = false;
+    }
+    free(names);
+    free(active);
 }
 
 int schedule_start(uv_loop_t *loop, const rotor_config_t *cfg, journal_t *j, engine_t *e,
@@ -163,6 +199,9 @@ int schedule_start(uv_loop_t *loop, const rotor_config_t *cfg, journal_t *j, eng
     s->source = util_strdup(source);
     s->owns = owns;
     s->owns_arg = arg;
+    s->asked = util_calloc(cfg->nsecrets + 1, sizeof *s->asked);
+    s->due_at_idx = util_calloc(cfg->nsecrets + 1, sizeof *s->due_at_idx);
+    s->due = util_calloc(cfg->nsecrets + 1, sizeof *s->due);
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     uint64_t every = cfg->daemon.schedule_interval_ms ? cfg->daemon.schedule_interval_ms : 30000;

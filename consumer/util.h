@@ -32,6 +32,11 @@ bool util_is_uuid(const char *text);
  * fatal everywhere. The caller owns the copy. */
 char *util_strdup(const char *s);
 
+/* Hands the allocator's free pages back to the kernel (glibc: malloc_trim, which also releases
+ * whole free pages inside the heap and every thread's arena, not only the top). For a quiet
+ * moment: it walks every arena under its lock. */
+void util_release_free_memory(void);
+
 /* malloc/calloc that abort on out-of-memory. The caller owns the memory. */
 void *util_malloc(size_t n);
 void *util_calloc(size_t n, size_t size);
