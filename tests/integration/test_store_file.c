@@ -616,10 +616,52 @@ static void test_symlinked_store_dir_refused(void **state)
     assert_false(exists(real, "pg-green"));
 }
 
+/* A canceled request calls back exactly once, with ROTOR_ECANCELED, whether its work was still
+ * queued (uv_cancel) or already running (its result is dropped); never from within the call. A
+ * request whose deadline passed before its work began does nothing. */
+static void test_cancel_and_deadline(void **state)
+{
+    fixture_t *f = *state;
+    result_t r = {0};
+    store_req_t *req = NULL;
+    rotor_secret_t *v = secret_from("canceled", 8);
+    store_tags_t tags = {.rotation_id = "rot-c", .slot = "green", .role = "app_green"};
+    assert_int_equal(f->store->ops->put(f->store, "pg-green", v, &tags, 0, on_version, &r, 0, &req),
+                     0);
+    secret_free(v);
+    assert_non_null(req);
+    f->store->ops->cancel(f->store, req);
+    assert_int_equal(r.calls, 0);
+    wait_for(f, &r);
+    assert_int_equal(r.status, ROTOR_ECANCELED);
+    assert_string_equal(r.version, "");
+
+    result_t g = {0};
+    assert_int_equal(f->store->ops->get(f->store, "pg-green", NULL, on_value, &g, 0, &req), 0);
+    f->store->ops->cancel(f->store, req);
+    wait_for(f, &g);
+    assert_int_equal(g.status, ROTOR_ECANCELED);
+    assert_null(g.value);
+
+    result_t late = {0};
+    v = secret_from("late", 4);
+    tags.rotation_id = "rot-late";
+    assert_int_equal(f->store->ops->put(f->store, "pg-green", v, &tags, 0, on_version, &late,
+                                        util_now_ms() - 1, NULL),
+                     0);
+    secret_free(v);
+    wait_for(f, &late);
+    assert_int_equal(late.status, ROTOR_ETIMEOUT);
+    assert_non_null(strstr(late.reason, "gave up: the attempt's deadline"));
+    result_t none = find(f, "pg-green", "rot-late");
+    assert_string_equal(none.version, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_put_writes_mount_and_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_and_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_and_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disable_current_removes_mount, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_current, setup, teardown),
