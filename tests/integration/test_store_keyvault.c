@@ -705,6 +705,54 @@ static void test_retry_past_deadline(void **state)
     faults(f, "{\"reset\":true}");
 }
 
+/* The wait for the write limiter counts against the deadline, and a write canceled while it
+ * waits is never sent. */
+static void test_limiter_wait_deadline_and_cancel(void **state)
+{
+    SKIP_WITHOUT_NODE();
+    fixture_t *f = *state;
+    static cfg_secret_t c; /* borrowed by the store until the teardown closes it */
+    cfg_init(&c, g.vault_url, g.resolve, 2);
+    store_t *s;
+    char err[256];
+    store_deps_t deps = {f->http, f->cred};
+    assert_int_equal(store_keyvault_open(&f->loop, &c, &deps, &f->extra[0], err, sizeof err), 0);
+    s = f->extra[0];
+    res_t r = current(f, "app-db-blue"); /* the challenge first */
+    assert_int_equal(r.status, 0);
+    for (int i = 0; i < 2; i++) { /* the window's two writes */
+        r = put(f, s, "app-db-blue", "window-" MARK, "rot-w");
+        assert_int_equal(r.status, 0);
+    }
+    long before = last_seq(f);
+    static res_t late, canceled; /* outlive a failed assertion: the teardown cancels them */
+    memset(&late, 0, sizeof late);
+    memset(&canceled, 0, sizeof canceled);
+    rotor_secret_t *v = secret_from("queued-" MARK, strlen("queued-" MARK));
+    store_tags_t tags = {"rot-q", "green", "app_green"};
+    store_req_t *req = NULL;
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(
+        s->ops->put(s, "app-db-green", v, &tags, 0, on_version, &late, util_now_ms() + 1000, NULL),
+        0);
+    assert_int_equal(s->ops->put(s, "app-db-green", v, &tags, 0, on_version, &canceled, 0, &req),
+                     0);
+    secret_free(v);
+    pause_ms(f, 300);
+    s->ops->cancel(s, req);
+    wait_res(f, &canceled);
+    assert_int_equal(canceled.status, ROTOR_ECANCELED);
+    wait_res(f, &late);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(late.status, ROTOR_ETIMEOUT);
+    assert_non_null(strstr(late.reason, "gave up: the attempt's deadline"));
+    assert_non_null(strstr(late.reason, "write limiter"));
+    assert_true(ms >= 900 && ms < 5000);
+    json_t *reqs = requests_of(f, "vault", before);
+    assert_int_equal(count_method(reqs, "PUT"), 0);
+    json_decref(reqs);
+}
+
 static void test_unavailable_then_success(void **state)
 {
     SKIP_WITHOUT_NODE();
@@ -945,6 +993,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_throttled_write_retried, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_cancel_throttled_write, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_retry_past_deadline, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_limiter_wait_deadline_and_cancel, fx_setup,
+                                        fx_teardown),
         cmocka_unit_test_setup_teardown(test_unavailable_then_success, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_token_expiry, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_foreign_resource_refused, fx_setup, fx_teardown),
