@@ -98,8 +98,8 @@ struct rotation_s {
     int ext_early_status;
     char ext_early_reason[512];
     int64_t attempt_started_ms;
-    int64_t
-        attempt_until_ms; /* the running attempt's deadline (epoch ms): store requests end by it */
+    /* The running attempt's deadline (epoch ms): store requests end by it. */
+    int64_t attempt_until_ms;
     int64_t took_ms; /* the attempt being journaled took this long; -1: its start was not seen */
     long sessions_ended;
     rotation_t *next_rot;
