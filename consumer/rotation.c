@@ -227,8 +227,11 @@ static void on_rot_handle_closed(uv_handle_t *h)
     rot_maybe_free(r);
 }
 
-/* Makes every callback of the current effect stale and stops what can be stopped: the
- * deadline, the drain timer, a database request. Store requests are quick and just run out. */
+/* Makes every callback of the current effect stale and stops what it still has running: the
+ * deadline, the drain timer, a database or store request (a Key Vault write retried after a
+ * 429 must not land once the attempt is over: after the deadline another attempt may have
+ * written its own version, and a process that lost the secret must not complete an effect),
+ * deploy requests and probes. */
 void rot_stop_effect(rotation_t *r)
 {
     r->token++;
@@ -242,6 +245,11 @@ void rot_stop_effect(rotation_t *r)
         db_req_t *q = r->dbreq;
         r->dbreq = NULL;
         db_cancel(q);
+    }
+    if (r->storereq) {
+        store_req_t *q = r->storereq;
+        r->storereq = NULL;
+        r->sec->store->ops->cancel(r->sec->store, q);
     }
     stage_cancel_deploy(r);
 }
@@ -575,6 +583,7 @@ static void begin_attempt(rotation_t *r)
     /* The effect ends by the deadline journaled with the attempt, which a new owner honours. */
     int64_t left = r->row.run_until_ms ? r->row.run_until_ms - r->attempt_started_ms
                                        : (int64_t)attempt_timeout(r);
+    r->attempt_until_ms = r->attempt_started_ms + left;
     uv_timer_start(&r->deadline, on_deadline, left > 0 ? (uint64_t)left : 0, 0);
     rot_log(LOG_INFO, "stage.started", r, NULL, NULL);
     run_effect(r);

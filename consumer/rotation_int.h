@@ -89,6 +89,7 @@ struct rotation_s {
     bool next_starts;   /* r->next, being written, also starts the next stage's attempt */
     bool fresh_attempt; /* r->row is a running attempt journaled here whose effect has not begun */
     db_req_t *dbreq;
+    store_req_t *storereq;           /* the store's request in flight (one at a time) */
     deploy_req_t *deployreq;         /* the deploy driver's request in flight */
     probe_req_t *probereq;           /* probes of the current effect, or of the soak */
     int verify_pending;              /* verify: checks still running (login, probes) */
@@ -97,6 +98,8 @@ struct rotation_s {
     int ext_early_status;
     char ext_early_reason[512];
     int64_t attempt_started_ms;
+    /* The running attempt's deadline (epoch ms): store requests end by it. */
+    int64_t attempt_until_ms;
     int64_t took_ms; /* the attempt being journaled took this long; -1: its start was not seen */
     long sessions_ended;
     rotation_t *next_rot;

@@ -57,6 +57,18 @@ static void eff_abandon(rotation_t *r)
     r->inflight--;
 }
 
+/* Store requests: one at a time per rotation, tracked so that the attempt's deadline or a
+ * revocation cancels it (rot_stop_effect), and bounded by the attempt's deadline. The last two
+ * arguments of every store operation. */
+#define STORE_REQ(r) (r)->attempt_until_ms, &(r)->storereq
+
+/* A store callback's ticket. */
+static rotation_t *store_take(void *arg)
+{
+    eff_t *x = arg;
+    return EFF_TAKE_REQ(x, storereq);
+}
+
 #define STORE_CALL(r, call)                                                                        \
     do {                                                                                           \
         int rc_ = (call);                                                                          \
@@ -330,7 +342,7 @@ static void on_prepare_current_value(void *arg, int status, rotor_secret_t *valu
                                      const char *version, const char *reason)
 {
     (void)version;
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r) {
         secret_free(value);
         return;
@@ -345,7 +357,7 @@ static void on_prepare_current_value(void *arg, int status, rotor_secret_t *valu
 
 static void on_prepare_version(void *arg, int status, const char *version, const char *reason)
 {
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r)
         return;
     if (status < 0) {
@@ -359,15 +371,16 @@ static void on_prepare_version(void *arg, int status, const char *version, const
         return;
     }
     store_t *s = r->sec->store;
-    STORE_CALL(r, s->ops->get(s, current, NULL, on_prepare_current_value, eff_new(r)));
+    STORE_CALL(r,
+               s->ops->get(s, current, NULL, on_prepare_current_value, eff_new(r), STORE_REQ(r)));
 }
 
 static void prepare_roles_ok(rotation_t *r, long count)
 {
     (void)count;
     store_t *s = r->sec->store;
-    STORE_CALL(
-        r, s->ops->current(s, rot_store_name(r, r->row.from_slot), on_prepare_version, eff_new(r)));
+    STORE_CALL(r, s->ops->current(s, rot_store_name(r, r->row.from_slot), on_prepare_version,
+                                  eff_new(r), STORE_REQ(r)));
 }
 
 static void eff_prepare(rotation_t *r)
@@ -382,7 +395,7 @@ static void eff_prepare(rotation_t *r)
 /* generate: reuse the version this rotation already wrote, or write one. */
 static void on_generate_put(void *arg, int status, const char *version, const char *reason)
 {
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r)
         return;
     if (status < 0 || !version) {
@@ -395,7 +408,7 @@ static void on_generate_put(void *arg, int status, const char *version, const ch
 
 static void on_generate_find(void *arg, int status, const char *version, const char *reason)
 {
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r)
         return;
     if (status < 0) {
@@ -419,7 +432,7 @@ static void on_generate_find(void *arg, int status, const char *version, const c
     store_tags_t tags = {r->row.id, rotor_slot_name(r->row.to_slot), rot_role(r, r->row.to_slot)};
     store_t *s = r->sec->store;
     rc = s->ops->put(s, rot_store_name(r, r->row.to_slot), pw, &tags, r->row.expires_at_ms,
-                     on_generate_put, eff_new(r));
+                     on_generate_put, eff_new(r), STORE_REQ(r));
     secret_free(pw); /* the store copied it */
     if (rc < 0) {
         eff_abandon(r);
@@ -431,22 +444,22 @@ static void eff_generate(rotation_t *r)
 {
     store_t *s = r->sec->store;
     STORE_CALL(r, s->ops->find(s, rot_store_name(r, r->row.to_slot), r->row.id, on_generate_find,
-                               eff_new(r)));
+                               eff_new(r), STORE_REQ(r)));
 }
 
 /* set-db and verify both read this rotation's version back from the store first. */
 static void read_new_version(rotation_t *r, store_value_cb cb)
 {
     store_t *s = r->sec->store;
-    STORE_CALL(r,
-               s->ops->get(s, rot_store_name(r, r->row.to_slot), r->row.version, cb, eff_new(r)));
+    STORE_CALL(r, s->ops->get(s, rot_store_name(r, r->row.to_slot), r->row.version, cb, eff_new(r),
+                              STORE_REQ(r)));
 }
 
 static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const char *version,
                            const char *reason)
 {
     (void)version;
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r || status < 0) {
         secret_free(value);
         if (r)
@@ -527,7 +540,7 @@ static void on_verify_value(void *arg, int status, rotor_secret_t *value, const 
                             const char *reason)
 {
     (void)version;
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r || status < 0) {
         secret_free(value);
         if (r)
@@ -619,7 +632,7 @@ static void swapped(rotation_t *r)
 
 static void on_current_written(void *arg, int status, const char *reason)
 {
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r)
         return;
     if (status < 0) {
@@ -644,7 +657,7 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
                              const char *reason)
 {
     (void)version;
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (!r || status < 0) {
         secret_free(value);
         if (r)
@@ -655,8 +668,8 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
     rotor_secret_t *entry = current_entry(rot_role(r, slot), value);
     secret_free(value);
     store_t *s = r->sec->store;
-    int rc =
-        s->ops->write_current(s, r->sec->cfg->store.current, entry, on_current_written, eff_new(r));
+    int rc = s->ops->write_current(s, r->sec->cfg->store.current, entry, on_current_written,
+                                   eff_new(r), STORE_REQ(r));
     secret_free(entry);
     if (rc < 0) {
         eff_abandon(r);
@@ -690,7 +703,7 @@ static void rollback_current(rotation_t *r)
     if (r->row.swapped && r->sec->cfg->store.current) {
         store_t *s = r->sec->store;
         STORE_CALL(r, s->ops->get(s, rot_store_name(r, r->row.from_slot), NULL, on_current_value,
-                                  eff_new(r)));
+                                  eff_new(r), STORE_REQ(r)));
         return;
     }
     r->row.swapped = false;
@@ -710,7 +723,7 @@ static void eff_rollback(rotation_t *r)
  * drain time, disable its secret version. Each effect is harmless to repeat. */
 static void on_retire_disabled(void *arg, int status, const char *reason)
 {
-    rotation_t *r = eff_take(arg);
+    rotation_t *r = store_take(arg);
     if (r)
         rot_effect_done(r, status, reason);
 }
@@ -724,7 +737,7 @@ static void retire_sessions_ended(rotation_t *r, long count)
     }
     store_t *s = r->sec->store;
     STORE_CALL(r, s->ops->disable(s, rot_store_name(r, r->row.from_slot), r->row.old_version,
-                                  on_retire_disabled, eff_new(r)));
+                                  on_retire_disabled, eff_new(r), STORE_REQ(r)));
 }
 
 /* After the drain and the driver's scale-down, no one should hold a session of the old role. */

@@ -1,9 +1,17 @@
 /* store.h: the secret store interface (prefix store_). One store_t per managed secret; a driver
  * behind a small table of operations: `file` (store_file.c, the embedded default laid out like a
- * Key Vault CSI mount) and, later, `azure-keyvault`.
+ * Key Vault CSI mount) and `azure-keyvault` (store_keyvault.c).
  *
  * Every operation is a request: it returns 0 and calls its callback exactly once, later, on the
- * loop thread; or returns a negative error and never calls it. Values travel as rotor_secret_t. */
+ * loop thread; or returns a negative error and never calls it. Values travel as rotor_secret_t.
+ *
+ * Every operation also takes:
+ * - deadline_ms: the epoch ms by which the request must be over (the engine passes the deadline
+ *   of the attempt it belongs to), or 0 for none. A driver never starts a retry, or a wait for
+ *   its rate limiter, that would end past it: it fails instead, with its last error and "gave
+ *   up: the attempt's deadline".
+ * - out: when not NULL, receives the request's handle (valid until its callback returns), for
+ *   ops->cancel. Set only when the operation returns 0. */
 #ifndef ROTOR_STORE_H
 #define ROTOR_STORE_H
 
@@ -16,6 +24,7 @@
 #include "secret.h"
 
 typedef struct store_s store_t;
+typedef struct store_req_s store_req_t;
 
 /* Tags written with a version, and read back to find the version of a rotation. */
 typedef struct {
@@ -35,23 +44,35 @@ typedef void (*store_done_cb)(void *arg, int status, const char *reason);
 typedef struct {
     /* The enabled version of `name` tagged with rotation_id, if any (NULL version if none). */
     int (*find)(store_t *s, const char *name, const char *rotation_id, store_version_cb cb,
-                void *arg);
+                void *arg, int64_t deadline_ms, store_req_t **out);
     /* Writes value (borrowed for the call) as a new version of `name`, tagged, expiring at
      * exp_ms (epoch ms), and makes it the current one. */
     int (*put)(store_t *s, const char *name, const rotor_secret_t *value, const store_tags_t *tags,
-               int64_t exp_ms, store_version_cb cb, void *arg);
+               int64_t exp_ms, store_version_cb cb, void *arg, int64_t deadline_ms,
+               store_req_t **out);
     /* Reads `version` of name, or the current version when version is NULL. ROTOR_ENOTFOUND if
      * there is none. */
-    int (*get)(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg);
+    int (*get)(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg,
+               int64_t deadline_ms, store_req_t **out);
     /* The id of the current (latest enabled) version of name; NULL if none is tracked. */
-    int (*current)(store_t *s, const char *name, store_version_cb cb, void *arg);
+    int (*current)(store_t *s, const char *name, store_version_cb cb, void *arg,
+                   int64_t deadline_ms, store_req_t **out);
     /* Disables a version: it can no longer be read; if it was current, name has no current
      * value afterwards. Disabling a disabled or unknown version is not an error. */
-    int (*disable)(store_t *s, const char *name, const char *version, store_done_cb cb, void *arg);
+    int (*disable)(store_t *s, const char *name, const char *version, store_done_cb cb, void *arg,
+                   int64_t deadline_ms, store_req_t **out);
     /* Writes the `current` entry (role and password of the active slot, JSON) atomically.
      * value is borrowed for the call. */
     int (*write_current)(store_t *s, const char *name, const rotor_secret_t *value,
-                         store_done_cb cb, void *arg);
+                         store_done_cb cb, void *arg, int64_t deadline_ms, store_req_t **out);
+    /* Cancels a pending request, as db_cancel and a deploy driver's cancel do: its callback runs
+     * once with ROTOR_ECANCELED, later, on the loop (never from within this call), and no further
+     * effect of it is started: azure-keyvault aborts the HTTP request in flight (one already sent
+     * may still have reached the vault), its retry timer and its wait for the write limiter;
+     * file, whose work takes milliseconds on the threadpool, takes it off the queue if it has not
+     * started, else lets it finish and drops the result. Must not be called after the callback
+     * ran. */
+    void (*cancel)(store_t *s, store_req_t *req);
     /* Frees the store; no request may be pending. */
     void (*close)(store_t *s);
 } store_ops_t;

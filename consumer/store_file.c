@@ -52,6 +52,10 @@ typedef struct {
         store_done_cb done;
     } cb;
     void *arg;
+    int64_t deadline_ms; /* 0 = none */
+    /* Canceled (ops->cancel): the callback reports ROTOR_ECANCELED whatever the work did.
+     * Written on the loop thread and read there only (sf_after). */
+    bool canceled;
 } sf_req_t;
 
 /* A version file, parsed. */
@@ -731,6 +735,11 @@ static void sf_work(uv_work_t *w)
     /* Reads of a store that does not exist yet see an empty one; writes create it. */
     bool create = r->op == SF_PUT || r->op == SF_WRITE_CURRENT;
     r->vdir = -1;
+    r->root = -1;
+    if (r->deadline_ms && util_now_ms() >= r->deadline_ms) {
+        sf_fail(r, ROTOR_ETIMEOUT, "gave up: the attempt's deadline passed before the work began");
+        return;
+    }
     int rc = sf_open_root(r->dir, create, &r->root, r->reason, sizeof r->reason);
     if (rc == ROTOR_ESTORE) {
         r->status = rc;
@@ -777,8 +786,14 @@ static void sf_req_free(sf_req_t *r)
 static void sf_after(uv_work_t *w, int uvstatus)
 {
     sf_req_t *r = w->data;
-    if (uvstatus == UV_ECANCELED)
+    if (uvstatus == UV_ECANCELED || r->canceled) {
+        /* A canceled request's result is dropped even if its work ran (it takes milliseconds
+         * and cannot be stopped midway): the caller has stopped waiting for it. */
+        secret_free(r->value);
+        r->value = NULL;
+        r->out_version[0] = '\0';
         sf_fail(r, ROTOR_ECANCELED, "canceled");
+    }
     const char *reason = r->status < 0 ? r->reason : NULL;
     const char *version = r->status == 0 && r->out_version[0] ? r->out_version : NULL;
     switch (r->op) {
@@ -802,7 +817,8 @@ static void sf_after(uv_work_t *w, int uvstatus)
     sf_req_free(r);
 }
 
-static sf_req_t *sf_req_new(store_t *s, sf_op_t op, const char *name, void *arg)
+static sf_req_t *sf_req_new(store_t *s, sf_op_t op, const char *name, void *arg,
+                            int64_t deadline_ms)
 {
     sf_req_t *r = util_calloc(1, sizeof *r);
     r->work.data = r;
@@ -810,34 +826,50 @@ static sf_req_t *sf_req_new(store_t *s, sf_op_t op, const char *name, void *arg)
     r->dir = s->cfg->store.dir;
     util_strlcpy(r->name, name, sizeof r->name);
     r->arg = arg;
+    r->deadline_ms = deadline_ms;
     return r;
 }
 
-static int sf_submit(store_t *s, sf_req_t *r)
+static int sf_submit(store_t *s, sf_req_t *r, store_req_t **out)
 {
     int rc = uv_queue_work(s->loop, &r->work, sf_work, sf_after);
-    if (rc < 0)
+    if (rc < 0) {
         sf_req_free(r);
-    return rc;
+        return rc;
+    }
+    if (out)
+        *out = (store_req_t *)r;
+    return 0;
+}
+
+/* Off the queue if the work has not started (sf_after then runs with UV_ECANCELED); else the
+ * work finishes and sf_after drops its result. */
+static void sf_cancel(store_t *s, store_req_t *req)
+{
+    (void)s;
+    sf_req_t *r = (sf_req_t *)req;
+    r->canceled = true;
+    (void)uv_cancel((uv_req_t *)&r->work);
 }
 
 static int sf_find(store_t *s, const char *name, const char *rotation_id, store_version_cb cb,
-                   void *arg)
+                   void *arg, int64_t deadline_ms, store_req_t **out)
 {
     if (!sf_name_valid(name) || !rotation_id || !cb)
         return ROTOR_EINVALID;
-    sf_req_t *r = sf_req_new(s, SF_FIND, name, arg);
+    sf_req_t *r = sf_req_new(s, SF_FIND, name, arg, deadline_ms);
     r->rotation_id = util_strdup(rotation_id);
     r->cb.version = cb;
-    return sf_submit(s, r);
+    return sf_submit(s, r, out);
 }
 
 static int sf_put(store_t *s, const char *name, const rotor_secret_t *value,
-                  const store_tags_t *tags, int64_t exp_ms, store_version_cb cb, void *arg)
+                  const store_tags_t *tags, int64_t exp_ms, store_version_cb cb, void *arg,
+                  int64_t deadline_ms, store_req_t **out)
 {
     if (!sf_name_valid(name) || !value || !cb)
         return ROTOR_EINVALID;
-    sf_req_t *r = sf_req_new(s, SF_PUT, name, arg);
+    sf_req_t *r = sf_req_new(s, SF_PUT, name, arg, deadline_ms);
     r->value = secret_from(value->buf, value->len);
     if (!r->value) {
         sf_req_free(r);
@@ -850,53 +882,55 @@ static int sf_put(store_t *s, const char *name, const rotor_secret_t *value,
     }
     r->exp_ms = exp_ms;
     r->cb.version = cb;
-    return sf_submit(s, r);
+    return sf_submit(s, r, out);
 }
 
-static int sf_get(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg)
+static int sf_get(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg,
+                  int64_t deadline_ms, store_req_t **out)
 {
     if (!sf_name_valid(name) || (version && !sf_id_valid(version)) || !cb)
         return ROTOR_EINVALID;
-    sf_req_t *r = sf_req_new(s, SF_GET, name, arg);
+    sf_req_t *r = sf_req_new(s, SF_GET, name, arg, deadline_ms);
     if (version)
         util_strlcpy(r->version, version, sizeof r->version);
     r->cb.value = cb;
-    return sf_submit(s, r);
+    return sf_submit(s, r, out);
 }
 
-static int sf_current(store_t *s, const char *name, store_version_cb cb, void *arg)
+static int sf_current(store_t *s, const char *name, store_version_cb cb, void *arg,
+                      int64_t deadline_ms, store_req_t **out)
 {
     if (!sf_name_valid(name) || !cb)
         return ROTOR_EINVALID;
-    sf_req_t *r = sf_req_new(s, SF_CURRENT, name, arg);
+    sf_req_t *r = sf_req_new(s, SF_CURRENT, name, arg, deadline_ms);
     r->cb.version = cb;
-    return sf_submit(s, r);
+    return sf_submit(s, r, out);
 }
 
 static int sf_disable(store_t *s, const char *name, const char *version, store_done_cb cb,
-                      void *arg)
+                      void *arg, int64_t deadline_ms, store_req_t **out)
 {
     if (!sf_name_valid(name) || !sf_id_valid(version) || !cb)
         return ROTOR_EINVALID;
-    sf_req_t *r = sf_req_new(s, SF_DISABLE, name, arg);
+    sf_req_t *r = sf_req_new(s, SF_DISABLE, name, arg, deadline_ms);
     util_strlcpy(r->version, version, sizeof r->version);
     r->cb.done = cb;
-    return sf_submit(s, r);
+    return sf_submit(s, r, out);
 }
 
 static int sf_write_current(store_t *s, const char *name, const rotor_secret_t *value,
-                            store_done_cb cb, void *arg)
+                            store_done_cb cb, void *arg, int64_t deadline_ms, store_req_t **out)
 {
     if (!sf_name_valid(name) || !value || !cb)
         return ROTOR_EINVALID;
-    sf_req_t *r = sf_req_new(s, SF_WRITE_CURRENT, name, arg);
+    sf_req_t *r = sf_req_new(s, SF_WRITE_CURRENT, name, arg, deadline_ms);
     r->value = secret_from(value->buf, value->len);
     if (!r->value) {
         sf_req_free(r);
         return ROTOR_EINVALID;
     }
     r->cb.done = cb;
-    return sf_submit(s, r);
+    return sf_submit(s, r, out);
 }
 
 static void sf_close(store_t *s)
@@ -911,6 +945,7 @@ static const store_ops_t store_file_ops = {
     .current = sf_current,
     .disable = sf_disable,
     .write_current = sf_write_current,
+    .cancel = sf_cancel,
     .close = sf_close,
 };
 

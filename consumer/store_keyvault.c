@@ -94,7 +94,7 @@ struct kv_req_s {
     bool slot;     /* holds a slot of the limiter until its answer (or its end) */
     bool authed;   /* the attempt in flight carries a token */
     bool reauthed; /* a 401 already dropped the token once */
-    bool canceled; /* the store closed */
+    bool canceled; /* the store closed, or ops->cancel: nothing more is sent */
     bool token_pending;
     int tries, probes;
     http_req_t *http;
@@ -111,6 +111,7 @@ struct kv_req_s {
         store_done_cb done;
     } cb;
     void *arg;
+    int64_t deadline_ms; /* epoch ms; 0 = none */
 };
 
 static kv_vault_t *kv_vaults;
@@ -323,6 +324,7 @@ static void kv_limiter_pump(kv_vault_t *v)
         r->qnext = NULL;
         r->queued = false;
         r->slot = true;
+        uv_timer_stop(&r->timer); /* its deadline watch (kv_limiter_enqueue) */
         kv_fetch_token(r);
     }
     if (v->qhead && v->nstamps > 0) {
@@ -344,6 +346,23 @@ static void kv_limiter_release(kv_req_t *r)
     kv_limiter_pump(v);
 }
 
+static void kv_limiter_remove(kv_req_t *r);
+static void kv_fail(kv_req_t *r, int status, const char *fmt, ...);
+
+/* A write still waiting for the limiter at its deadline gives up: the wait counts as part of
+ * the attempt, and a write sent later would land after the attempt ended. */
+static void kv_on_limiter_deadline(uv_timer_t *t)
+{
+    kv_req_t *r = t->data;
+    if (!r->queued)
+        return;
+    kv_limiter_remove(r);
+    kv_fail(r, ROTOR_ETIMEOUT,
+            "Key Vault: gave up: the attempt's deadline passed while waiting for the write "
+            "limiter (%s %s)",
+            r->method, r->name);
+}
+
 static void kv_limiter_enqueue(kv_req_t *r)
 {
     kv_vault_t *v = r->s->vault;
@@ -354,6 +373,10 @@ static void kv_limiter_enqueue(kv_req_t *r)
         v->qhead = r;
     v->qtail = r;
     kv_limiter_pump(v);
+    if (r->queued && r->deadline_ms) {
+        int64_t left = r->deadline_ms - util_now_ms();
+        uv_timer_start(&r->timer, kv_on_limiter_deadline, left > 0 ? (uint64_t)left : 0, 0);
+    }
 }
 
 static void kv_limiter_remove(kv_req_t *r)
@@ -440,7 +463,10 @@ static void kv_on_timer(uv_timer_t *t)
 {
     kv_req_t *r = t->data;
     if (r->canceled)
-        kv_fail(r, ROTOR_ECANCELED, "store closed");
+        kv_fail(r, ROTOR_ECANCELED, "canceled");
+    else if (r->deadline_ms && util_now_ms() >= r->deadline_ms)
+        kv_fail(r, ROTOR_ETIMEOUT, "Key Vault: gave up: the attempt's deadline (%s %s)", r->method,
+                r->name);
     else
         kv_attempt(r);
 }
@@ -729,11 +755,21 @@ static void kv_retry(kv_req_t *r, int status, const http_response_t *res, const 
         kv_finish(r, status == ROTOR_ETIMEOUT ? ROTOR_ETIMEOUT : ROTOR_ESTORE, NULL);
         return;
     }
-    uint64_t delay = http_retry_after_ms(res, util_now_ms());
+    int64_t now = util_now_ms();
+    uint64_t delay = http_retry_after_ms(res, now);
     if (delay > KV_RETRY_AFTER_MAX_MS)
         delay = KV_RETRY_AFTER_MAX_MS;
     if (delay == 0)
         delay = backoff_delay(r->tries, KV_BACKOFF_MS, KV_BACKOFF_MAX_MS, 0);
+    if (r->deadline_ms && now + (int64_t)delay >= r->deadline_ms) {
+        /* The retry would begin after the attempt ended: a write then could land after another
+         * attempt's (a version the database never receives), or after this process lost the
+         * secret. Fail now with the last error. */
+        size_t n = strlen(r->reason);
+        snprintf(r->reason + n, sizeof r->reason - n, "; gave up: the attempt's deadline");
+        kv_finish(r, status == ROTOR_ETIMEOUT ? ROTOR_ETIMEOUT : ROTOR_ESTORE, NULL);
+        return;
+    }
     char ms[24];
     snprintf(ms, sizeof ms, "%llu", (unsigned long long)delay);
     log_warn("store.keyvault.retry", "secret", r->name, "method", r->method, "reason", r->reason,
@@ -800,6 +836,15 @@ static void kv_send(kv_req_t *r, const char *token)
     }
     if (token && r->body.len)
         headers[nh++] = "Content-Type: application/json";
+    /* No request outlives the deadline (kv_on_timer checked that some time is left). */
+    uint64_t timeout = cfg->store.timeout_ms ? cfg->store.timeout_ms : 30000;
+    if (r->deadline_ms) {
+        int64_t left = r->deadline_ms - util_now_ms();
+        if (left < 1)
+            left = 1;
+        if ((uint64_t)left < timeout)
+            timeout = (uint64_t)left;
+    }
     http_request_t req = {
         .method = r->method,
         .url = r->url,
@@ -807,7 +852,7 @@ static void kv_send(kv_req_t *r, const char *token)
         .body = token ? r->body.p : NULL,
         .body_len = token ? r->body.len : 0,
         .ca_file = cfg->store.ca_file,
-        .timeout_ms = cfg->store.timeout_ms,
+        .timeout_ms = timeout,
         .connect_timeout_ms = cfg->store.connect_timeout_ms,
         .resolve = cfg->store.resolve,
         .service = "keyvault",
@@ -826,7 +871,7 @@ static void kv_on_token(void *arg, int status, const char *token, int64_t expire
     kv_req_t *r = arg;
     r->token_pending = false;
     if (r->canceled) {
-        kv_fail(r, ROTOR_ECANCELED, "store closed");
+        kv_fail(r, ROTOR_ECANCELED, "canceled");
         return;
     }
     if (status < 0) {
@@ -867,7 +912,7 @@ static void kv_attempt(kv_req_t *r)
 /* ---- operations ---- */
 
 static kv_req_t *kv_req_new(store_t *base, kv_op_t op, const char *method, const char *name,
-                            const char *suffix, void *arg)
+                            const char *suffix, void *arg, int64_t deadline_ms, store_req_t **out)
 {
     kv_store_t *s = (kv_store_t *)base;
     kv_req_t *r = util_calloc(1, sizeof *r);
@@ -880,6 +925,9 @@ static kv_req_t *kv_req_new(store_t *base, kv_op_t op, const char *method, const
     r->url = util_malloc(n);
     snprintf(r->url, n, "%s/secrets/%s%s", s->vault->url, name, suffix);
     r->arg = arg;
+    r->deadline_ms = deadline_ms;
+    if (out)
+        *out = (store_req_t *)r;
     uv_timer_init(base->loop, &r->timer);
     r->timer.data = r;
     r->next = s->reqs;
@@ -896,11 +944,12 @@ static bool kv_usable(store_t *base, const char *name)
 }
 
 static int kv_find(store_t *s, const char *name, const char *rotation_id, store_version_cb cb,
-                   void *arg)
+                   void *arg, int64_t deadline_ms, store_req_t **out)
 {
     if (!kv_usable(s, name) || !rotation_id || !cb)
         return ROTOR_EINVALID;
-    kv_req_t *r = kv_req_new(s, KV_FIND, "GET", name, "/versions?" KV_API "&maxresults=25", arg);
+    kv_req_t *r = kv_req_new(s, KV_FIND, "GET", name, "/versions?" KV_API "&maxresults=25", arg,
+                             deadline_ms, out);
     r->rotation_id = util_strdup(rotation_id);
     r->cb.version = cb;
     return 0;
@@ -929,7 +978,8 @@ static void kv_body(kv_buf_t *b, const rotor_secret_t *value, const char *conten
 }
 
 static int kv_put(store_t *s, const char *name, const rotor_secret_t *value,
-                  const store_tags_t *tags, int64_t exp_ms, store_version_cb cb, void *arg)
+                  const store_tags_t *tags, int64_t exp_ms, store_version_cb cb, void *arg,
+                  int64_t deadline_ms, store_req_t **out)
 {
     if (!kv_usable(s, name) || !value || !value->buf || !cb)
         return ROTOR_EINVALID;
@@ -942,75 +992,91 @@ static int kv_put(store_t *s, const char *name, const rotor_secret_t *value,
         json_object_set_new(t, "role", json_string(tags->role));
     json_object_set_new(t, "managed-by", json_string("rotor"));
     const char *ct = s->cfg->store.content_type ? s->cfg->store.content_type : "text/plain";
-    kv_req_t *r = kv_req_new(s, KV_PUT, "PUT", name, "?" KV_API, arg);
+    kv_req_t *r = kv_req_new(s, KV_PUT, "PUT", name, "?" KV_API, arg, deadline_ms, out);
     kv_body(&r->body, value, ct, t, exp_ms);
     r->cb.version = cb;
     return 0;
 }
 
-static int kv_get(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg)
+static int kv_get(store_t *s, const char *name, const char *version, store_value_cb cb, void *arg,
+                  int64_t deadline_ms, store_req_t **out)
 {
     if (!kv_usable(s, name) || (version && !kv_version_valid(version)) || !cb)
         return ROTOR_EINVALID;
     char suffix[KV_MAX_VERSION + 32];
     snprintf(suffix, sizeof suffix, "/%s?" KV_API, version ? version : "");
-    kv_req_t *r = kv_req_new(s, KV_GET, "GET", name, suffix, arg);
+    kv_req_t *r = kv_req_new(s, KV_GET, "GET", name, suffix, arg, deadline_ms, out);
     r->cb.value = cb;
     return 0;
 }
 
-static int kv_current(store_t *s, const char *name, store_version_cb cb, void *arg)
+static int kv_current(store_t *s, const char *name, store_version_cb cb, void *arg,
+                      int64_t deadline_ms, store_req_t **out)
 {
     if (!kv_usable(s, name) || !cb)
         return ROTOR_EINVALID;
-    kv_req_t *r = kv_req_new(s, KV_CURRENT, "GET", name, "/?" KV_API, arg);
+    kv_req_t *r = kv_req_new(s, KV_CURRENT, "GET", name, "/?" KV_API, arg, deadline_ms, out);
     r->cb.version = cb;
     return 0;
 }
 
 static int kv_disable(store_t *s, const char *name, const char *version, store_done_cb cb,
-                      void *arg)
+                      void *arg, int64_t deadline_ms, store_req_t **out)
 {
     if (!kv_usable(s, name) || !kv_version_valid(version) || !cb)
         return ROTOR_EINVALID;
     char suffix[KV_MAX_VERSION + 32];
     snprintf(suffix, sizeof suffix, "/%s?" KV_API, version);
-    kv_req_t *r = kv_req_new(s, KV_DISABLE, "PATCH", name, suffix, arg);
+    kv_req_t *r = kv_req_new(s, KV_DISABLE, "PATCH", name, suffix, arg, deadline_ms, out);
     kv_buf_str(&r->body, "{\"attributes\":{\"enabled\":false}}");
     r->cb.done = cb;
     return 0;
 }
 
 static int kv_write_current(store_t *s, const char *name, const rotor_secret_t *value,
-                            store_done_cb cb, void *arg)
+                            store_done_cb cb, void *arg, int64_t deadline_ms, store_req_t **out)
 {
     if (!kv_usable(s, name) || !value || !value->buf || !cb)
         return ROTOR_EINVALID;
     json_t *t = json_object();
     json_object_set_new(t, "managed-by", json_string("rotor"));
-    kv_req_t *r = kv_req_new(s, KV_WRITE_CURRENT, "PUT", name, "?" KV_API, arg);
+    kv_req_t *r = kv_req_new(s, KV_WRITE_CURRENT, "PUT", name, "?" KV_API, arg, deadline_ms, out);
     kv_body(&r->body, value, "application/json", t, 0);
     r->cb.done = cb;
     return 0;
 }
 
-/* Pending operations complete with ROTOR_ECANCELED on later loop turns (a token request in
- * flight is awaited, as azure_auth cannot cancel one); the memory goes with the last of them. */
+/* The operation completes with ROTOR_ECANCELED on a later loop turn and sends nothing more:
+ * the HTTP request in flight is aborted, a retry timer or a wait for the limiter is stopped (a
+ * token request in flight is awaited, as azure_auth cannot cancel one, and then nothing is
+ * sent). */
+static void kv_cancel_req(kv_req_t *r)
+{
+    if (r->canceled)
+        return;
+    r->canceled = true;
+    if (r->queued)
+        kv_limiter_remove(r);
+    if (r->http)
+        http_cancel(r->http); /* kv_on_http schedules the callback */
+    else if (!r->token_pending)
+        kv_next(r, 0);
+}
+
+static void kv_cancel(store_t *base, store_req_t *req)
+{
+    (void)base;
+    kv_cancel_req((kv_req_t *)req);
+}
+
+/* Pending operations complete with ROTOR_ECANCELED on later loop turns; the memory goes with the
+ * last of them. */
 static void kv_close(store_t *base)
 {
     kv_store_t *s = (kv_store_t *)base;
     s->closed = true;
-    for (kv_req_t *r = s->reqs; r; r = r->next) {
-        if (r->canceled)
-            continue;
-        r->canceled = true;
-        if (r->queued)
-            kv_limiter_remove(r);
-        if (r->http)
-            http_cancel(r->http); /* kv_on_http schedules the callback */
-        else if (!r->token_pending)
-            kv_next(r, 0);
-    }
+    for (kv_req_t *r = s->reqs; r; r = r->next)
+        kv_cancel_req(r);
     kv_store_maybe_free(s);
 }
 
@@ -1021,6 +1087,7 @@ static const store_ops_t store_keyvault_ops = {
     .current = kv_current,
     .disable = kv_disable,
     .write_current = kv_write_current,
+    .cancel = kv_cancel,
     .close = kv_close,
 };
 

@@ -163,7 +163,7 @@ static void on_active(void *arg, int status, rotor_slot_t active, int64_t first,
         return;
     }
     store_t *s = t->sec->store;
-    if (s->ops->current(s, t->ev->name, on_current, t) < 0)
+    if (s->ops->current(s, t->ev->name, on_current, t, 0, NULL) < 0)
         kvt_finish(t, ROTOR_EDB, NULL, NULL);
 }
 

@@ -1,6 +1,8 @@
 """Key Vault faults during a rotation: throttling (429 + Retry-After) and outage (503) in the middle
 of generate and of retire, and a token that expires mid-rotation. Every rotation completes, and
 none writes a second version. (The per-vault write limiter: test_keyvault_limiter.py.)"""
+import time
+
 import pytest
 
 from kvlab import make_kvlab  # noqa: F401 (fixture)
@@ -112,3 +114,34 @@ def test_token_expires_mid_rotation(make_kvlab, cred):
     assert i < j < k, steps
     assert steps.count(("vault", "PATCH", True, 401)) == 1, steps
     check_one_version_each(lab, rid)
+
+
+def test_throttled_put_never_lands_after_its_attempt(make_kvlab):
+    """Issue 8: generate's PUT is throttled past the stage timeout. Attempt 1 ends (it gives up
+    rather than start a retry past its deadline, or it is canceled at the deadline), attempt 2
+    writes its version; no PUT of attempt 1 may land afterwards, or the vault's latest value
+    would be a password the database never received. Before store requests could be canceled,
+    attempt 1's PUT was retried after the Retry-After and landed as a second version."""
+    retry_after = 3
+    lab = make_kvlab(approval="{ mode: auto, soak: 0s }",
+                     stages="{ timeout: 4s, max_attempts: 3, backoff: { initial: 200ms, "
+                            "max: 1s } }")
+    lab.start()
+    seq = lab.last_seq()
+    lab.kv.faults(throttle_writes=2, retry_after=retry_after)
+    rid = lab.rotation_for(lab.request())["id"]
+    done = lab.wait_status(rid, ("completed", "failed"), timeout=60)
+    assert done["status"] == "completed", (done, lab.history(rid))
+    hist = lab.history(rid)
+    failed = [h for h in hist if h[0] == "generate" and h[1] in ("retrying", "failed")]
+    assert failed and all("deadline" in h[3] or "timed out" in h[3] for h in failed), hist
+
+    # Long enough for any retry attempt 1 might still have scheduled to reach the vault.
+    time.sleep(retry_after + 2)
+    puts = [r for r in lab.vault_requests(seq)
+            if (r["method"], r["path"]) == ("PUT", "/secrets/pg-green")]
+    assert [r["status"] for r in puts] == [429, 429, 200], puts
+    tagged = [v for v in lab.versions("pg-green") if v.get("tags", {}).get("rotation") == rid]
+    assert len(tagged) == 1, tagged
+    pw = check_one_version_each(lab, rid)
+    assert lab.can_login("app_green", pw)

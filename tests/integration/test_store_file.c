@@ -105,7 +105,7 @@ static result_t put(fixture_t *f, const char *name, const char *value, const cha
     rotor_secret_t *v = secret_from(value, strlen(value));
     store_tags_t tags = {.rotation_id = rotation, .slot = "green", .role = "app_green"};
     int64_t exp = util_now_ms() + 86400000;
-    assert_int_equal(f->store->ops->put(f->store, name, v, &tags, exp, on_version, &r), 0);
+    assert_int_equal(f->store->ops->put(f->store, name, v, &tags, exp, on_version, &r, 0, NULL), 0);
     secret_free(v);
     assert_int_equal(r.calls, 0); /* called back later, from the loop, never from put itself */
     wait_for(f, &r);
@@ -118,7 +118,7 @@ static result_t put(fixture_t *f, const char *name, const char *value, const cha
 static result_t get(fixture_t *f, const char *name, const char *version)
 {
     result_t r = {0};
-    assert_int_equal(f->store->ops->get(f->store, name, version, on_value, &r), 0);
+    assert_int_equal(f->store->ops->get(f->store, name, version, on_value, &r, 0, NULL), 0);
     wait_for(f, &r);
     assert_true((r.status == 0) == (r.value != NULL));
     return r;
@@ -127,7 +127,7 @@ static result_t get(fixture_t *f, const char *name, const char *version)
 static result_t find(fixture_t *f, const char *name, const char *rotation)
 {
     result_t r = {0};
-    assert_int_equal(f->store->ops->find(f->store, name, rotation, on_version, &r), 0);
+    assert_int_equal(f->store->ops->find(f->store, name, rotation, on_version, &r, 0, NULL), 0);
     wait_for(f, &r);
     assert_int_equal(r.status, 0);
     return r;
@@ -136,7 +136,7 @@ static result_t find(fixture_t *f, const char *name, const char *rotation)
 static result_t current(fixture_t *f, const char *name)
 {
     result_t r = {0};
-    assert_int_equal(f->store->ops->current(f->store, name, on_version, &r), 0);
+    assert_int_equal(f->store->ops->current(f->store, name, on_version, &r, 0, NULL), 0);
     wait_for(f, &r);
     assert_int_equal(r.status, 0);
     return r;
@@ -145,7 +145,7 @@ static result_t current(fixture_t *f, const char *name)
 static void disable(fixture_t *f, const char *name, const char *version)
 {
     result_t r = {0};
-    assert_int_equal(f->store->ops->disable(f->store, name, version, on_done, &r), 0);
+    assert_int_equal(f->store->ops->disable(f->store, name, version, on_done, &r, 0, NULL), 0);
     wait_for(f, &r);
     assert_int_equal(r.status, 0);
 }
@@ -290,7 +290,7 @@ static void test_write_current(void **state)
     const char *json = "{\"role\":\"app_green\",\"password\":\"p\\\"w\"}";
     rotor_secret_t *v = secret_from(json, strlen(json));
     result_t r = {0};
-    assert_int_equal(f->store->ops->write_current(f->store, "current", v, on_done, &r), 0);
+    assert_int_equal(f->store->ops->write_current(f->store, "current", v, on_done, &r, 0, NULL), 0);
     secret_free(v);
     wait_for(f, &r);
     assert_int_equal(r.status, 0);
@@ -302,7 +302,7 @@ static void test_write_current(void **state)
     /* Overwrites in place. */
     v = secret_from("{}", 2);
     r = (result_t){0};
-    assert_int_equal(f->store->ops->write_current(f->store, "current", v, on_done, &r), 0);
+    assert_int_equal(f->store->ops->write_current(f->store, "current", v, on_done, &r, 0, NULL), 0);
     secret_free(v);
     wait_for(f, &r);
     text = slurp(f->dir, "current");
@@ -362,16 +362,20 @@ static void test_invalid_requests(void **state)
     result_t r = {0};
     const char *bad_names[] = {"", ".hidden", "a/b", "../up", NULL};
     for (int i = 0; i < 5; i++) {
-        assert_int_equal(ops->put(f->store, bad_names[i], v, NULL, 0, on_version, &r),
+        assert_int_equal(ops->put(f->store, bad_names[i], v, NULL, 0, on_version, &r, 0, NULL),
                          ROTOR_EINVALID);
-        assert_int_equal(ops->get(f->store, bad_names[i], NULL, on_value, &r), ROTOR_EINVALID);
-        assert_int_equal(ops->find(f->store, bad_names[i], "rot", on_version, &r), ROTOR_EINVALID);
-        assert_int_equal(ops->current(f->store, bad_names[i], on_version, &r), ROTOR_EINVALID);
-        assert_int_equal(ops->write_current(f->store, bad_names[i], v, on_done, &r),
+        assert_int_equal(ops->get(f->store, bad_names[i], NULL, on_value, &r, 0, NULL),
+                         ROTOR_EINVALID);
+        assert_int_equal(ops->find(f->store, bad_names[i], "rot", on_version, &r, 0, NULL),
+                         ROTOR_EINVALID);
+        assert_int_equal(ops->current(f->store, bad_names[i], on_version, &r, 0, NULL),
+                         ROTOR_EINVALID);
+        assert_int_equal(ops->write_current(f->store, bad_names[i], v, on_done, &r, 0, NULL),
                          ROTOR_EINVALID);
     }
-    assert_int_equal(ops->get(f->store, "pg", "../../etc/passwd", on_value, &r), ROTOR_EINVALID);
-    assert_int_equal(ops->disable(f->store, "pg", "ABC", on_done, &r), ROTOR_EINVALID);
+    assert_int_equal(ops->get(f->store, "pg", "../../etc/passwd", on_value, &r, 0, NULL),
+                     ROTOR_EINVALID);
+    assert_int_equal(ops->disable(f->store, "pg", "ABC", on_done, &r, 0, NULL), ROTOR_EINVALID);
     secret_free(v);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     /* A request refused up front never calls back. */
@@ -410,7 +414,7 @@ static result_t try_put(fixture_t *f, const char *name, const char *value)
 {
     result_t r = {0};
     rotor_secret_t *v = secret_from(value, strlen(value));
-    assert_int_equal(f->store->ops->put(f->store, name, v, NULL, 0, on_version, &r), 0);
+    assert_int_equal(f->store->ops->put(f->store, name, v, NULL, 0, on_version, &r, 0, NULL), 0);
     secret_free(v);
     wait_for(f, &r);
     return r;
@@ -419,7 +423,7 @@ static result_t try_put(fixture_t *f, const char *name, const char *value)
 static result_t try_get(fixture_t *f, const char *name)
 {
     result_t r = {0};
-    assert_int_equal(f->store->ops->get(f->store, name, NULL, on_value, &r), 0);
+    assert_int_equal(f->store->ops->get(f->store, name, NULL, on_value, &r, 0, NULL), 0);
     wait_for(f, &r);
     secret_free(r.value);
     r.value = NULL;
@@ -429,7 +433,7 @@ static result_t try_get(fixture_t *f, const char *name)
 static result_t try_find(fixture_t *f, const char *name)
 {
     result_t r = {0};
-    assert_int_equal(f->store->ops->find(f->store, name, "rot-1", on_version, &r), 0);
+    assert_int_equal(f->store->ops->find(f->store, name, "rot-1", on_version, &r, 0, NULL), 0);
     wait_for(f, &r);
     return r;
 }
@@ -438,7 +442,7 @@ static result_t try_write_current(fixture_t *f, const char *name, const char *va
 {
     result_t r = {0};
     rotor_secret_t *v = secret_from(value, strlen(value));
-    assert_int_equal(f->store->ops->write_current(f->store, name, v, on_done, &r), 0);
+    assert_int_equal(f->store->ops->write_current(f->store, name, v, on_done, &r, 0, NULL), 0);
     secret_free(v);
     wait_for(f, &r);
     return r;
@@ -526,7 +530,7 @@ static void test_symlinked_entry_refused(void **state)
     result_t r = try_get(f, "pg-green");
     expect_refused(&r, "pg-green is a symbolic link (refused, not followed)");
     r = (result_t){0};
-    assert_int_equal(f->store->ops->current(f->store, "pg-green", on_version, &r), 0);
+    assert_int_equal(f->store->ops->current(f->store, "pg-green", on_version, &r, 0, NULL), 0);
     wait_for(f, &r);
     expect_refused(&r, "pg-green is a symbolic link");
     r = try_write_current(f, "pg-green", "replaced");
@@ -548,7 +552,7 @@ static void test_symlinked_entry_refused(void **state)
     assert_int_equal(unlink(vpath), 0);
     assert_int_equal(symlink(outside, vpath), 0);
     r = (result_t){0};
-    assert_int_equal(f->store->ops->get(f->store, "pg-blue", v.version, on_value, &r), 0);
+    assert_int_equal(f->store->ops->get(f->store, "pg-blue", v.version, on_value, &r, 0, NULL), 0);
     wait_for(f, &r);
     expect_refused(&r, "is a symbolic link");
     assert_null(r.value);
@@ -612,10 +616,52 @@ static void test_symlinked_store_dir_refused(void **state)
     assert_false(exists(real, "pg-green"));
 }
 
+/* A canceled request calls back exactly once, with ROTOR_ECANCELED, whether its work was still
+ * queued (uv_cancel) or already running (its result is dropped); never from within the call. A
+ * request whose deadline passed before its work began does nothing. */
+static void test_cancel_and_deadline(void **state)
+{
+    fixture_t *f = *state;
+    result_t r = {0};
+    store_req_t *req = NULL;
+    rotor_secret_t *v = secret_from("canceled", 8);
+    store_tags_t tags = {.rotation_id = "rot-c", .slot = "green", .role = "app_green"};
+    assert_int_equal(f->store->ops->put(f->store, "pg-green", v, &tags, 0, on_version, &r, 0, &req),
+                     0);
+    secret_free(v);
+    assert_non_null(req);
+    f->store->ops->cancel(f->store, req);
+    assert_int_equal(r.calls, 0);
+    wait_for(f, &r);
+    assert_int_equal(r.status, ROTOR_ECANCELED);
+    assert_string_equal(r.version, "");
+
+    result_t g = {0};
+    assert_int_equal(f->store->ops->get(f->store, "pg-green", NULL, on_value, &g, 0, &req), 0);
+    f->store->ops->cancel(f->store, req);
+    wait_for(f, &g);
+    assert_int_equal(g.status, ROTOR_ECANCELED);
+    assert_null(g.value);
+
+    result_t late = {0};
+    v = secret_from("late", 4);
+    tags.rotation_id = "rot-late";
+    assert_int_equal(f->store->ops->put(f->store, "pg-green", v, &tags, 0, on_version, &late,
+                                        util_now_ms() - 1, NULL),
+                     0);
+    secret_free(v);
+    wait_for(f, &late);
+    assert_int_equal(late.status, ROTOR_ETIMEOUT);
+    assert_non_null(strstr(late.reason, "gave up: the attempt's deadline"));
+    result_t none = find(f, "pg-green", "rot-late");
+    assert_string_equal(none.version, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_put_writes_mount_and_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_and_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_and_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disable_current_removes_mount, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_current, setup, teardown),

@@ -291,7 +291,7 @@ static res_t put(fixture_t *f, store_t *s, const char *name, const char *value, 
     rotor_secret_t *v = secret_from(value, strlen(value));
     store_tags_t tags = {rot, "green", "app_green"};
     int64_t exp = util_now_ms() + 3600 * 1000;
-    assert_int_equal(s->ops->put(s, name, v, &tags, exp, on_version, &r), 0);
+    assert_int_equal(s->ops->put(s, name, v, &tags, exp, on_version, &r, 0, NULL), 0);
     secret_free(v);
     wait_res(f, &r);
     return r;
@@ -300,7 +300,7 @@ static res_t put(fixture_t *f, store_t *s, const char *name, const char *value, 
 static res_t find(fixture_t *f, const char *name, const char *rot)
 {
     res_t r = {0};
-    assert_int_equal(f->store->ops->find(f->store, name, rot, on_version, &r), 0);
+    assert_int_equal(f->store->ops->find(f->store, name, rot, on_version, &r, 0, NULL), 0);
     wait_res(f, &r);
     return r;
 }
@@ -308,7 +308,7 @@ static res_t find(fixture_t *f, const char *name, const char *rot)
 static res_t get(fixture_t *f, const char *name, const char *version)
 {
     res_t r = {0};
-    assert_int_equal(f->store->ops->get(f->store, name, version, on_value, &r), 0);
+    assert_int_equal(f->store->ops->get(f->store, name, version, on_value, &r, 0, NULL), 0);
     wait_res(f, &r);
     return r;
 }
@@ -316,7 +316,7 @@ static res_t get(fixture_t *f, const char *name, const char *version)
 static res_t current(fixture_t *f, const char *name)
 {
     res_t r = {0};
-    assert_int_equal(f->store->ops->current(f->store, name, on_version, &r), 0);
+    assert_int_equal(f->store->ops->current(f->store, name, on_version, &r, 0, NULL), 0);
     wait_res(f, &r);
     return r;
 }
@@ -324,7 +324,7 @@ static res_t current(fixture_t *f, const char *name)
 static res_t disable(fixture_t *f, const char *name, const char *version)
 {
     res_t r = {0};
-    assert_int_equal(f->store->ops->disable(f->store, name, version, on_done, &r), 0);
+    assert_int_equal(f->store->ops->disable(f->store, name, version, on_done, &r, 0, NULL), 0);
     wait_res(f, &r);
     return r;
 }
@@ -526,7 +526,8 @@ static void test_round_trip_and_paging(void **state)
     const char *entry = "{\"role\":\"app_green\",\"password\":\"pw-" MARK "\"}";
     rotor_secret_t *e = secret_from(entry, strlen(entry));
     res_t w = {0};
-    assert_int_equal(f->store->ops->write_current(f->store, "app-db-current", e, on_done, &w), 0);
+    assert_int_equal(
+        f->store->ops->write_current(f->store, "app-db-current", e, on_done, &w, 0, NULL), 0);
     secret_free(e);
     wait_res(f, &w);
     assert_int_equal(w.status, 0);
@@ -594,6 +595,162 @@ static void test_throttled_write_retried(void **state)
     char *text = log_text(f);
     assert_non_null(strstr(text, "store.keyvault.retry"));
     free(text);
+}
+
+/* Runs the loop for ms (other requests of the loop go on meanwhile). */
+static void on_pause(uv_timer_t *t)
+{
+    *(int *)t->data = 1;
+}
+
+static void pause_ms(fixture_t *f, uint64_t ms)
+{
+    uv_timer_t t;
+    int fired = 0;
+    uv_timer_init(&f->loop, &t);
+    t.data = &fired;
+    uv_timer_start(&t, on_pause, ms, 0);
+    while (!fired)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+static size_t count_method(json_t *reqs, const char *method)
+{
+    size_t n = 0, i;
+    json_t *q;
+    json_array_foreach(reqs, i, q)
+    {
+        if (strcmp(json_string_value(json_object_get(q, "method")), method) == 0)
+            n++;
+    }
+    return n;
+}
+
+/* A write the vault keeps throttling is canceled (the attempt it belongs to ended): the callback
+ * says so, and no later retry reaches the vault. Without cancellation the PUT was retried after
+ * each Retry-After, past the attempt, and could land a version no one waits for. */
+static void test_cancel_throttled_write(void **state)
+{
+    SKIP_WITHOUT_NODE();
+    fixture_t *f = *state;
+    res_t r = current(f, "app-db-blue"); /* the challenge first: the 429 meets the write */
+    assert_int_equal(r.status, 0);
+    long before = last_seq(f);
+    faults(f, "{\"throttle_writes\":100,\"retry_after\":2}");
+    res_t w = {0};
+    rotor_secret_t *v = secret_from("canceled-" MARK, strlen("canceled-" MARK));
+    store_tags_t tags = {"rot-cancel", "green", "app_green"};
+    store_req_t *req = NULL;
+    store_t *s = f->store;
+    assert_int_equal(s->ops->put(s, "app-db-blue", v, &tags, 0, on_version, &w, 0, &req), 0);
+    secret_free(v);
+    assert_non_null(req);
+    pause_ms(f, 1000); /* the first PUT got its 429; the retry waits 2 s */
+    assert_int_equal(w.done, 0);
+    s->ops->cancel(s, req);
+    assert_int_equal(w.done, 0); /* never from within the call */
+    wait_res(f, &w);
+    assert_int_equal(w.status, ROTOR_ECANCELED);
+    pause_ms(f, 3000); /* past the Retry-After the PUT would have been retried at */
+    json_t *reqs = requests_of(f, "vault", before);
+    assert_int_equal(count_method(reqs, "PUT"), 1);
+    assert_int_equal(rq_status(reqs, 0), 429);
+    json_decref(reqs);
+    json_t *vs = versions_of(f, "app-db-blue");
+    assert_int_equal(json_array_size(vs), 0);
+    json_decref(vs);
+    faults(f, "{\"reset\":true}");
+}
+
+/* A retry that would begin past the request's deadline is not made: the write fails at once
+ * with the last error and the deadline as the reason. */
+static void test_retry_past_deadline(void **state)
+{
+    SKIP_WITHOUT_NODE();
+    fixture_t *f = *state;
+    res_t r = current(f, "app-db-blue");
+    assert_int_equal(r.status, 0);
+    long before = last_seq(f);
+    faults(f, "{\"throttle_writes\":100,\"retry_after\":5}");
+    res_t w = {0};
+    rotor_secret_t *v = secret_from("late-" MARK, strlen("late-" MARK));
+    store_tags_t tags = {"rot-late", "green", "app_green"};
+    store_t *s = f->store;
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(
+        s->ops->put(s, "app-db-blue", v, &tags, 0, on_version, &w, util_now_ms() + 3000, NULL), 0);
+    secret_free(v);
+    wait_res(f, &w);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(w.status, ROTOR_ESTORE);
+    assert_non_null(strstr(w.reason, "Throttled"));
+    assert_non_null(strstr(w.reason, "gave up: the attempt's deadline"));
+    assert_true(ms < 2000); /* at once, not after the Retry-After */
+    json_t *reqs = requests_of(f, "vault", before);
+    assert_int_equal(count_method(reqs, "PUT"), 1);
+    json_decref(reqs);
+
+    /* A deadline already past: nothing is sent at all. */
+    before = last_seq(f);
+    res_t g = {0};
+    assert_int_equal(s->ops->get(s, "app-db-blue", NULL, on_value, &g, util_now_ms() - 1, NULL), 0);
+    wait_res(f, &g);
+    assert_int_equal(g.status, ROTOR_ETIMEOUT);
+    assert_non_null(strstr(g.reason, "gave up: the attempt's deadline"));
+    reqs = requests_of(f, "vault", before);
+    assert_int_equal(json_array_size(reqs), 0);
+    json_decref(reqs);
+    faults(f, "{\"reset\":true}");
+}
+
+/* The wait for the write limiter counts against the deadline, and a write canceled while it
+ * waits is never sent. */
+static void test_limiter_wait_deadline_and_cancel(void **state)
+{
+    SKIP_WITHOUT_NODE();
+    fixture_t *f = *state;
+    static cfg_secret_t c; /* borrowed by the store until the teardown closes it */
+    cfg_init(&c, g.vault_url, g.resolve, 2);
+    store_t *s;
+    char err[256];
+    store_deps_t deps = {f->http, f->cred};
+    assert_int_equal(store_keyvault_open(&f->loop, &c, &deps, &f->extra[0], err, sizeof err), 0);
+    s = f->extra[0];
+    res_t r = current(f, "app-db-blue"); /* the challenge first */
+    assert_int_equal(r.status, 0);
+    for (int i = 0; i < 2; i++) { /* the window's two writes */
+        r = put(f, s, "app-db-blue", "window-" MARK, "rot-w");
+        assert_int_equal(r.status, 0);
+    }
+    long before = last_seq(f);
+    static res_t late, canceled; /* outlive a failed assertion: the teardown cancels them */
+    memset(&late, 0, sizeof late);
+    memset(&canceled, 0, sizeof canceled);
+    rotor_secret_t *v = secret_from("queued-" MARK, strlen("queued-" MARK));
+    store_tags_t tags = {"rot-q", "green", "app_green"};
+    store_req_t *req = NULL;
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(
+        s->ops->put(s, "app-db-green", v, &tags, 0, on_version, &late, util_now_ms() + 1000, NULL),
+        0);
+    assert_int_equal(s->ops->put(s, "app-db-green", v, &tags, 0, on_version, &canceled, 0, &req),
+                     0);
+    secret_free(v);
+    pause_ms(f, 300);
+    s->ops->cancel(s, req);
+    wait_res(f, &canceled);
+    assert_int_equal(canceled.status, ROTOR_ECANCELED);
+    wait_res(f, &late);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(late.status, ROTOR_ETIMEOUT);
+    assert_non_null(strstr(late.reason, "gave up: the attempt's deadline"));
+    assert_non_null(strstr(late.reason, "write limiter"));
+    assert_true(ms >= 900 && ms < 5000);
+    json_t *reqs = requests_of(f, "vault", before);
+    assert_int_equal(count_method(reqs, "PUT"), 0);
+    json_decref(reqs);
 }
 
 static void test_unavailable_then_success(void **state)
@@ -677,7 +834,7 @@ static void check_foreign_challenge(fixture_t *f, const char *www)
     store_deps_t deps = {f->http, f->cred};
     assert_int_equal(store_keyvault_open(&f->loop, &cfg, &deps, &s, err, sizeof err), 0);
     res_t r = {0};
-    assert_int_equal(s->ops->get(s, "app-db-blue", NULL, on_value, &r), 0);
+    assert_int_equal(s->ops->get(s, "app-db-blue", NULL, on_value, &r, 0, NULL), 0);
     wait_res(f, &r);
     s->ops->close(s);
     assert_int_equal(r.status, ROTOR_ESTORE);
@@ -730,7 +887,7 @@ static void test_write_limit(void **state)
         rotor_secret_t *v = secret_from("limited-" MARK, strlen("limited-" MARK));
         store_tags_t tags = {rot, "blue", "app_blue"};
         store_t *st = s[i % 2];
-        assert_int_equal(st->ops->put(st, name, v, &tags, 0, on_version, &r[i]), 0);
+        assert_int_equal(st->ops->put(st, name, v, &tags, 0, on_version, &r[i], 0, NULL), 0);
         secret_free(v);
     }
     for (int i = 0; i < N; i++) {
@@ -781,9 +938,9 @@ static void test_close_with_pending(void **state)
     rotor_secret_t *v = secret_from("closing-" MARK, strlen("closing-" MARK));
     store_tags_t tags = {"rot-c", "blue", "app_blue"};
     /* The second write waits behind the first in the limiter. */
-    assert_int_equal(s->ops->put(s, "app-db-blue", v, &tags, 0, on_version, &a), 0);
-    assert_int_equal(s->ops->put(s, "app-db-green", v, &tags, 0, on_version, &b), 0);
-    assert_int_equal(s->ops->get(s, "app-db-blue", NULL, on_value, &d), 0);
+    assert_int_equal(s->ops->put(s, "app-db-blue", v, &tags, 0, on_version, &a, 0, NULL), 0);
+    assert_int_equal(s->ops->put(s, "app-db-green", v, &tags, 0, on_version, &b, 0, NULL), 0);
+    assert_int_equal(s->ops->get(s, "app-db-blue", NULL, on_value, &d, 0, NULL), 0);
     secret_free(v);
     for (int i = 0; i < 20; i++)
         uv_run(&f->loop, UV_RUN_NOWAIT);
@@ -804,10 +961,11 @@ static void test_bad_input(void **state)
     SKIP_WITHOUT_NODE();
     fixture_t *f = *state;
     res_t r = {0};
-    assert_int_equal(f->store->ops->get(f->store, "bad_name", NULL, on_value, &r), ROTOR_EINVALID);
-    assert_int_equal(f->store->ops->get(f->store, "app-db-blue", "../x", on_value, &r),
+    assert_int_equal(f->store->ops->get(f->store, "bad_name", NULL, on_value, &r, 0, NULL),
                      ROTOR_EINVALID);
-    assert_int_equal(f->store->ops->disable(f->store, "app-db-blue", "", on_done, &r),
+    assert_int_equal(f->store->ops->get(f->store, "app-db-blue", "../x", on_value, &r, 0, NULL),
+                     ROTOR_EINVALID);
+    assert_int_equal(f->store->ops->disable(f->store, "app-db-blue", "", on_done, &r, 0, NULL),
                      ROTOR_EINVALID);
     uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_int_equal(r.done, 0);
@@ -833,6 +991,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_round_trip_and_paging, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_find_reuses_version, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_throttled_write_retried, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_throttled_write, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_retry_past_deadline, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_limiter_wait_deadline_and_cancel, fx_setup,
+                                        fx_teardown),
         cmocka_unit_test_setup_teardown(test_unavailable_then_success, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_token_expiry, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_foreign_resource_refused, fx_setup, fx_teardown),
