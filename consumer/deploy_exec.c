@@ -209,6 +209,12 @@ static void exec_on_exit(uv_process_t *p, int64_t exit_status, int term_signal)
     req->exited = true;
     req->exit_status = exit_status;
     req->term_signal = term_signal;
+    char pid[24], st[24], sig[16];
+    snprintf(pid, sizeof pid, "%d", req->pid);
+    snprintf(st, sizeof st, "%lld", (long long)exit_status);
+    snprintf(sig, sizeof sig, "%d", term_signal);
+    log_debug("deploy.exec.exited", "action", req->action, "rotation_id", req->rotation_id, "pid",
+              pid, "status", st, "signal", sig);
     if (!req->out[0].done || !req->out[1].done)
         uv_timer_start(&req->timer, exec_on_timer, EXEC_DRAIN_MS, 0);
     exec_check_done(req);
@@ -456,15 +462,23 @@ static int exec_observe(deploy_t *d, const deploy_ctx_t *ctx, deploy_observe_cb 
     return 0;
 }
 
+/* The request ends (and its caller may tell the journal that nothing of the attempt runs any
+ * more) only once the command's whole process group is gone or given up on: the kill reaches the
+ * group, the exit and the pipes' EOF finish the request. */
 static void exec_cancel(deploy_req_t *req)
 {
     req->canceled = true;
     if (req->closing)
         return;
     if (!req->exited) {
-        exec_kill(req); /* the exit and the pipes' EOF finish the request */
+        exec_kill(req);
         return;
     }
+    /* The command exited but a background process of its group still holds its output (the
+     * drain): it is part of the effect being cancelled, so it is killed too, not left running
+     * past the release. The group outlives its leader while a member is left. */
+    if (req->pid > 0 && (!req->out[0].done || !req->out[1].done) && kill(-req->pid, SIGKILL) == 0)
+        return; /* its death closes the pipes; the drain timer bounds the wait */
     exec_drain_end(req);
 }
 

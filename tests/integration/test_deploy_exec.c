@@ -425,6 +425,77 @@ static void test_background_holder_does_not_block(void **state)
     assert_string_equal(lines[0], "started");
 }
 
+typedef struct {
+    fixture_t *f;
+    deploy_req_t *req;
+    result_t *r;
+    char shellfile[128];
+    char daemonfile[128];
+} drain_canceler_t;
+
+static int read_pid(const char *path)
+{
+    int pid = 0;
+    FILE *fp = fopen(path, "r");
+    if (fp) {
+        if (fscanf(fp, "%d", &pid) != 1)
+            pid = 0;
+        fclose(fp);
+    }
+    return pid;
+}
+
+/* Cancels once the command's shell has exited and been reaped (no /proc entry left: the loop
+ * reaped it, so the driver has seen the exit) while the background process it started still
+ * holds its output. */
+static void cancel_in_drain(uv_timer_t *t)
+{
+    drain_canceler_t *c = t->data;
+    int shell = read_pid(c->shellfile);
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%d", shell);
+    if (c->r->calls == 0 && (shell <= 0 || access(proc, F_OK) == 0))
+        return;
+    if (c->r->calls == 0)
+        c->f->drv->ops->cancel(c->req);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+/* A cancel is what lets the engine tell the journal that the attempt's effect is over (the new
+ * owner then runs it again): a process of the command's group still running after the shell
+ * exited (the drain) is part of that effect and must be gone when the cancel reports. */
+static void test_cancel_in_drain_kills_background(void **state)
+{
+    fixture_t *f = *state;
+    result_t r = {0};
+    drain_canceler_t c = {.f = f, .r = &r};
+    snprintf(c.shellfile, sizeof c.shellfile, "%s/shell", f->dir);
+    snprintf(c.daemonfile, sizeof c.daemonfile, "%s/daemon", f->dir);
+    snprintf(f->cmd[0], sizeof f->cmd[0],
+             "sleep 30 & echo $! >%s.t; mv %s.t %s; echo $$ >%s.t; mv %s.t %s", c.daemonfile,
+             c.daemonfile, c.daemonfile, c.shellfile, c.shellfile, c.shellfile);
+    open_driver(f);
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(f->drv->ops->deploy(f->drv, &ctx_green, on_done, &r, &c.req), 0);
+    uv_timer_t t;
+    uv_timer_init(&f->loop, &t);
+    t.data = &c;
+    uv_timer_start(&t, cancel_in_drain, 5, 5);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    int daemon = read_pid(c.daemonfile);
+    assert_true(daemon > 0);
+    /* A killed process closes its files (the pipes' EOF) a moment before it turns zombie. */
+    for (int i = 0; i < 50 && !process_gone(daemon); i++)
+        usleep(20 * 1000);
+    bool gone = process_gone(daemon);
+    if (!gone)
+        kill(daemon, SIGKILL);
+    assert_true(gone);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, ROTOR_ECANCELED);
+    assert_true((uv_hrtime() - t0) / 1000000 < 10000);
+}
+
 static void test_bad_workdir_fails_with_reason(void **state)
 {
     fixture_t *f = *state;
@@ -468,6 +539,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_killed_by_signal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_kills_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kills_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_in_drain_kills_background, setup, teardown),
         cmocka_unit_test_setup_teardown(test_optional_actions_absent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_actions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_background_holder_does_not_block, setup, teardown),
