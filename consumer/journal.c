@@ -922,10 +922,13 @@ int journal_release(journal_t *j, const char *id, int32_t part, int64_t epoch, c
     fmt_ms(e, sizeof e, epoch);
     const char *params[] = {id, p, e, history};
     /* Not fenced by rotor.owners: a process that lost the secret may still say that its own
-     * attempt is over; the attempt's claim on the row is what identifies it. */
+     * attempt is over; the attempt's claim on the row is what identifies it. A released attempt
+     * is given back (attempt - 1): it was stopped by a rebalance, not by its effect, so the next
+     * owner runs it under the same number and a series of rebalances cannot spend max_attempts.
+     * A crash releases nothing, so crash loops still count. */
     return jq(j,
               "WITH m AS (UPDATE rotor.rotations SET run_until = NULL, seq = seq + 1,"
-              "  updated_at = now()"
+              "  attempt = greatest(attempt - 1, 0), updated_at = now()"
               " WHERE id = $1::uuid AND status = 'running' AND run_part = $2::int"
               "  AND run_epoch = $3::bigint AND run_by = current_setting('application_name')"
               "  AND run_until IS NOT NULL"
