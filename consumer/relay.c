@@ -21,14 +21,17 @@
 #define RELAY_MARK_MS 20        /* ...or this long after the first of them was reported */
 #define RELAY_TICK_MS 1000      /* outbox poll: rows of a restart, retries after a failure */
 #define RELAY_SWEEP_TICKS 10    /* adopt, read the outbox from its start, refresh the gauges */
-#define RELAY_MAX_HEADERS 32
+#define RELAY_MAX_HEADERS 64    /* a row's own headers sent at most (a dead letter's input's) */
 /* librdkafka counts a record's own framing (varints, timestamp, attributes) against
  * message.max.bytes, and the broker counts the record batch's (61 bytes) against its limit:
  * a cut dead letter leaves this much room for both. */
 #define RELAY_FRAME_SLACK 512
-/* The dead-letter headers that say a row is one (journal_dead_letter) and that it was cut. */
+/* The dead-letter header that says a row is one (journal_dead_letter), and those that say what
+ * was cut of it. */
 #define RELAY_DLQ_HEADER "rotor-dlq-reason"
 #define RELAY_TRUNC_HEADER "rotor-truncated"
+#define RELAY_KEY_HEADER "rotor-key-truncated"
+#define RELAY_DROPPED_HEADER "rotor-headers-dropped"
 
 #define PARKED_TOTAL "rotor_outbox_parked_total"
 #define PARKED_TOTAL_HELP "Outbox rows parked because Kafka refused them for good"
@@ -312,25 +315,6 @@ static void park(relay_t *r, int64_t id, const char *topic, int err, const char 
 /* ---- publishing -------------------------------------------------------------------------------
  */
 
-/* Headers stored as a JSON object of strings. */
-static size_t headers_from_json(const char *text, event_header_t *out, size_t max, json_t **doc)
-{
-    *doc = text ? json_loads(text, 0, NULL) : NULL;
-    size_t n = 0;
-    const char *name;
-    json_t *v;
-    json_object_foreach(*doc, name, v)
-    {
-        if (n < max && json_is_string(v)) {
-            out[n].name = name;
-            out[n].value = json_string_value(v);
-            out[n].len = json_string_length(v);
-            n++;
-        }
-    }
-    return n;
-}
-
 /* What the headers add to a record, counting each varint at its widest. */
 static size_t headers_size(const event_header_t *h, size_t n)
 {
@@ -340,33 +324,96 @@ static size_t headers_size(const event_header_t *h, size_t n)
     return size;
 }
 
-/* A dead letter carries its input's original bytes, and an input can be as large as the consumer
- * takes (inputs over kafka.max_message_bytes are dead-lettered too, whole): the bytes are cut
- * here so that value, key and headers fit the producer's message.max.bytes, and the header
- * rotor-truncated gives the original length. Here and not in journal_dead_letter: the journal
- * keeps every original byte for the operator (rotor.outbox), only the producer knows its
- * effective limit (an operator's message.max.bytes may override kafka.max_message_bytes), and
- * the journal knows nothing of Kafka. The same row is cut the same way on every send, so a
- * repeat is still an exact copy. Any other row is never cut: a truncated CloudEvent is no event,
- * and a row too large is parked instead. Returns the length to send. */
-static size_t fit_dead_letter(const relay_t *r, const journal_outbox_row_t *row,
-                              event_header_t *hdrs, size_t *nh, char *orig, size_t origlen)
+/* A row as it goes to the producer: its headers (borrowed from doc and the buffers here), the key
+ * and the length of the value to send. */
+typedef struct {
+    event_header_t h[RELAY_MAX_HEADERS + 8];
+    size_t n;
+    const unsigned char *key;
+    size_t key_len;
+    size_t len;
+    json_t *doc; /* owned: json_decref */
+    char orig[24], keylen[24], dropped[24], keyhash[65];
+} relay_msg_t;
+
+static void msg_header(relay_msg_t *m, const char *name, const char *value, size_t len)
 {
-    size_t max = kafka_max_message_bytes(r->k);
-    bool dead_letter = false;
-    for (size_t i = 0; i < *nh; i++)
-        if (strcmp(hdrs[i].name, RELAY_DLQ_HEADER) == 0)
-            dead_letter = true;
-    if (!dead_letter || max == 0)
-        return row->len;
-    size_t fixed = row->key_len + headers_size(hdrs, *nh) + RELAY_FRAME_SLACK;
-    if (row->len + fixed <= max)
-        return row->len;
-    snprintf(orig, origlen, "%zu", row->len);
-    hdrs[*nh] = (event_header_t){.name = RELAY_TRUNC_HEADER, .value = orig, .len = strlen(orig)};
-    (*nh)++;
-    fixed += 10 + strlen(RELAY_TRUNC_HEADER) + strlen(orig);
-    return fixed < max ? max - fixed : 0;
+    m->h[m->n++] = (event_header_t){.name = name, .value = value, .len = len};
+}
+
+/* The headers journal_dead_letter adds, in this order: the first ones a dead letter carries. */
+static const char *const relay_dlq_headers[] = {RELAY_DLQ_HEADER, "rotor-dlq-topic",
+                                                "rotor-dlq-partition", "rotor-dlq-offset"};
+
+/* A dead letter carries its input's original bytes, and an input can be as large as the consumer
+ * takes (inputs over kafka.max_message_bytes are dead-lettered too, whole), with as many headers
+ * and as long a key as the input had. So that a dead letter always fits the producer's
+ * message.max.bytes and always says it is one: rotor's rotor-dlq-* headers come first, whatever
+ * the input's headers (jsonb orders them by length, so 32 short names used to push rotor's out);
+ * a key over a quarter of the limit is replaced by its SHA-256 in hex, its length in
+ * rotor-key-truncated; input headers are dropped from the end until key and headers fit, their
+ * count in rotor-headers-dropped; and the value is cut to what is left, its length in
+ * rotor-truncated. Here and not in journal_dead_letter: the journal keeps every original byte for
+ * the operator (rotor.outbox), only the producer knows its effective limit (an operator's
+ * message.max.bytes may override kafka.max_message_bytes), and the journal knows nothing of
+ * Kafka. The same row is cut the same way on every send, so a repeat is still an exact copy.
+ * Any other row is never cut: a truncated CloudEvent is no event, and a row too large is parked
+ * instead. */
+static void build_message(const relay_t *r, const journal_outbox_row_t *row, relay_msg_t *m)
+{
+    m->n = 0;
+    m->key = row->key;
+    m->key_len = row->key_len;
+    m->len = row->len;
+    m->doc = row->headers ? json_loads(row->headers, 0, NULL) : NULL;
+    bool dead = json_is_string(json_object_get(m->doc, RELAY_DLQ_HEADER));
+    size_t max = dead ? kafka_max_message_bytes(r->k) : 0;
+    size_t budget = max > RELAY_FRAME_SLACK ? max - RELAY_FRAME_SLACK : 0;
+    if (dead) {
+        for (size_t i = 0; i < sizeof relay_dlq_headers / sizeof *relay_dlq_headers; i++) {
+            json_t *v = json_object_get(m->doc, relay_dlq_headers[i]);
+            if (json_is_string(v))
+                msg_header(m, relay_dlq_headers[i], json_string_value(v), json_string_length(v));
+        }
+        if (max > 0 && m->key && m->key_len > budget / 4) {
+            snprintf(m->keylen, sizeof m->keylen, "%zu", m->key_len);
+            util_sha256_hex(m->key, m->key_len, m->keyhash);
+            m->key = (const unsigned char *)m->keyhash;
+            m->key_len = 64;
+            msg_header(m, RELAY_KEY_HEADER, m->keylen, strlen(m->keylen));
+        }
+    }
+    size_t own = m->n, dropped = 0;
+    const char *name;
+    json_t *v;
+    json_object_foreach(m->doc, name, v)
+    {
+        if (!json_is_string(v) || (dead && strncmp(name, "rotor-dlq-", 10) == 0))
+            continue;
+        if (m->n - own < RELAY_MAX_HEADERS)
+            msg_header(m, name, json_string_value(v), json_string_length(v));
+        else
+            dropped++;
+    }
+    if (!dead || max == 0)
+        return;
+    /* Room for the two headers that may follow (names and values of at most 21 and 20 bytes). */
+    size_t room = 2 * (10 + 21 + 20);
+    while (m->n > own && m->key_len + headers_size(m->h, m->n) + room > budget) {
+        m->n--;
+        dropped++;
+    }
+    if (dropped) {
+        snprintf(m->dropped, sizeof m->dropped, "%zu", dropped);
+        msg_header(m, RELAY_DROPPED_HEADER, m->dropped, strlen(m->dropped));
+    }
+    size_t fixed = m->key_len + headers_size(m->h, m->n);
+    if (row->len + fixed <= budget)
+        return;
+    snprintf(m->orig, sizeof m->orig, "%zu", row->len);
+    msg_header(m, RELAY_TRUNC_HEADER, m->orig, strlen(m->orig));
+    fixed = m->key_len + headers_size(m->h, m->n);
+    m->len = fixed < budget ? budget - fixed : 0;
 }
 
 /* Whether the row is already on its way or waiting for its mark (a re-read must not send a
@@ -408,15 +455,12 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
             r->throttled = true; /* read on once reports have come back */
             return false;
         }
-        event_header_t hdrs[RELAY_MAX_HEADERS + 1];
-        json_t *doc;
-        size_t nh = headers_from_json(row->headers, hdrs, RELAY_MAX_HEADERS, &doc);
-        char orig[24];
-        size_t len = fit_dead_letter(r, row, hdrs, &nh, orig, sizeof orig);
-        int rc = kafka_produce(r->k, row->topic, row->key, row->key_len, row->value, len, hdrs, nh,
+        relay_msg_t m;
+        build_message(r, row, &m);
+        int rc = kafka_produce(r->k, row->topic, m.key, m.key_len, row->value, m.len, m.h, m.n,
                                (void *)(intptr_t)row->id);
-        size_t total = len + row->key_len + headers_size(hdrs, nh);
-        json_decref(doc);
+        size_t total = m.len + m.key_len + headers_size(m.h, m.n);
+        json_decref(m.doc);
         if (rc == 0) {
             inflight_add(r, row->id, row->key, row->key_len);
             r->last_id = row->id;

@@ -50,4 +50,8 @@ void util_utf8_trim(char *s);
  * so is wiping it when it holds a token. */
 int util_read_token_file(const char *path, char *buf, size_t max, size_t *len);
 
+/* SHA-256 of len bytes; util_sha256_hex writes it as 64 lower-case hex digits and a NUL. */
+void util_sha256(const void *data, size_t len, unsigned char out[32]);
+void util_sha256_hex(const void *data, size_t len, char out[65]);
+
 #endif
