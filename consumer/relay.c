@@ -17,11 +17,16 @@
 
 #define RELAY_FETCH 100         /* rows per outbox read */
 #define RELAY_MAX_INFLIGHT 2000 /* handed to the producer, not reported: no more reads above */
-#define RELAY_MARK_ROWS 500     /* delivered ids marked sent in one statement at this many... */
-#define RELAY_MARK_MS 20        /* ...or this long after the first of them was reported */
-#define RELAY_TICK_MS 1000      /* outbox poll: rows of a restart, retries after a failure */
-#define RELAY_SWEEP_TICKS 10    /* adopt, read the outbox from its start, refresh the gauges */
-#define RELAY_MAX_HEADERS 64    /* a row's own headers sent at most (a dead letter's input's) */
+/* Bytes, not only rows: an outbox row may hold a 1 MiB key and value (a dead letter of a hostile
+ * input), and a broker outage keeps every row in flight. Past these the relay reads no more
+ * until reports come back; one row is always let through, whatever its size. */
+#define RELAY_MAX_INFLIGHT_BYTES (16u << 20) /* in the producer's queue, not reported */
+#define RELAY_FETCH_BYTES (4u << 20)         /* per outbox read (hex-escaped twice that in libpq) */
+#define RELAY_MARK_ROWS 500  /* delivered ids marked sent in one statement at this many... */
+#define RELAY_MARK_MS 20     /* ...or this long after the first of them was reported */
+#define RELAY_TICK_MS 1000   /* outbox poll: rows of a restart, retries after a failure */
+#define RELAY_SWEEP_TICKS 10 /* adopt, read the outbox from its start, refresh the gauges */
+#define RELAY_MAX_HEADERS 64 /* a row's own headers sent at most (a dead letter's input's) */
 /* librdkafka counts a record's own framing (varints, timestamp, attributes) against
  * message.max.bytes, and the broker counts the record batch's (61 bytes) against its limit:
  * a cut dead letter leaves this much room for both. */
@@ -40,19 +45,25 @@
 #define PARKED_GAUGE "rotor_outbox_parked"
 #define PARKED_HELP "Outbox rows parked and not replayed, all instances"
 
+/* A row's key as the ordering knows it: its SHA-256, not its bytes (a key may be 1 MiB, and 2000
+ * rows are in flight), or none. */
+typedef struct {
+    unsigned char sha[32];
+    bool set;
+} relay_key_t;
+
 /* A row handed to the producer and not yet reported. The key is kept for ordering: a row
  * whose delivery failed holds back the later rows of its key (see relay_delivered). */
 typedef struct {
     int64_t id;
-    unsigned char *key; /* owned */
-    size_t key_len;
+    relay_key_t key;
+    size_t bytes; /* value, key and headers as sent */
 } relay_row_t;
 
 /* A key whose row `floor` failed to deliver and was not delivered since: its later rows are
  * not marked sent, they are published again after it. */
 typedef struct {
-    unsigned char *key; /* owned */
-    size_t key_len;
+    relay_key_t key;
     int64_t floor;
 } relay_block_t;
 
@@ -71,6 +82,7 @@ struct relay_s {
     int64_t rewound;       /* lowest rewind while that read was on its way, 0 = none */
     relay_row_t *inflight;
     int ninflight, capinflight;
+    size_t inflight_bytes; /* sum of their bytes */
     relay_block_t *blocks;
     int nblocks, capblocks;
     relay_ids_t done;    /* delivered, waiting for the next mark statement */
@@ -133,51 +145,52 @@ static int inflight_find(const relay_t *r, int64_t id)
     return -1;
 }
 
-static void inflight_add(relay_t *r, int64_t id, const unsigned char *key, size_t key_len)
+static relay_key_t key_of(const unsigned char *key, size_t key_len)
+{
+    relay_key_t k = {.set = key != NULL};
+    if (key)
+        util_sha256(key, key_len, k.sha);
+    return k;
+}
+
+static void inflight_add(relay_t *r, int64_t id, relay_key_t key, size_t bytes)
 {
     if (r->ninflight == r->capinflight)
         r->inflight = grow(r->inflight, &r->capinflight, 128, sizeof *r->inflight);
-    relay_row_t *row = &r->inflight[r->ninflight++];
-    row->id = id;
-    row->key_len = key ? key_len : 0;
-    row->key = key ? util_malloc(key_len ? key_len : 1) : NULL;
-    if (key && key_len)
-        memcpy(row->key, key, key_len);
+    r->inflight[r->ninflight++] = (relay_row_t){id, key, bytes};
+    r->inflight_bytes += bytes;
 }
 
-static bool same_key(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
+static bool same_key(const relay_key_t *a, const relay_key_t *b)
 {
-    if (!a || !b)
-        return a == b;
-    return alen == blen && memcmp(a, b, alen) == 0;
+    if (!a->set || !b->set)
+        return a->set == b->set;
+    return memcmp(a->sha, b->sha, sizeof a->sha) == 0;
 }
 
-static relay_block_t *block_find(relay_t *r, const unsigned char *key, size_t key_len)
+static relay_block_t *block_find(relay_t *r, const relay_key_t *key)
 {
     for (int i = 0; i < r->nblocks; i++)
-        if (same_key(r->blocks[i].key, r->blocks[i].key_len, key, key_len))
+        if (same_key(&r->blocks[i].key, key))
             return &r->blocks[i];
     return NULL;
 }
 
-/* Takes ownership of key. */
-static void block_set(relay_t *r, unsigned char *key, size_t key_len, int64_t floor)
+static void block_set(relay_t *r, const relay_key_t *key, int64_t floor)
 {
-    relay_block_t *b = block_find(r, key, key_len);
+    relay_block_t *b = block_find(r, key);
     if (b) {
         if (floor < b->floor)
             b->floor = floor;
-        free(key);
         return;
     }
     if (r->nblocks == r->capblocks)
         r->blocks = grow(r->blocks, &r->capblocks, 8, sizeof *r->blocks);
-    r->blocks[r->nblocks++] = (relay_block_t){key, key_len, floor};
+    r->blocks[r->nblocks++] = (relay_block_t){*key, floor};
 }
 
 static void block_drop(relay_t *r, relay_block_t *b)
 {
-    free(b->key);
     *b = r->blocks[--r->nblocks];
 }
 
@@ -187,10 +200,6 @@ static void maybe_free(relay_t *r)
     if (r->closed < 2 || r->fetching || r->marking_busy || r->adopting || r->counting ||
         r->parking.n > 0)
         return;
-    for (int i = 0; i < r->ninflight; i++)
-        free(r->inflight[i].key);
-    for (int i = 0; i < r->nblocks; i++)
-        free(r->blocks[i].key);
     free(r->inflight);
     free(r->blocks);
     free(r->done.v);
@@ -426,11 +435,11 @@ static bool tracked(const relay_t *r, int64_t id)
 
 /* A block whose failed row this read passed over without finding it unsent (an operator marked,
  * parked or deleted it) would hold its key back for ever: it goes. */
-static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int n)
+static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int n, bool full)
 {
     for (int b = 0; b < r->nblocks;) {
         int64_t floor = r->blocks[b].floor;
-        bool covered = floor > r->fetch_from && (n < RELAY_FETCH || rows[n - 1].id >= floor);
+        bool covered = floor > r->fetch_from && (!full || rows[n - 1].id >= floor);
         bool found = false;
         for (int i = 0; covered && i < n && !found; i++)
             found = rows[i].id == floor;
@@ -441,28 +450,42 @@ static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int 
     }
 }
 
+/* Whether a read returned all it was asked for (rows or bytes, as journal_outbox_fetch counts
+ * them): then more may follow at once. */
+static bool read_full(const journal_outbox_row_t *rows, int n)
+{
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += rows[i].key_len + rows[i].len + (rows[i].headers ? strlen(rows[i].headers) : 0);
+    return n == RELAY_FETCH || bytes >= RELAY_FETCH_BYTES;
+}
+
 /* Hands rows to the producer; returns whether to read on at once. */
 static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
 {
-    drop_stale_blocks(r, rows, n);
+    bool full = read_full(rows, n);
+    drop_stale_blocks(r, rows, n, full);
     for (int i = 0; i < n; i++) {
         const journal_outbox_row_t *row = &rows[i];
         if (tracked(r, row->id)) {
             r->last_id = row->id;
             continue;
         }
-        if (r->ninflight >= RELAY_MAX_INFLIGHT) {
+        relay_msg_t m;
+        build_message(r, row, &m);
+        size_t total = m.len + m.key_len + headers_size(m.h, m.n);
+        if (r->ninflight >= RELAY_MAX_INFLIGHT ||
+            (r->ninflight > 0 && r->inflight_bytes + total > RELAY_MAX_INFLIGHT_BYTES)) {
+            json_decref(m.doc);
             r->throttled = true; /* read on once reports have come back */
             return false;
         }
-        relay_msg_t m;
-        build_message(r, row, &m);
         int rc = kafka_produce(r->k, row->topic, m.key, m.key_len, row->value, m.len, m.h, m.n,
                                (void *)(intptr_t)row->id);
-        size_t total = m.len + m.key_len + headers_size(m.h, m.n);
         json_decref(m.doc);
+        relay_key_t key = key_of(row->key, row->key_len);
         if (rc == 0) {
-            inflight_add(r, row->id, row->key, row->key_len);
+            inflight_add(r, row->id, key, total);
             r->last_id = row->id;
         } else if (kafka_err_permanent(rc)) {
             /* Refused before it left (larger than message.max.bytes, unknown topic): it would
@@ -477,7 +500,7 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
                 snprintf(why, sizeof why, "refused by the producer: %s", rotor_strerror(rc));
             park(r, row->id, row->topic, rc, why);
             r->last_id = row->id;
-            relay_block_t *b = block_find(r, row->key, row->key_len);
+            relay_block_t *b = block_find(r, &key);
             if (b && b->floor == row->id)
                 block_drop(r, b); /* the rows behind it no longer wait for it */
         } else {
@@ -489,7 +512,7 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
             return false;
         }
     }
-    return n == RELAY_FETCH;
+    return full;
 }
 
 static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int n)
@@ -523,7 +546,7 @@ static void fetch(relay_t *r)
     }
     r->fetching = true;
     r->fetch_from = r->last_id;
-    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, on_rows, r) < 0)
+    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, RELAY_FETCH_BYTES, on_rows, r) < 0)
         r->fetching = false;
 }
 
@@ -599,14 +622,13 @@ void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
 {
     int64_t id = (int64_t)(intptr_t)opaque;
     int at = inflight_find(r, id);
-    unsigned char *key = NULL;
-    size_t key_len = 0;
+    relay_key_t key = {.set = false};
     if (at >= 0) {
         key = r->inflight[at].key;
-        key_len = r->inflight[at].key_len;
+        r->inflight_bytes -= r->inflight[at].bytes;
         r->inflight[at] = r->inflight[--r->ninflight];
     }
-    relay_block_t *b = block_find(r, key, key_len);
+    relay_block_t *b = block_find(r, &key);
     char ids[24];
     snprintf(ids, sizeof ids, "%" PRId64, id);
     if (err == 0) {
@@ -618,21 +640,20 @@ void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
                 block_drop(r, b);
             delivered_ok(r, id);
         }
-        free(key);
     } else if (kafka_err_permanent(err)) {
         if (b && b->floor == id)
             block_drop(r, b); /* the rows behind it no longer wait for it */
         park(r, id, NULL, err, reason);
-        free(key);
     } else {
         if (!r->failing)
             log_warn("relay.delivery_failed", "outbox_id", ids, "error", reason ? reason : "",
                      "note", "published again from this row on the next tick");
         r->failing = true;
-        block_set(r, key, key_len, id); /* takes key */
+        block_set(r, &key, id);
         rewind_to(r, id);
     }
-    if (r->throttled && r->ninflight < RELAY_MAX_INFLIGHT / 2) {
+    if (r->throttled && r->ninflight < RELAY_MAX_INFLIGHT / 2 &&
+        r->inflight_bytes <= RELAY_MAX_INFLIGHT_BYTES / 2) {
         r->throttled = false;
         fetch(r);
     }
