@@ -317,6 +317,35 @@ static void on_bootstrap_step(pgc_conn_t *c, PGresult *res, int status, void *ar
         on_locked(c, res, 0, j);
 }
 
+/* The outbox's owner, adoption and fencing all compare rows with this session's
+ * application_name: a server that keeps another value (cut, bytes replaced) would make two
+ * instances one, or an instance a stranger to its own rows. So it must be the name sent. */
+static void on_appname(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status == ROTOR_ECANCELED)
+        return;
+    if (status != 0) {
+        log_db_error("application_name", c, res);
+        open_done(j, ROTOR_EDB, "cannot read the journal session's application_name");
+        return;
+    }
+    const char *got = PQgetvalue(res, 0, 0);
+    if (strcmp(got, j->appname) != 0) {
+        char reason[512];
+        snprintf(reason, sizeof reason,
+                 "the journal session's application_name is \"%.150s\", not \"%.150s\": "
+                 "the instance identity would be ambiguous (check the server's and the DSN's "
+                 "settings of application_name)",
+                 got, j->appname);
+        util_utf8_trim(reason);
+        open_done(j, ROTOR_ECONFIG, reason);
+        return;
+    }
+    j->migration = 0;
+    pgc_query(c, bootstrap_sql[0], 0, NULL, on_bootstrap_step, j);
+}
+
 static void on_connected(pgc_conn_t *c, int status, void *arg)
 {
     journal_t *j = arg;
@@ -327,8 +356,7 @@ static void on_connected(pgc_conn_t *c, int status, void *arg)
         open_done(j, ROTOR_EDB, reason);
         return;
     }
-    j->migration = 0;
-    pgc_query(c, bootstrap_sql[0], 0, NULL, on_bootstrap_step, j);
+    pgc_query(c, "SELECT current_setting('application_name')", 0, NULL, on_appname, j);
 }
 
 int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal_open_cb cb,

@@ -385,3 +385,27 @@ void util_sha256_hex(const void *data, size_t len, char out[65])
     }
     out[64] = '\0';
 }
+
+void util_instance_name(const char *name, char *out, size_t len)
+{
+    /* PostgreSQL keeps 63 bytes of application_name and turns every byte outside printable
+     * ASCII into '?': two long pod names of one Deployment (same prefix, a suffix that differs at
+     * the end) would become one identity, and the outbox, adoption and fencing all key on it. */
+    size_t n = strlen(name);
+    bool plain = n > 0 && n <= UTIL_INSTANCE_MAX;
+    for (size_t i = 0; plain && i < n; i++)
+        plain = name[i] > 32 && name[i] < 127;
+    if (plain) {
+        util_strlcpy(out, name, len);
+        return;
+    }
+    /* A readable prefix, then 16 hex digits of the whole name's SHA-256. */
+    char prefix[UTIL_INSTANCE_MAX - 16];
+    size_t keep = n < sizeof prefix - 1 ? n : sizeof prefix - 1;
+    for (size_t i = 0; i < keep; i++)
+        prefix[i] = name[i] > 32 && name[i] < 127 ? name[i] : '_';
+    prefix[keep] = '\0';
+    char hex[65];
+    util_sha256_hex(name, n, hex);
+    snprintf(out, len, "%s-%.16s", prefix, hex);
+}
