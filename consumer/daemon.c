@@ -584,10 +584,12 @@ int daemon_run(const rotor_config_t *cfg)
     daemon_t *d = util_calloc(1, sizeof *d);
     d->cfg = cfg;
     const char *inst = getenv("ROTOR_INSTANCE");
-    if (inst && *inst)
-        util_strlcpy(d->instance, inst, sizeof d->instance);
-    else if (gethostname(d->instance, sizeof d->instance) != 0)
-        util_strlcpy(d->instance, "rotor", sizeof d->instance);
+    char host[256];
+    if (!(inst && *inst) && gethostname(host, sizeof host) == 0) {
+        host[sizeof host - 1] = '\0';
+        inst = host;
+    }
+    util_instance_name(inst && *inst ? inst : "rotor", d->instance, sizeof d->instance);
     snprintf(d->source, sizeof d->source, "/rotor/%s", d->instance);
     uv_loop_init(&d->loop);
     uv_signal_init(&d->loop, &d->sigint);

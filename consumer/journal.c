@@ -317,6 +317,35 @@ static void on_bootstrap_step(pgc_conn_t *c, PGresult *res, int status, void *ar
         on_locked(c, res, 0, j);
 }
 
+/* The outbox's owner, adoption and fencing all compare rows with this session's
+ * application_name: a server that keeps another value (cut, bytes replaced) would make two
+ * instances one, or an instance a stranger to its own rows. So it must be the name sent. */
+static void on_appname(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    journal_t *j = arg;
+    if (status == ROTOR_ECANCELED)
+        return;
+    if (status != 0) {
+        log_db_error("application_name", c, res);
+        open_done(j, ROTOR_EDB, "cannot read the journal session's application_name");
+        return;
+    }
+    const char *got = PQgetvalue(res, 0, 0);
+    if (strcmp(got, j->appname) != 0) {
+        char reason[512];
+        snprintf(reason, sizeof reason,
+                 "the journal session's application_name is \"%.150s\", not \"%.150s\": "
+                 "the instance identity would be ambiguous (check the server's and the DSN's "
+                 "settings of application_name)",
+                 got, j->appname);
+        util_utf8_trim(reason);
+        open_done(j, ROTOR_ECONFIG, reason);
+        return;
+    }
+    j->migration = 0;
+    pgc_query(c, bootstrap_sql[0], 0, NULL, on_bootstrap_step, j);
+}
+
 static void on_connected(pgc_conn_t *c, int status, void *arg)
 {
     journal_t *j = arg;
@@ -327,8 +356,7 @@ static void on_connected(pgc_conn_t *c, int status, void *arg)
         open_done(j, ROTOR_EDB, reason);
         return;
     }
-    j->migration = 0;
-    pgc_query(c, bootstrap_sql[0], 0, NULL, on_bootstrap_step, j);
+    pgc_query(c, "SELECT current_setting('application_name')", 0, NULL, on_appname, j);
 }
 
 int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal_open_cb cb,
@@ -1055,20 +1083,30 @@ static void on_outbox_rows(pgc_conn_t *c, PGresult *res, int status, void *arg)
     free(q);
 }
 
-int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb, void *arg)
+int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, size_t max_bytes,
+                         journal_outbox_cb cb, void *arg)
 {
-    char after[24], lim[16];
+    char after[24], lim[16], bytes[24];
     fmt_ms(after, sizeof after, after_id);
     snprintf(lim, sizeof lim, "%d", limit);
-    const char *params[] = {after, lim};
+    snprintf(bytes, sizeof bytes, "%zu", max_bytes);
+    const char *params[] = {after, lim, bytes};
     /* An instance that restarts under its own name resumes its rows at once; rows of another
-     * instance become this one's through journal_outbox_adopt. */
+     * instance become this one's through journal_outbox_adopt. The rows before one must hold
+     * less than max_bytes for it to come along: octet_length reads a bytea's size from its
+     * TOAST pointer, so rows left out are never read in full. */
     return jq(j,
-              "SELECT id, topic, key, value, headers::text FROM rotor.outbox"
-              " WHERE sent_at IS NULL AND parked_at IS NULL AND id > $1::bigint"
-              "  AND owner = current_setting('application_name')"
-              " ORDER BY id LIMIT $2::int",
-              2, params, on_outbox_rows, jreq_new(j, (void *)cb, arg, false));
+              "SELECT id, topic, key, value, headers FROM ("
+              " SELECT id, topic, key, value, headers, coalesce(sum(size) OVER (ORDER BY id"
+              "   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before FROM ("
+              "  SELECT id, topic, key, value, headers::text AS headers,"
+              "   coalesce(octet_length(key), 0) + octet_length(value)"
+              "    + coalesce(octet_length(headers::text), 0) AS size FROM rotor.outbox"
+              "  WHERE sent_at IS NULL AND parked_at IS NULL AND id > $1::bigint"
+              "   AND owner = current_setting('application_name')"
+              "  ORDER BY id LIMIT $2::int) s) w"
+              " WHERE before < $3::bigint ORDER BY id",
+              3, params, on_outbox_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
 static void on_adopted(pgc_conn_t *c, PGresult *res, int status, void *arg)

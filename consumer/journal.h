@@ -190,8 +190,9 @@ int journal_schedule_claim(journal_t *j, const char *secret, int64_t due_ms, con
                            journal_done_cb cb, void *arg);
 
 /* Outbox rows not yet sent nor parked, written by this instance (or abandoned for over a minute by
- * another), with id > after_id, oldest first. Rows and their buffers are borrowed during the
- * callback. */
+ * another), with id > after_id, oldest first: at most limit rows, and a row only while those
+ * before it hold fewer than max_bytes of key, value and headers (as text), so the first always.
+ * Rows and their buffers are borrowed during the callback. */
 typedef struct {
     int64_t id;
     const char *topic;
@@ -202,8 +203,8 @@ typedef struct {
     const char *headers; /* JSON object of strings, or NULL */
 } journal_outbox_row_t;
 typedef void (*journal_outbox_cb)(void *arg, int status, const journal_outbox_row_t *rows, int n);
-int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, journal_outbox_cb cb,
-                         void *arg);
+int journal_outbox_fetch(journal_t *j, int64_t after_id, int limit, size_t max_bytes,
+                         journal_outbox_cb cb, void *arg);
 
 /* Takes over unsent, unparked rows another instance left for over a minute and that has no
  * journal session any more (a pod replaced under a new name). first_id: the lowest adopted id,

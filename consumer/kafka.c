@@ -736,6 +736,9 @@ static int kafka_make_producer(kafka_t *k, const char *brokers, char *err, size_
     static const char *const defaults[][2] = {
         {"partitioner", "murmur2_random"},
         {"linger.ms", "5"},
+        /* librdkafka's 1 GiB default would let a broker outage fill memory: the relay keeps
+         * its own byte budget below this, and an operator's property still wins. */
+        {"queue.buffering.max.kbytes", "65536"},
     };
     static const char *const enforced[][2] = {
         {"enable.idempotence", "true"},

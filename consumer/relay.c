@@ -17,6 +17,11 @@
 
 #define RELAY_FETCH 100         /* rows per outbox read */
 #define RELAY_MAX_INFLIGHT 2000 /* handed to the producer, not reported: no more reads above */
+/* Bytes, not only rows: an outbox row may hold a 1 MiB key and value (a dead letter of a hostile
+ * input), and a broker outage keeps every row in flight. Past these the relay reads no more
+ * until reports come back; one row is always let through, whatever its size. */
+#define RELAY_MAX_INFLIGHT_BYTES (16u << 20) /* in the producer's queue, not reported */
+#define RELAY_FETCH_BYTES (4u << 20)         /* per outbox read (hex-escaped twice that in libpq) */
 #define RELAY_MARK_ROWS 500     /* delivered ids marked sent in one statement at this many... */
 #define RELAY_MARK_MS 20        /* ...or this long after the first of them was reported */
 /* New rows are read when the journal commits them (relay_kick), so the relay polls only for what
@@ -26,14 +31,17 @@
  * RELAY_RETRY_MS. An idle relay thus wakes the loop once in RELAY_SWEEP_MS, not every second. */
 #define RELAY_SWEEP_MS 10000
 #define RELAY_RETRY_MS 1000
-#define RELAY_MAX_HEADERS 32
+#define RELAY_MAX_HEADERS 64 /* a row's own headers sent at most (a dead letter's input's) */
 /* librdkafka counts a record's own framing (varints, timestamp, attributes) against
  * message.max.bytes, and the broker counts the record batch's (61 bytes) against its limit:
  * a cut dead letter leaves this much room for both. */
 #define RELAY_FRAME_SLACK 512
-/* The dead-letter headers that say a row is one (journal_dead_letter) and that it was cut. */
+/* The dead-letter header that says a row is one (journal_dead_letter), and those that say what
+ * was cut of it. */
 #define RELAY_DLQ_HEADER "rotor-dlq-reason"
 #define RELAY_TRUNC_HEADER "rotor-truncated"
+#define RELAY_KEY_HEADER "rotor-key-truncated"
+#define RELAY_DROPPED_HEADER "rotor-headers-dropped"
 
 #define PARKED_TOTAL "rotor_outbox_parked_total"
 #define PARKED_TOTAL_HELP "Outbox rows parked because Kafka refused them for good"
@@ -42,19 +50,25 @@
 #define PARKED_GAUGE "rotor_outbox_parked"
 #define PARKED_HELP "Outbox rows parked and not replayed, all instances"
 
+/* A row's key as the ordering knows it: its SHA-256, not its bytes (a key may be 1 MiB, and 2000
+ * rows are in flight), or none. */
+typedef struct {
+    unsigned char sha[32];
+    bool set;
+} relay_key_t;
+
 /* A row handed to the producer and not yet reported. The key is kept for ordering: a row
  * whose delivery failed holds back the later rows of its key (see relay_delivered). */
 typedef struct {
     int64_t id;
-    unsigned char *key; /* owned */
-    size_t key_len;
+    relay_key_t key;
+    size_t bytes; /* value, key and headers as sent */
 } relay_row_t;
 
 /* A key whose row `floor` failed to deliver and was not delivered since: its later rows are
  * not marked sent, they are published again after it. */
 typedef struct {
-    unsigned char *key; /* owned */
-    size_t key_len;
+    relay_key_t key;
     int64_t floor;
 } relay_block_t;
 
@@ -73,6 +87,7 @@ struct relay_s {
     int64_t rewound;       /* lowest rewind while that read was on its way, 0 = none */
     relay_row_t *inflight;
     int ninflight, capinflight;
+    size_t inflight_bytes; /* sum of their bytes */
     relay_block_t *blocks;
     int nblocks, capblocks;
     relay_ids_t done;    /* delivered, waiting for the next mark statement */
@@ -135,51 +150,52 @@ static int inflight_find(const relay_t *r, int64_t id)
     return -1;
 }
 
-static void inflight_add(relay_t *r, int64_t id, const unsigned char *key, size_t key_len)
+static relay_key_t key_of(const unsigned char *key, size_t key_len)
+{
+    relay_key_t k = {.set = key != NULL};
+    if (key)
+        util_sha256(key, key_len, k.sha);
+    return k;
+}
+
+static void inflight_add(relay_t *r, int64_t id, relay_key_t key, size_t bytes)
 {
     if (r->ninflight == r->capinflight)
         r->inflight = grow(r->inflight, &r->capinflight, 128, sizeof *r->inflight);
-    relay_row_t *row = &r->inflight[r->ninflight++];
-    row->id = id;
-    row->key_len = key ? key_len : 0;
-    row->key = key ? util_malloc(key_len ? key_len : 1) : NULL;
-    if (key && key_len)
-        memcpy(row->key, key, key_len);
+    r->inflight[r->ninflight++] = (relay_row_t){id, key, bytes};
+    r->inflight_bytes += bytes;
 }
 
-static bool same_key(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
+static bool same_key(const relay_key_t *a, const relay_key_t *b)
 {
-    if (!a || !b)
-        return a == b;
-    return alen == blen && memcmp(a, b, alen) == 0;
+    if (!a->set || !b->set)
+        return a->set == b->set;
+    return memcmp(a->sha, b->sha, sizeof a->sha) == 0;
 }
 
-static relay_block_t *block_find(relay_t *r, const unsigned char *key, size_t key_len)
+static relay_block_t *block_find(relay_t *r, const relay_key_t *key)
 {
     for (int i = 0; i < r->nblocks; i++)
-        if (same_key(r->blocks[i].key, r->blocks[i].key_len, key, key_len))
+        if (same_key(&r->blocks[i].key, key))
             return &r->blocks[i];
     return NULL;
 }
 
-/* Takes ownership of key. */
-static void block_set(relay_t *r, unsigned char *key, size_t key_len, int64_t floor)
+static void block_set(relay_t *r, const relay_key_t *key, int64_t floor)
 {
-    relay_block_t *b = block_find(r, key, key_len);
+    relay_block_t *b = block_find(r, key);
     if (b) {
         if (floor < b->floor)
             b->floor = floor;
-        free(key);
         return;
     }
     if (r->nblocks == r->capblocks)
         r->blocks = grow(r->blocks, &r->capblocks, 8, sizeof *r->blocks);
-    r->blocks[r->nblocks++] = (relay_block_t){key, key_len, floor};
+    r->blocks[r->nblocks++] = (relay_block_t){*key, floor};
 }
 
 static void block_drop(relay_t *r, relay_block_t *b)
 {
-    free(b->key);
     *b = r->blocks[--r->nblocks];
 }
 
@@ -189,10 +205,6 @@ static void maybe_free(relay_t *r)
     if (r->closed < 2 || r->fetching || r->marking_busy || r->adopting || r->counting ||
         r->parking.n > 0)
         return;
-    for (int i = 0; i < r->ninflight; i++)
-        free(r->inflight[i].key);
-    for (int i = 0; i < r->nblocks; i++)
-        free(r->blocks[i].key);
     free(r->inflight);
     free(r->blocks);
     free(r->done.v);
@@ -331,25 +343,6 @@ static void park(relay_t *r, int64_t id, const char *topic, int err, const char 
 /* ---- publishing -------------------------------------------------------------------------------
  */
 
-/* Headers stored as a JSON object of strings. */
-static size_t headers_from_json(const char *text, event_header_t *out, size_t max, json_t **doc)
-{
-    *doc = text ? json_loads(text, 0, NULL) : NULL;
-    size_t n = 0;
-    const char *name;
-    json_t *v;
-    json_object_foreach(*doc, name, v)
-    {
-        if (n < max && json_is_string(v)) {
-            out[n].name = name;
-            out[n].value = json_string_value(v);
-            out[n].len = json_string_length(v);
-            n++;
-        }
-    }
-    return n;
-}
-
 /* What the headers add to a record, counting each varint at its widest. */
 static size_t headers_size(const event_header_t *h, size_t n)
 {
@@ -359,33 +352,96 @@ static size_t headers_size(const event_header_t *h, size_t n)
     return size;
 }
 
-/* A dead letter carries its input's original bytes, and an input can be as large as the consumer
- * takes (inputs over kafka.max_message_bytes are dead-lettered too, whole): the bytes are cut
- * here so that value, key and headers fit the producer's message.max.bytes, and the header
- * rotor-truncated gives the original length. Here and not in journal_dead_letter: the journal
- * keeps every original byte for the operator (rotor.outbox), only the producer knows its
- * effective limit (an operator's message.max.bytes may override kafka.max_message_bytes), and
- * the journal knows nothing of Kafka. The same row is cut the same way on every send, so a
- * repeat is still an exact copy. Any other row is never cut: a truncated CloudEvent is no event,
- * and a row too large is parked instead. Returns the length to send. */
-static size_t fit_dead_letter(const relay_t *r, const journal_outbox_row_t *row,
-                              event_header_t *hdrs, size_t *nh, char *orig, size_t origlen)
+/* A row as it goes to the producer: its headers (borrowed from doc and the buffers here), the key
+ * and the length of the value to send. */
+typedef struct {
+    event_header_t h[RELAY_MAX_HEADERS + 8];
+    size_t n;
+    const unsigned char *key;
+    size_t key_len;
+    size_t len;
+    json_t *doc; /* owned: json_decref */
+    char orig[24], keylen[24], dropped[24], keyhash[65];
+} relay_msg_t;
+
+static void msg_header(relay_msg_t *m, const char *name, const char *value, size_t len)
 {
-    size_t max = kafka_max_message_bytes(r->k);
-    bool dead_letter = false;
-    for (size_t i = 0; i < *nh; i++)
-        if (strcmp(hdrs[i].name, RELAY_DLQ_HEADER) == 0)
-            dead_letter = true;
-    if (!dead_letter || max == 0)
-        return row->len;
-    size_t fixed = row->key_len + headers_size(hdrs, *nh) + RELAY_FRAME_SLACK;
-    if (row->len + fixed <= max)
-        return row->len;
-    snprintf(orig, origlen, "%zu", row->len);
-    hdrs[*nh] = (event_header_t){.name = RELAY_TRUNC_HEADER, .value = orig, .len = strlen(orig)};
-    (*nh)++;
-    fixed += 10 + strlen(RELAY_TRUNC_HEADER) + strlen(orig);
-    return fixed < max ? max - fixed : 0;
+    m->h[m->n++] = (event_header_t){.name = name, .value = value, .len = len};
+}
+
+/* The headers journal_dead_letter adds, in this order: the first ones a dead letter carries. */
+static const char *const relay_dlq_headers[] = {RELAY_DLQ_HEADER, "rotor-dlq-topic",
+                                                "rotor-dlq-partition", "rotor-dlq-offset"};
+
+/* A dead letter carries its input's original bytes, and an input can be as large as the consumer
+ * takes (inputs over kafka.max_message_bytes are dead-lettered too, whole), with as many headers
+ * and as long a key as the input had. So that a dead letter always fits the producer's
+ * message.max.bytes and always says it is one: rotor's rotor-dlq-* headers come first, whatever
+ * the input's headers (jsonb orders them by length, so 32 short names used to push rotor's out);
+ * a key over a quarter of the limit is replaced by its SHA-256 in hex, its length in
+ * rotor-key-truncated; input headers are dropped from the end until key and headers fit, their
+ * count in rotor-headers-dropped; and the value is cut to what is left, its length in
+ * rotor-truncated. Here and not in journal_dead_letter: the journal keeps every original byte for
+ * the operator (rotor.outbox), only the producer knows its effective limit (an operator's
+ * message.max.bytes may override kafka.max_message_bytes), and the journal knows nothing of
+ * Kafka. The same row is cut the same way on every send, so a repeat is still an exact copy.
+ * Any other row is never cut: a truncated CloudEvent is no event, and a row too large is parked
+ * instead. */
+static void build_message(const relay_t *r, const journal_outbox_row_t *row, relay_msg_t *m)
+{
+    m->n = 0;
+    m->key = row->key;
+    m->key_len = row->key_len;
+    m->len = row->len;
+    m->doc = row->headers ? json_loads(row->headers, 0, NULL) : NULL;
+    bool dead = json_is_string(json_object_get(m->doc, RELAY_DLQ_HEADER));
+    size_t max = dead ? kafka_max_message_bytes(r->k) : 0;
+    size_t budget = max > RELAY_FRAME_SLACK ? max - RELAY_FRAME_SLACK : 0;
+    if (dead) {
+        for (size_t i = 0; i < sizeof relay_dlq_headers / sizeof *relay_dlq_headers; i++) {
+            json_t *v = json_object_get(m->doc, relay_dlq_headers[i]);
+            if (json_is_string(v))
+                msg_header(m, relay_dlq_headers[i], json_string_value(v), json_string_length(v));
+        }
+        if (max > 0 && m->key && m->key_len > budget / 4) {
+            snprintf(m->keylen, sizeof m->keylen, "%zu", m->key_len);
+            util_sha256_hex(m->key, m->key_len, m->keyhash);
+            m->key = (const unsigned char *)m->keyhash;
+            m->key_len = 64;
+            msg_header(m, RELAY_KEY_HEADER, m->keylen, strlen(m->keylen));
+        }
+    }
+    size_t own = m->n, dropped = 0;
+    const char *name;
+    json_t *v;
+    json_object_foreach(m->doc, name, v)
+    {
+        if (!json_is_string(v) || (dead && strncmp(name, "rotor-dlq-", 10) == 0))
+            continue;
+        if (m->n - own < RELAY_MAX_HEADERS)
+            msg_header(m, name, json_string_value(v), json_string_length(v));
+        else
+            dropped++;
+    }
+    if (!dead || max == 0)
+        return;
+    /* Room for the two headers that may follow (names and values of at most 21 and 20 bytes). */
+    size_t room = 2 * (10 + 21 + 20);
+    while (m->n > own && m->key_len + headers_size(m->h, m->n) + room > budget) {
+        m->n--;
+        dropped++;
+    }
+    if (dropped) {
+        snprintf(m->dropped, sizeof m->dropped, "%zu", dropped);
+        msg_header(m, RELAY_DROPPED_HEADER, m->dropped, strlen(m->dropped));
+    }
+    size_t fixed = m->key_len + headers_size(m->h, m->n);
+    if (row->len + fixed <= budget)
+        return;
+    snprintf(m->orig, sizeof m->orig, "%zu", row->len);
+    msg_header(m, RELAY_TRUNC_HEADER, m->orig, strlen(m->orig));
+    fixed = m->key_len + headers_size(m->h, m->n);
+    m->len = fixed < budget ? budget - fixed : 0;
 }
 
 /* Whether the row is already on its way or waiting for its mark (a re-read must not send a
@@ -398,11 +454,11 @@ static bool tracked(const relay_t *r, int64_t id)
 
 /* A block whose failed row this read passed over without finding it unsent (an operator marked,
  * parked or deleted it) would hold its key back for ever: it goes. */
-static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int n)
+static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int n, bool full)
 {
     for (int b = 0; b < r->nblocks;) {
         int64_t floor = r->blocks[b].floor;
-        bool covered = floor > r->fetch_from && (n < RELAY_FETCH || rows[n - 1].id >= floor);
+        bool covered = floor > r->fetch_from && (!full || rows[n - 1].id >= floor);
         bool found = false;
         for (int i = 0; covered && i < n && !found; i++)
             found = rows[i].id == floor;
@@ -413,31 +469,42 @@ static void drop_stale_blocks(relay_t *r, const journal_outbox_row_t *rows, int 
     }
 }
 
+/* Whether a read returned all it was asked for (rows or bytes, as journal_outbox_fetch counts
+ * them): then more may follow at once. */
+static bool read_full(const journal_outbox_row_t *rows, int n)
+{
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += rows[i].key_len + rows[i].len + (rows[i].headers ? strlen(rows[i].headers) : 0);
+    return n == RELAY_FETCH || bytes >= RELAY_FETCH_BYTES;
+}
+
 /* Hands rows to the producer; returns whether to read on at once. */
 static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
 {
-    drop_stale_blocks(r, rows, n);
+    bool full = read_full(rows, n);
+    drop_stale_blocks(r, rows, n, full);
     for (int i = 0; i < n; i++) {
         const journal_outbox_row_t *row = &rows[i];
         if (tracked(r, row->id)) {
             r->last_id = row->id;
             continue;
         }
-        if (r->ninflight >= RELAY_MAX_INFLIGHT) {
+        relay_msg_t m;
+        build_message(r, row, &m);
+        size_t total = m.len + m.key_len + headers_size(m.h, m.n);
+        if (r->ninflight >= RELAY_MAX_INFLIGHT ||
+            (r->ninflight > 0 && r->inflight_bytes + total > RELAY_MAX_INFLIGHT_BYTES)) {
+            json_decref(m.doc);
             r->throttled = true; /* read on once reports have come back */
             return false;
         }
-        event_header_t hdrs[RELAY_MAX_HEADERS + 1];
-        json_t *doc;
-        size_t nh = headers_from_json(row->headers, hdrs, RELAY_MAX_HEADERS, &doc);
-        char orig[24];
-        size_t len = fit_dead_letter(r, row, hdrs, &nh, orig, sizeof orig);
-        int rc = kafka_produce(r->k, row->topic, row->key, row->key_len, row->value, len, hdrs, nh,
+        int rc = kafka_produce(r->k, row->topic, m.key, m.key_len, row->value, m.len, m.h, m.n,
                                (void *)(intptr_t)row->id);
-        size_t total = len + row->key_len + headers_size(hdrs, nh);
-        json_decref(doc);
+        json_decref(m.doc);
+        relay_key_t key = key_of(row->key, row->key_len);
         if (rc == 0) {
-            inflight_add(r, row->id, row->key, row->key_len);
+            inflight_add(r, row->id, key, total);
             r->last_id = row->id;
         } else if (kafka_err_permanent(rc)) {
             /* Refused before it left (larger than message.max.bytes, unknown topic): it would
@@ -452,7 +519,7 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
                 snprintf(why, sizeof why, "refused by the producer: %s", rotor_strerror(rc));
             park(r, row->id, row->topic, rc, why);
             r->last_id = row->id;
-            relay_block_t *b = block_find(r, row->key, row->key_len);
+            relay_block_t *b = block_find(r, &key);
             if (b && b->floor == row->id)
                 block_drop(r, b); /* the rows behind it no longer wait for it */
         } else {
@@ -465,7 +532,7 @@ static bool publish_rows(relay_t *r, const journal_outbox_row_t *rows, int n)
             return false;
         }
     }
-    return n == RELAY_FETCH;
+    return full;
 }
 
 static void on_rows(void *arg, int status, const journal_outbox_row_t *rows, int n)
@@ -503,7 +570,7 @@ static void fetch(relay_t *r)
     }
     r->fetching = true;
     r->fetch_from = r->last_id;
-    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, on_rows, r) < 0) {
+    if (journal_outbox_fetch(r->j, r->last_id, RELAY_FETCH, RELAY_FETCH_BYTES, on_rows, r) < 0) {
         r->fetching = false;
         retry_soon(r);
     }
@@ -581,14 +648,13 @@ void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
 {
     int64_t id = (int64_t)(intptr_t)opaque;
     int at = inflight_find(r, id);
-    unsigned char *key = NULL;
-    size_t key_len = 0;
+    relay_key_t key = {.set = false};
     if (at >= 0) {
         key = r->inflight[at].key;
-        key_len = r->inflight[at].key_len;
+        r->inflight_bytes -= r->inflight[at].bytes;
         r->inflight[at] = r->inflight[--r->ninflight];
     }
-    relay_block_t *b = block_find(r, key, key_len);
+    relay_block_t *b = block_find(r, &key);
     char ids[24];
     snprintf(ids, sizeof ids, "%" PRId64, id);
     if (err == 0) {
@@ -601,22 +667,21 @@ void relay_delivered(relay_t *r, void *opaque, int err, const char *reason)
                 block_drop(r, b);
             delivered_ok(r, id);
         }
-        free(key);
     } else if (kafka_err_permanent(err)) {
         if (b && b->floor == id)
             block_drop(r, b); /* the rows behind it no longer wait for it */
         park(r, id, NULL, err, reason);
-        free(key);
     } else {
         if (!r->failing)
             log_warn("relay.delivery_failed", "outbox_id", ids, "error", reason ? reason : "",
                      "note", "published again from this row on the next tick");
         r->failing = true;
-        block_set(r, key, key_len, id); /* takes key */
+        block_set(r, &key, id);
         rewind_to(r, id);
         retry_soon(r);
     }
-    if (r->throttled && r->ninflight < RELAY_MAX_INFLIGHT / 2) {
+    if (r->throttled && r->ninflight < RELAY_MAX_INFLIGHT / 2 &&
+        r->inflight_bytes <= RELAY_MAX_INFLIGHT_BYTES / 2) {
         r->throttled = false;
         fetch(r);
     }

@@ -55,4 +55,18 @@ void util_utf8_trim(char *s);
  * so is wiping it when it holds a token. */
 int util_read_token_file(const char *path, char *buf, size_t max, size_t *len);
 
+/* SHA-256 of len bytes; util_sha256_hex writes it as 64 lower-case hex digits and a NUL. */
+void util_sha256(const void *data, size_t len, unsigned char out[32]);
+void util_sha256_hex(const void *data, size_t len, char out[65]);
+
+/* The longest instance name kept as it is: "rotor/" and it fill PostgreSQL's 63 bytes of
+ * application_name, which the journal's ownership (outbox, fencing) is keyed on. */
+#define UTIL_INSTANCE_MAX 57
+
+/* The instance name for name (ROTOR_INSTANCE or the host name): name itself when it is at most
+ * UTIL_INSTANCE_MAX bytes of printable ASCII without spaces, else a prefix of it (other bytes
+ * as '_'), '-' and 16 hex digits of its SHA-256, UTIL_INSTANCE_MAX bytes at most. out >=
+ * UTIL_INSTANCE_MAX + 1 bytes. */
+void util_instance_name(const char *name, char *out, size_t len);
+
 #endif

@@ -100,3 +100,31 @@ def test_binary_mode_and_traceparent(lab):
     assert lab.wait_status(rot["id"], ("completed", "failed"))["status"] == "completed"
     events = lab.wait_event(rot["id"], "rotation.completed")
     assert events and all(e.get("traceparent") == trace for e in events)
+
+
+def test_dead_letter_keeps_its_reason_and_fits_whatever_the_input(lab):
+    """An input with more short-named headers than the relay sends (jsonb orders them first) and
+    one whose key and headers alone pass the producer's limit: both dead letters are delivered,
+    rotor's headers first, the key replaced by its SHA-256, input headers dropped from the end."""
+    import hashlib
+    lab.start()
+    lab.produce("not json", key="app-db", headers=[("h%02d" % i, "v") for i in range(70)])
+    big_key = "k" * 40000
+    lab.produce("not json either " + "x" * 30000, key=big_key,
+                headers=[("big%02d" % i, "y" * 1000) for i in range(70)])
+    got = wait_for(lambda: (lambda m: m if len(m) >= 2 else None)(dlq_messages(lab)),
+                   30, 0.5, what="both dead letters")
+    by_key = {key: (payload, headers) for payload, headers, key in got}
+    payload, headers = by_key["app-db"]
+    assert payload == "not json"
+    assert "not valid JSON" in headers["rotor-dlq-reason"]
+    assert headers["rotor-dlq-topic"] == "rotor.commands"
+    assert "rotor-dlq-partition" in headers and "rotor-dlq-offset" in headers
+    assert int(headers["rotor-headers-dropped"]) == 70 - 64
+    payload, headers = by_key[hashlib.sha256(big_key.encode()).hexdigest()]
+    assert "not valid JSON" in headers["rotor-dlq-reason"]
+    assert headers["rotor-key-truncated"] == "40000"
+    assert int(headers["rotor-headers-dropped"]) > 70 - 64
+    assert int(headers["rotor-truncated"]) == len("not json either ") + 30000
+    assert payload.startswith("not json either ")
+    assert lab.pg.query("SELECT count(*) FROM rotor.outbox WHERE parked_at IS NOT NULL") == [(0,)]

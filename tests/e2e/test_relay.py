@@ -163,3 +163,22 @@ def test_delivered_rows_are_marked_in_batches(lab):
     assert [e["id"] for e in evs] == [i for i in published if i in {e["id"] for e in evs}], \
         "one key's rows are published in order"
     assert d.alive()
+
+
+def peak_rss_mib(d):
+    with open(f"/proc/{d.p.pid}/status") as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1)) / 1024
+
+
+def test_outbox_reads_are_bounded_in_bytes(lab):
+    """150 rows of 1 MiB each (too large to publish: parked): the relay reads them a few MiB at a
+    time, not 100 rows (200 MiB hex-escaped) at a time."""
+    d = lab.start(extra_env={"ROTOR_INSTANCE": INSTANCE})
+    lab.pg.query("INSERT INTO rotor.outbox (topic, key, value, headers, owner) "
+                 "SELECT 'rotor.events', convert_to('big-' || g, 'UTF8'), "
+                 "decode(repeat('61', 1048576), 'hex'), '{}', %s FROM generate_series(1, 150) g",
+                 (OWNER,))
+    wait_for(lambda: lab.pg.query("SELECT count(*) FROM rotor.outbox WHERE parked_at IS NOT NULL"
+                                  )[0][0] == 150, 90, 0.5, what="every large row parked")
+    assert d.alive()
+    assert peak_rss_mib(d) < 100, f"peak RSS {peak_rss_mib(d):.0f} MiB"

@@ -1,4 +1,4 @@
-/* test_util.c: durations, RFC 3339 time stamps and UUIDs from util.c. */
+/* test_util.c: durations, RFC 3339 time stamps, UUIDs, SHA-256 and instance names from util.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -249,6 +249,61 @@ static void test_read_token_file(void **state)
     rmdir(dir);
 }
 
+static void test_sha256(void **state)
+{
+    (void)state;
+    char hex[65];
+    util_sha256_hex("", 0, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    util_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    /* 56 bytes: the length goes into a second padding block */
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    util_sha256_hex(two, strlen(two), hex);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+static void expect_plain_instance(const char *got)
+{
+    assert_true(strlen(got) <= UTIL_INSTANCE_MAX);
+    for (const char *p = got; *p; p++)
+        assert_true(*p > 32 && *p < 127);
+}
+
+static void test_instance_name(void **state)
+{
+    (void)state;
+    char a[UTIL_INSTANCE_MAX + 1], b[UTIL_INSTANCE_MAX + 1];
+    util_instance_name("rotor-7d9f8b6c5d-x2x9z", a, sizeof a);
+    assert_string_equal(a, "rotor-7d9f8b6c5d-x2x9z");
+    char fits[UTIL_INSTANCE_MAX + 2];
+    memset(fits, 'p', UTIL_INSTANCE_MAX);
+    fits[UTIL_INSTANCE_MAX] = '\0';
+    util_instance_name(fits, a, sizeof a);
+    assert_string_equal(a, fits); /* "rotor/" and it: exactly PostgreSQL's 63 bytes */
+    /* A Deployment's pods: 70 bytes, the same but for the last ones. PostgreSQL would cut both
+     * to one application_name. */
+    const char *pod1 = "rotor-credential-rotation-controller-prod-westeurope-7d9f8b6c5d-x2x9z";
+    const char *pod2 = "rotor-credential-rotation-controller-prod-westeurope-7d9f8b6c5d-q8k4m";
+    util_instance_name(pod1, a, sizeof a);
+    util_instance_name(pod2, b, sizeof b);
+    expect_plain_instance(a);
+    expect_plain_instance(b);
+    assert_string_not_equal(a, b);
+    assert_int_equal(strncmp(a, pod1, 40), 0); /* readable */
+    char again[UTIL_INSTANCE_MAX + 1];
+    util_instance_name(pod1, again, sizeof again);
+    assert_string_equal(a, again); /* the same after a restart: the journal's rows stay its own */
+    /* PostgreSQL would turn each non-ASCII byte into '?' */
+    util_instance_name("r\xc3\xb6tor-a", a, sizeof a);
+    util_instance_name("r\xc3\xa4tor-a", b, sizeof b);
+    expect_plain_instance(a);
+    expect_plain_instance(b);
+    assert_string_not_equal(a, b);
+    util_instance_name("two words", a, sizeof a);
+    expect_plain_instance(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +316,8 @@ int main(void)
         cmocka_unit_test(test_uuid4),
         cmocka_unit_test(test_is_uuid),
         cmocka_unit_test(test_read_token_file),
+        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_instance_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
