@@ -9,7 +9,7 @@
 
 /* ---- commands ---------------------------------------------------------------------------- */
 
-typedef struct {
+typedef struct cmd_s {
     engine_t *e;
     engine_cmd_cb cb;
     void *arg;
@@ -19,6 +19,7 @@ typedef struct {
     journal_rot_t row;
     int tries;
     int decision; /* decision_t of a decision command, to decide again after a load */
+    struct cmd_s *next_deferred; /* the engine's queue of commands that came during a write */
 } cmd_t;
 
 static void cmd_finish(cmd_t *c, int status, const char *reason)
@@ -36,12 +37,18 @@ static void cmd_request(cmd_t *c);
 
 static void on_cmd_persisted(rotation_t *r, int status);
 
-/* The persisted callback carries only the rotation; commands come one at a time, so the engine
- * keeps the one whose write is in flight. */
+/* The persisted callback carries only the rotation: the command whose write is in flight is
+ * kept on it (commands of other secrets arrive concurrently, one rotation writes one at a time).
+ * A rotation removed during the write (let go, stopping) still finishes its command. */
 static void on_cmd_persisted(rotation_t *r, int status)
 {
-    cmd_t *c = r->eng->pending_cmd;
-    r->eng->pending_cmd = NULL;
+    cmd_t *c = r->cmd;
+    r->cmd = NULL;
+    if (r->gone) {
+        cmd_finish(c, status == 0 ? 0 : ROTOR_EDB, status == 0 ? NULL : "journal unavailable");
+        rot_maybe_free(r);
+        return;
+    }
     if (status == ROTOR_EFENCED) {
         /* Not this process's secret any more: its new owner gets the command. */
         cmd_finish(c, ROTOR_EDB, "another process owns the secret now");
@@ -336,7 +343,7 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
 {
     const char *by = data_str(c->ev, "by");
     const char *why = data_str(c->ev, "reason");
-    c->e->pending_cmd = c;
+    r->cmd = c;
     if (d == DEC_APPROVE || d == DEC_REJECT) {
         rot_approve_decided(r, d == DEC_APPROVE ? ON_APPROVED : ON_REJECTED, by ? by : "operator",
                             why, on_cmd_persisted);
@@ -498,9 +505,14 @@ static void cmd_decide(cmd_t *c, decision_t d)
         return;
     }
     if (r->writing) {
-        /* A stage transition is being written: decide on the state it leaves. */
-        c->e->deferred_cmd = c;
-        uv_timer_start(&c->e->cmd_timer, on_cmd_timer, 20, 0);
+        /* A stage transition is being written: decide on the state it leaves. Several commands
+         * (of this rotation or others) may wait at once: they queue, in arrival order. */
+        cmd_t **tail = &c->e->deferred_cmd;
+        while (*tail)
+            tail = &(*tail)->next_deferred;
+        *tail = c;
+        if (!uv_is_active((uv_handle_t *)&c->e->cmd_timer))
+            uv_timer_start(&c->e->cmd_timer, on_cmd_timer, 20, 0);
         return;
     }
     if (d == DEC_STAGE_COMPLETED || d == DEC_STAGE_FAILED) {
@@ -545,9 +557,13 @@ static void on_cmd_timer(uv_timer_t *t)
 {
     engine_t *e = t->data;
     cmd_t *c = e->deferred_cmd;
-    e->deferred_cmd = NULL;
-    if (c)
+    e->deferred_cmd = NULL; /* one still meeting a write queues again */
+    while (c) {
+        cmd_t *next = c->next_deferred;
+        c->next_deferred = NULL;
         cmd_dispatch(c);
+        c = next;
+    }
 }
 
 int engine_command(engine_t *e, const event_t *ev, engine_cmd_cb cb, void *arg)

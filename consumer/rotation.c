@@ -343,11 +343,11 @@ static void on_persisted(void *arg, int status)
             r->sec->active = (int)(moved ? r->row.to_slot : r->row.from_slot);
         }
     }
-    if (r->gone) {
+    if (r->gone && !r->cmd) {
         rot_maybe_free(r);
         return;
     }
-    then(r, status);
+    then(r, status); /* a command's callback finishes it, gone or not (command.c) */
 }
 
 void rot_reload(rotation_t *r);

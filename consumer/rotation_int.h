@@ -35,6 +35,7 @@ typedef struct {
 } secret_ctx_t;
 
 typedef struct rotation_s rotation_t;
+struct cmd_s; /* command.c */
 
 struct engine_s {
     uv_loop_t *loop;
@@ -56,12 +57,11 @@ struct engine_s {
     bool stopping;
     void (*stop_cb)(void *arg);
     void *stop_arg;
-    uv_timer_t stop_timer;    /* polls for in-flight work to reach the journal */
-    uv_timer_t stop_deadline; /* bounds that wait */
-    uv_timer_t load_timer;    /* retries loading the open rotations */
-    uv_timer_t cmd_timer;     /* re-handles a command that arrived during a write */
-    void *deferred_cmd;       /* that command (a cmd_t) */
-    void *pending_cmd;        /* the command whose journal write is in flight (one at a time) */
+    uv_timer_t stop_timer;      /* polls for in-flight work to reach the journal */
+    uv_timer_t stop_deadline;   /* bounds that wait */
+    uv_timer_t load_timer;      /* retries loading the open rotations */
+    uv_timer_t cmd_timer;       /* re-handles a command that arrived during a write */
+    struct cmd_s *deferred_cmd; /* those commands (command.c's cmd_t), a queue in arrival order */
     int handles_open;
 };
 
@@ -73,6 +73,7 @@ struct rotation_s {
     uv_timer_t timer;    /* next attempt, soak, approval deadline, drain */
     uv_timer_t deadline; /* the running attempt's timeout */
     bool writing;
+    struct cmd_s *cmd;      /* command.c's cmd_t whose write (of r->next) is in flight, or NULL */
     unsigned token;         /* the current effect; callbacks carrying another token are stale */
     int inflight;           /* callbacks still to come; the rotation is freed only at zero */
     int handles;            /* uv handles not yet closed */
