@@ -369,6 +369,7 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
         free(h);
         free(o);
         free(p);
+        r->next_starts = false; /* the write's flags go with it, as on_persisted resets them */
         then(r, ROTOR_EFENCED);
         return;
     }
@@ -379,6 +380,7 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
     if (rc < 0) {
         free(p);
         r->writing = false;
+        r->next_starts = false;
         then(r, ROTOR_EDB);
     }
 }
