@@ -35,6 +35,32 @@ static const char *data_str(const event_t *ev, const char *key)
 
 static void cmd_request(cmd_t *c);
 
+/* A command for a secret this process does not own (yet): it is retried, and said once per
+ * message (a retry comes every second), with the secret and its partition. */
+static void unclaimed(cmd_t *c, secret_ctx_t *sec, const char *note)
+{
+    engine_t *e = c->e;
+    int32_t part = -1;
+    bool pending = e->claim_pending && e->claim_pending(e->owns_arg, sec->cfg->name, &part);
+    if (strcmp(sec->unclaimed_logged, c->ev->id) != 0) {
+        util_strlcpy(sec->unclaimed_logged, c->ev->id, sizeof sec->unclaimed_logged);
+        char ps[16];
+        snprintf(ps, sizeof ps, "%d", (int)part);
+        log_warn("command.not_owner", "secret", sec->cfg->name, "partition",
+                 part < 0 ? "unknown" : ps, "command", c->ev->id, "type", c->ev->type, "note",
+                 pending ? "partition assigned here, not claimed yet: retried" : note);
+    }
+    cmd_finish(c, ROTOR_EDB, "not the secret's owner (partition not claimed yet)");
+}
+
+/* The secret's partition is assigned here but not claimed (yet, or lost until the next
+ * assignment): a decision about its rotation waits for the claim instead of being refused. */
+static bool claim_pending(cmd_t *c, const secret_ctx_t *sec)
+{
+    int32_t part;
+    return c->e->claim_pending && c->e->claim_pending(c->e->owns_arg, sec->cfg->name, &part);
+}
+
 static void on_cmd_persisted(rotation_t *r, int status);
 
 /* The persisted callback carries only the rotation: the command whose write is in flight is
@@ -152,7 +178,7 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
     row->expires_at_ms = now + (int64_t)c->sec->cfg->validity_ms;
     if (!rot_fence(c->e, row->secret, &row->fence)) {
         /* Not claimed here (yet): a rotation is created only by its secret's owner. */
-        cmd_finish(c, ROTOR_EDB, "not the secret's owner (partition not claimed yet)");
+        unclaimed(c, c->sec, "partition not owned here: retried");
         return;
     }
 
@@ -393,8 +419,13 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
         cmd_finish(c, ROTOR_EDB, "rotation changing owner; command will be retried");
         return;
     }
-    if (sec && journal_status_open(rows[0].status) && c->e->owns(c->e->owns_arg, rows[0].secret) &&
-        c->tries++ == 0) {
+    bool open = sec && journal_status_open(rows[0].status);
+    if (open && !c->e->owns(c->e->owns_arg, rows[0].secret) && claim_pending(c, sec)) {
+        /* assigned here, the claim still to come (or retried): not out of place, just early */
+        unclaimed(c, sec, "partition assigned here, not claimed yet: retried");
+        return;
+    }
+    if (open && c->e->owns(c->e->owns_arg, rows[0].secret) && c->tries++ == 0) {
         if (!rot_find(c->e, rows[0].id) && !rot_leaving(c->e, rows[0].id))
             rot_step(rot_add(c->e, sec, &rows[0]));
         cmd_decide(c, (decision_t)c->decision);

@@ -150,6 +150,8 @@ struct journal_s {
     int migration; /* next migration to check while opening */
     void (*outbox_fn)(void *arg);
     void *outbox_arg;
+    void (*reconnect_fn)(void *arg);
+    void *reconnect_arg;
 };
 
 /* One request: what to call back, and how to read the result. */
@@ -377,6 +379,8 @@ static void on_reconnected(pgc_conn_t *c, int status, void *arg)
     log_info("journal.reconnected");
     if (j->outbox_fn)
         j->outbox_fn(j->outbox_arg); /* rows written before the failure may wait */
+    if (j->reconnect_fn)
+        j->reconnect_fn(j->reconnect_arg);
 }
 
 static void on_retry(uv_timer_t *t)
@@ -445,6 +449,12 @@ void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
 {
     j->outbox_fn = fn;
     j->outbox_arg = arg;
+}
+
+void journal_on_reconnect(journal_t *j, void (*fn)(void *arg), void *arg)
+{
+    j->reconnect_fn = fn;
+    j->reconnect_arg = arg;
 }
 
 /* ---- rows ------------------------------------------------------------------------------- */

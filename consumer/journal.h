@@ -85,6 +85,10 @@ void journal_close(journal_t *j);
 /* Called (on the loop) after every commit that added outbox rows. */
 void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg);
 
+/* Called (on the loop) when the journal is connected again after losing its connection; fn NULL
+ * stops the calls. One listener (the partition claims: owner.c). */
+void journal_on_reconnect(journal_t *j, void (*fn)(void *arg), void *arg);
+
 typedef void (*journal_done_cb)(void *arg, int status);
 
 /* Registers a managed secret the first time rotor meets it; active is used only then.

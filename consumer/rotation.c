@@ -1111,6 +1111,7 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     e->owns_arg = opts->owns_arg;
     e->fence = opts->fence;
     e->fenced = opts->fenced;
+    e->claim_pending = opts->claim_pending;
     e->ready_cb = cb;
     e->ready_arg = arg;
     e->nsecrets = opts->cfg->nsecrets;

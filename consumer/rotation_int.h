@@ -32,6 +32,9 @@ typedef struct {
      * rotation of it that ended here); -1 when unknown. A request creates its rotation from it
      * without reading the journal first: the insert itself checks it (journal_create). */
     int active;
+    /* The last command (its event id) logged as waiting for this secret's partition claim:
+     * a command retried every second is logged once. */
+    char unclaimed_logged[64];
 } secret_ctx_t;
 
 typedef struct rotation_s rotation_t;
@@ -46,6 +49,7 @@ struct engine_s {
     void *owns_arg;
     bool (*fence)(void *arg, const char *secret, journal_fence_t *out);
     void (*fenced)(void *arg, const journal_fence_t *f);
+    bool (*claim_pending)(void *arg, const char *secret, int32_t *part);
     rotation_t *leaving; /* let go or finished, callbacks still to come (fence.c) */
     store_deps_t deps;   /* shared by the drivers: HTTP client, Entra credential */
     secret_ctx_t *secrets;
