@@ -70,6 +70,7 @@ typedef struct {
     int64_t run_until_ms; /* status running: no other owner starts an attempt before then */
     int32_t run_part;
     int64_t run_epoch;
+    /* the running attempt's journal session (pid and backend_start) is still connected */
     bool run_live;
 } journal_rot_t;
 
