@@ -9,7 +9,7 @@
 
 /* ---- commands ---------------------------------------------------------------------------- */
 
-typedef struct {
+typedef struct cmd_s {
     engine_t *e;
     engine_cmd_cb cb;
     void *arg;
@@ -19,6 +19,7 @@ typedef struct {
     journal_rot_t row;
     int tries;
     int decision; /* decision_t of a decision command, to decide again after a load */
+    struct cmd_s *next_deferred; /* the engine's queue of commands that came during a write */
 } cmd_t;
 
 static void cmd_finish(cmd_t *c, int status, const char *reason)
@@ -34,14 +35,46 @@ static const char *data_str(const event_t *ev, const char *key)
 
 static void cmd_request(cmd_t *c);
 
+/* A command for a secret this process does not own (yet): it is retried, and said once per
+ * message (a retry comes every second), with the secret and its partition. */
+static void unclaimed(cmd_t *c, secret_ctx_t *sec, const char *note)
+{
+    engine_t *e = c->e;
+    int32_t part = -1;
+    bool pending = e->claim_pending && e->claim_pending(e->owns_arg, sec->cfg->name, &part);
+    if (strcmp(sec->unclaimed_logged, c->ev->id) != 0) {
+        util_strlcpy(sec->unclaimed_logged, c->ev->id, sizeof sec->unclaimed_logged);
+        char ps[16];
+        snprintf(ps, sizeof ps, "%d", (int)part);
+        log_warn("command.not_owner", "secret", sec->cfg->name, "partition",
+                 part < 0 ? "unknown" : ps, "command", c->ev->id, "type", c->ev->type, "note",
+                 pending ? "partition assigned here, not claimed yet: retried" : note);
+    }
+    cmd_finish(c, ROTOR_EDB, "not the secret's owner (partition not claimed yet)");
+}
+
+/* The secret's partition is assigned here but not claimed (yet, or lost until the next
+ * assignment): a decision about its rotation waits for the claim instead of being refused. */
+static bool claim_pending(cmd_t *c, const secret_ctx_t *sec)
+{
+    int32_t part;
+    return c->e->claim_pending && c->e->claim_pending(c->e->owns_arg, sec->cfg->name, &part);
+}
+
 static void on_cmd_persisted(rotation_t *r, int status);
 
-/* The persisted callback carries only the rotation; commands come one at a time, so the engine
- * keeps the one whose write is in flight. */
+/* The persisted callback carries only the rotation: the command whose write is in flight is
+ * kept on it (commands of other secrets arrive concurrently, one rotation writes one at a time).
+ * A rotation removed during the write (let go, stopping) still finishes its command. */
 static void on_cmd_persisted(rotation_t *r, int status)
 {
-    cmd_t *c = r->eng->pending_cmd;
-    r->eng->pending_cmd = NULL;
+    cmd_t *c = r->cmd;
+    r->cmd = NULL;
+    if (r->gone) {
+        cmd_finish(c, status == 0 ? 0 : ROTOR_EDB, status == 0 ? NULL : "journal unavailable");
+        rot_maybe_free(r);
+        return;
+    }
     if (status == ROTOR_EFENCED) {
         /* Not this process's secret any more: its new owner gets the command. */
         cmd_finish(c, ROTOR_EDB, "another process owns the secret now");
@@ -145,7 +178,7 @@ static void create_rotation(cmd_t *c, rotor_slot_t active)
     row->expires_at_ms = now + (int64_t)c->sec->cfg->validity_ms;
     if (!rot_fence(c->e, row->secret, &row->fence)) {
         /* Not claimed here (yet): a rotation is created only by its secret's owner. */
-        cmd_finish(c, ROTOR_EDB, "not the secret's owner (partition not claimed yet)");
+        unclaimed(c, c->sec, "partition not owned here: retried");
         return;
     }
 
@@ -336,7 +369,7 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
 {
     const char *by = data_str(c->ev, "by");
     const char *why = data_str(c->ev, "reason");
-    c->e->pending_cmd = c;
+    r->cmd = c;
     if (d == DEC_APPROVE || d == DEC_REJECT) {
         rot_approve_decided(r, d == DEC_APPROVE ? ON_APPROVED : ON_REJECTED, by ? by : "operator",
                             why, on_cmd_persisted);
@@ -386,8 +419,13 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
         cmd_finish(c, ROTOR_EDB, "rotation changing owner; command will be retried");
         return;
     }
-    if (sec && journal_status_open(rows[0].status) && c->e->owns(c->e->owns_arg, rows[0].secret) &&
-        c->tries++ == 0) {
+    bool open = sec && journal_status_open(rows[0].status);
+    if (open && !c->e->owns(c->e->owns_arg, rows[0].secret) && claim_pending(c, sec)) {
+        /* assigned here, the claim still to come (or retried): not out of place, just early */
+        unclaimed(c, sec, "partition assigned here, not claimed yet: retried");
+        return;
+    }
+    if (open && c->e->owns(c->e->owns_arg, rows[0].secret) && c->tries++ == 0) {
         if (!rot_find(c->e, rows[0].id) && !rot_leaving(c->e, rows[0].id))
             rot_step(rot_add(c->e, sec, &rows[0]));
         cmd_decide(c, (decision_t)c->decision);
@@ -498,9 +536,14 @@ static void cmd_decide(cmd_t *c, decision_t d)
         return;
     }
     if (r->writing) {
-        /* A stage transition is being written: decide on the state it leaves. */
-        c->e->deferred_cmd = c;
-        uv_timer_start(&c->e->cmd_timer, on_cmd_timer, 20, 0);
+        /* A stage transition is being written: decide on the state it leaves. Several commands
+         * (of this rotation or others) may wait at once: they queue, in arrival order. */
+        cmd_t **tail = &c->e->deferred_cmd;
+        while (*tail)
+            tail = &(*tail)->next_deferred;
+        *tail = c;
+        if (!uv_is_active((uv_handle_t *)&c->e->cmd_timer))
+            uv_timer_start(&c->e->cmd_timer, on_cmd_timer, 20, 0);
         return;
     }
     if (d == DEC_STAGE_COMPLETED || d == DEC_STAGE_FAILED) {
@@ -545,9 +588,13 @@ static void on_cmd_timer(uv_timer_t *t)
 {
     engine_t *e = t->data;
     cmd_t *c = e->deferred_cmd;
-    e->deferred_cmd = NULL;
-    if (c)
+    e->deferred_cmd = NULL; /* one still meeting a write queues again */
+    while (c) {
+        cmd_t *next = c->next_deferred;
+        c->next_deferred = NULL;
         cmd_dispatch(c);
+        c = next;
+    }
 }
 
 int engine_command(engine_t *e, const event_t *ev, engine_cmd_cb cb, void *arg)

@@ -97,6 +97,15 @@ static bool owns(void *arg, const char *secret)
     return fence(arg, secret, &f);
 }
 
+static bool claim_pending(void *arg, const char *secret, int32_t *part)
+{
+    daemon_t *d = arg;
+    if (!d->kafka)
+        return false;
+    *part = kafka_partition_of(d->kafka, secret);
+    return *part < 0 || owner_claim_pending(d->owner, *part);
+}
+
 static void on_fenced(void *arg, const journal_fence_t *f)
 {
     daemon_t *d = arg;
@@ -546,7 +555,8 @@ static void on_journal_open(journal_t *j, int status, const char *reason, void *
         return;
     }
     d->owner = owner_new(&d->loop, d->journal, on_ownership_changed, d);
-    engine_opts_t opts = {&d->loop, d->cfg, d->journal, d->source, owns, d, fence, on_fenced};
+    engine_opts_t opts = {&d->loop, d->cfg, d->journal, d->source,    owns,
+                          d,        fence,  on_fenced,  claim_pending};
     char err[512];
     if (engine_start(&opts, on_engine_ready, d, &d->engine, err, sizeof err) < 0) {
         d->engine = NULL;

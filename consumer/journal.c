@@ -108,7 +108,7 @@ const char *const journal_migrations[] = {
     "  claimed_at timestamptz NOT NULL DEFAULT now());"
     "ALTER TABLE rotor.rotations ADD COLUMN run_by text, ADD COLUMN run_part integer,"
     "  ADD COLUMN run_epoch bigint, ADD COLUMN run_pid integer,"
-    "  ADD COLUMN run_until timestamptz;",
+    "  ADD COLUMN run_started timestamptz, ADD COLUMN run_until timestamptz;",
 };
 const int journal_nmigrations = sizeof journal_migrations / sizeof journal_migrations[0];
 
@@ -150,6 +150,8 @@ struct journal_s {
     int migration; /* next migration to check while opening */
     void (*outbox_fn)(void *arg);
     void *outbox_arg;
+    void (*reconnect_fn)(void *arg);
+    void *reconnect_arg;
 };
 
 /* One request: what to call back, and how to read the result. */
@@ -405,6 +407,8 @@ static void on_reconnected(pgc_conn_t *c, int status, void *arg)
     log_info("journal.reconnected");
     if (j->outbox_fn)
         j->outbox_fn(j->outbox_arg); /* rows written before the failure may wait */
+    if (j->reconnect_fn)
+        j->reconnect_fn(j->reconnect_arg);
 }
 
 static void on_retry(uv_timer_t *t)
@@ -475,6 +479,12 @@ void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
     j->outbox_arg = arg;
 }
 
+void journal_on_reconnect(journal_t *j, void (*fn)(void *arg), void *arg)
+{
+    j->reconnect_fn = fn;
+    j->reconnect_arg = arg;
+}
+
 /* ---- rows ------------------------------------------------------------------------------- */
 
 #define ROT_COLUMNS                                                                                \
@@ -485,7 +495,8 @@ void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg)
     " coalesce((extract(epoch from expires_at) * 1000)::bigint, 0),"                               \
     " (extract(epoch from created_at) * 1000)::bigint, coalesce(run_part, -1),"                    \
     " coalesce(run_epoch, 0), coalesce((extract(epoch from run_until) * 1000)::bigint, 0),"        \
-    " EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = run_pid)"
+    " EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = run_pid AND"                          \
+    "  (a.backend_start = run_started OR a.backend_start IS NULL))"
 
 static int row_read(PGresult *res, int i, journal_rot_t *r)
 {
@@ -841,6 +852,11 @@ static void row_params(const journal_rot_t *r, const char *history, const char *
     p->v[24] = p->run_until;
 }
 
+/* The runner of an attempt is its writer's journal session: the backend's pid and, since a pid
+ * is reused, its start. The attempt's process is live while that session is (ROT_COLUMNS). */
+#define RUN_STARTED                                                                                \
+    "(SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())"
+
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg)
 {
@@ -853,7 +869,7 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
               " m AS (INSERT INTO rotor.rotations (id, secret, stage, status, seq, attempt,"
               "  from_slot, to_slot, swapped, trigger, request_id, reason, error, traceparent,"
               "  version, old_version, actor, next_at, expires_at, run_until, run_by, run_part,"
-              "  run_epoch, run_pid)"
+              "  run_epoch, run_pid, run_started)"
               " SELECT $1::uuid, $2, $3, $4, $5::int, $6::int, $7, $8, $9::boolean, $10, $11,"
               "  $12, $13, $14, $15, $16, $17, to_timestamp($18::bigint / 1000.0),"
               "  to_timestamp($19::bigint / 1000.0),"
@@ -861,7 +877,8 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
               "  CASE WHEN $4 = 'running' THEN current_setting('application_name') END,"
               "  CASE WHEN $4 = 'running' THEN $22::int END,"
               "  CASE WHEN $4 = 'running' THEN $23::bigint END,"
-              "  CASE WHEN $4 = 'running' THEN pg_backend_pid() END"
+              "  CASE WHEN $4 = 'running' THEN pg_backend_pid() END,"
+              "  CASE WHEN $4 = 'running' THEN " RUN_STARTED " END"
               " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
               /* a request the journal has seen (it created or was absorbed into a rotation, and
                * wrote a history line with its id) is never applied twice */
@@ -893,7 +910,8 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
               "   ELSE run_by END,"
               "  run_part = CASE WHEN $4 = 'running' THEN $22::int ELSE run_part END,"
               "  run_epoch = CASE WHEN $4 = 'running' THEN $23::bigint ELSE run_epoch END,"
-              "  run_pid = CASE WHEN $4 = 'running' THEN pg_backend_pid() ELSE run_pid END"
+              "  run_pid = CASE WHEN $4 = 'running' THEN pg_backend_pid() ELSE run_pid END,"
+              "  run_started = CASE WHEN $4 = 'running' THEN " RUN_STARTED " ELSE run_started END"
               " WHERE id = $1::uuid AND seq = $5::int AND secret = $2 AND from_slot = $7"
               "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
               "  AND coalesce(reason, '') = coalesce($12, '')"

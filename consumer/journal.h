@@ -70,6 +70,7 @@ typedef struct {
     int64_t run_until_ms; /* status running: no other owner starts an attempt before then */
     int32_t run_part;
     int64_t run_epoch;
+    /* the running attempt's journal session (pid and backend_start) is still connected */
     bool run_live;
 } journal_rot_t;
 
@@ -84,6 +85,10 @@ void journal_close(journal_t *j);
 
 /* Called (on the loop) after every commit that added outbox rows. */
 void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg);
+
+/* Called (on the loop) when the journal is connected again after losing its connection; fn NULL
+ * stops the calls. One listener (the partition claims: owner.c). */
+void journal_on_reconnect(journal_t *j, void (*fn)(void *arg), void *arg);
 
 typedef void (*journal_done_cb)(void *arg, int status);
 

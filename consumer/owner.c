@@ -45,6 +45,16 @@ static void owner_on_retry(uv_timer_t *t)
     owner_claim_all(t->data);
 }
 
+/* The journal is back: claims that failed while it was away are made now, not at the retry. */
+static void owner_on_reconnect(void *arg)
+{
+    owner_t *o = arg;
+    if (o->stopped)
+        return;
+    uv_timer_stop(&o->retry);
+    owner_claim_all(o);
+}
+
 static void owner_on_claimed(void *arg, int status, int64_t epoch)
 {
     owner_claim_t *c = arg;
@@ -101,6 +111,7 @@ owner_t *owner_new(uv_loop_t *loop, journal_t *journal, void (*changed)(void *ar
     o->nparts = -1;
     uv_timer_init(loop, &o->retry);
     o->retry.data = o;
+    journal_on_reconnect(journal, owner_on_reconnect, o);
     return o;
 }
 
@@ -157,6 +168,14 @@ bool owner_fence(const owner_t *o, int32_t part, journal_fence_t *out)
     return true;
 }
 
+bool owner_claim_pending(const owner_t *o, int32_t part)
+{
+    journal_fence_t f;
+    if (!o || part < 0 || part >= OWNER_MAX_PARTS)
+        return false;
+    return o->parts[part].assigned && !owner_fence(o, part, &f);
+}
+
 void owner_lost(owner_t *o, const journal_fence_t *f)
 {
     if (!o || f->part < 0 || f->part >= OWNER_MAX_PARTS)
@@ -180,6 +199,7 @@ void owner_stop(owner_t *o)
     if (!o || o->stopped)
         return;
     o->stopped = true;
+    journal_on_reconnect(o->journal, NULL, NULL);
     uv_close((uv_handle_t *)&o->retry, NULL);
 }
 

@@ -28,6 +28,10 @@ void owner_set_count(owner_t *o, int32_t nparts);
  * assigned here and claimed under the current partition count. */
 bool owner_fence(const owner_t *o, int32_t part, journal_fence_t *out);
 
+/* Partition part is assigned here but has no claim in force: its claim is still to come, failed
+ * (retried), or another process claimed it since (lost, until the next assignment). */
+bool owner_claim_pending(const owner_t *o, int32_t part);
+
 /* The journal refused a write made under f: another process claimed the partition since. It is
  * not owned here again before the consumer group assigns it anew. */
 void owner_lost(owner_t *o, const journal_fence_t *f);

@@ -351,11 +351,11 @@ static void on_persisted(void *arg, int status)
             r->sec->active = (int)(moved ? r->row.to_slot : r->row.from_slot);
         }
     }
-    if (r->gone) {
+    if (r->gone && !r->cmd) {
         rot_maybe_free(r);
         return;
     }
-    then(r, status);
+    then(r, status); /* a command's callback finishes it, gone or not (command.c) */
 }
 
 void rot_reload(rotation_t *r);
@@ -377,6 +377,7 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
         free(h);
         free(o);
         free(p);
+        r->next_starts = false; /* the write's flags go with it, as on_persisted resets them */
         then(r, ROTOR_EFENCED);
         return;
     }
@@ -387,6 +388,7 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
     if (rc < 0) {
         free(p);
         r->writing = false;
+        r->next_starts = false;
         then(r, ROTOR_EDB);
     }
 }
@@ -1118,6 +1120,7 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     e->owns_arg = opts->owns_arg;
     e->fence = opts->fence;
     e->fenced = opts->fenced;
+    e->claim_pending = opts->claim_pending;
     e->ready_cb = cb;
     e->ready_arg = arg;
     e->nsecrets = opts->cfg->nsecrets;

@@ -31,6 +31,11 @@ typedef struct {
     bool (*fence)(void *arg, const char *secret, journal_fence_t *out);
     /* The journal refused a write made under f (another process claimed the partition). */
     void (*fenced)(void *arg, const journal_fence_t *f);
+    /* The secret's partition is assigned here but not claimed (the claim is still to come or
+     * failed, or another process claimed it since); *part is -1 while the partition count is not
+     * known yet (then true as well). With owns_arg; NULL: never. A command for such a secret
+     * waits (its owner is not settled) instead of being refused. */
+    bool (*claim_pending)(void *arg, const char *secret, int32_t *part);
 } engine_opts_t;
 
 /* Opens each secret's store, resolves each admin DSN, registers the secrets in the journal and

@@ -32,9 +32,13 @@ typedef struct {
      * rotation of it that ended here); -1 when unknown. A request creates its rotation from it
      * without reading the journal first: the insert itself checks it (journal_create). */
     int active;
+    /* The last command (its event id) logged as waiting for this secret's partition claim:
+     * a command retried every second is logged once. */
+    char unclaimed_logged[64];
 } secret_ctx_t;
 
 typedef struct rotation_s rotation_t;
+struct cmd_s; /* command.c */
 
 struct engine_s {
     uv_loop_t *loop;
@@ -45,6 +49,7 @@ struct engine_s {
     void *owns_arg;
     bool (*fence)(void *arg, const char *secret, journal_fence_t *out);
     void (*fenced)(void *arg, const journal_fence_t *f);
+    bool (*claim_pending)(void *arg, const char *secret, int32_t *part);
     rotation_t *leaving; /* let go or finished, callbacks still to come (fence.c) */
     store_deps_t deps;   /* shared by the drivers: HTTP client, Entra credential */
     secret_ctx_t *secrets;
@@ -56,12 +61,11 @@ struct engine_s {
     bool stopping;
     void (*stop_cb)(void *arg);
     void *stop_arg;
-    uv_timer_t stop_timer;    /* polls for in-flight work to reach the journal */
-    uv_timer_t stop_deadline; /* bounds that wait */
-    uv_timer_t load_timer;    /* retries loading the open rotations */
-    uv_timer_t cmd_timer;     /* re-handles a command that arrived during a write */
-    void *deferred_cmd;       /* that command (a cmd_t) */
-    void *pending_cmd;        /* the command whose journal write is in flight (one at a time) */
+    uv_timer_t stop_timer;      /* polls for in-flight work to reach the journal */
+    uv_timer_t stop_deadline;   /* bounds that wait */
+    uv_timer_t load_timer;      /* retries loading the open rotations */
+    uv_timer_t cmd_timer;       /* re-handles a command that arrived during a write */
+    struct cmd_s *deferred_cmd; /* those commands (command.c's cmd_t), a queue in arrival order */
     int handles_open;
 };
 
@@ -73,6 +77,7 @@ struct rotation_s {
     uv_timer_t timer;    /* next attempt, soak, approval deadline, drain */
     uv_timer_t deadline; /* the running attempt's timeout */
     bool writing;
+    struct cmd_s *cmd;      /* command.c's cmd_t whose write (of r->next) is in flight, or NULL */
     unsigned token;         /* the current effect; callbacks carrying another token are stale */
     int inflight;           /* callbacks still to come; the rotation is freed only at zero */
     int handles;            /* uv handles not yet closed */
