@@ -61,6 +61,7 @@ struct kafka_held_s {
     kafka_held_t *qnext;         /* the lane's waiting messages, or the ready list */
     kafka_held_t *gprev, *gnext; /* every held message, to free what is left at close */
     size_t bytes;
+    uint64_t taken_ms; /* uv_now when fetched */
     bool handed, done;
 };
 
@@ -492,6 +493,20 @@ static void kafka_lag_gauge(const kafka_part_t *p, int64_t lag)
                   labels, (double)lag);
 }
 
+/* How long the partition's lowest undone message has been here (0: none): a message retried for
+ * long holds its partition's offset back, and this says so. */
+static void kafka_age_gauge(const kafka_t *k, const kafka_part_t *p)
+{
+    char labels[256];
+    snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", p->topic, (int)p->partition);
+    uint64_t now = uv_now(k->loop);
+    double age = p->head && now > p->head->taken_ms ? (double)(now - p->head->taken_ms) / 1000 : 0;
+    metrics_gauge("rotor_consumer_oldest_undone_seconds",
+                  "Age of the oldest input message of a partition not yet done here (its offset "
+                  "is not committed past it)",
+                  labels, age);
+}
+
 /* Forgets a partition's messages (it was revoked): waiting ones are freed, the owner's are kept
  * until done but will not be stored, and their lanes stay busy until then, so a key's next
  * message (after a reassignment) still waits for them. */
@@ -543,6 +558,7 @@ static void kafka_part_revoke(kafka_t *k, kafka_part_t *p)
     p->pause_failed = false;
     p->next_offset = -1;
     kafka_lag_gauge(p, 0); /* not ours to catch up on any more */
+    kafka_age_gauge(k, p);
 }
 
 /* Takes a fetched message: into its lane's queue if the lane is busy, else onto the ready list. */
@@ -572,6 +588,7 @@ static void kafka_take(kafka_t *k, rd_kafka_message_t *m)
     h->pub.len = m->len;
     h->raw = m;
     h->part = p;
+    h->taken_ms = uv_now(k->loop);
     h->bytes = sizeof *h + m->len + m->key_len;
     rd_kafka_headers_t *hdrs;
     if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -1136,7 +1153,8 @@ static void kafka_on_lag(uv_timer_t *t)
      * minutes (MAX_POLL_EXCEEDED) and every partition is rebalanced. */
     kafka_consumer_drain(k);
     for (kafka_part_t *p = k->parts; p; p = p->next) {
-            int64_t lo = -1, hi = -1;
+        kafka_age_gauge(k, p);
+        int64_t lo = -1, hi = -1;
         int64_t pos = p->head ? p->head->pub.offset : p->next_offset;
         if (pos < 0 ||
             rd_kafka_get_watermark_offsets(k->consumer, p->topic, p->partition, &lo, &hi) !=

@@ -1,0 +1,48 @@
+"""A command produced on another partition than the one its secret maps to (murmur2, rotor's
+producer partitioner) is forwarded to the owner's partition (docs/architecture.md, "Who owns a
+secret"). kcat's default partitioner (consistent_random: CRC32) puts app-db-2 on partition 2 of 3,
+murmur2 on partition 1: with two replicas the one that receives it does not own the secret, and
+before forwarding the command was retried there every second, forever and silently."""
+import os
+import time
+
+from rotorlab import wait_for
+
+
+def add_second_secret(lab):
+    lab.pg.query("CREATE ROLE app2_blue LOGIN PASSWORD %s IN ROLE app_rw", (lab.initial_password,))
+    lab.pg.query("CREATE ROLE app2_green NOLOGIN IN ROLE app_rw")
+    path = os.path.join(lab.secrets_dir, "pg2-blue")
+    with open(path, "w") as f:
+        f.write(lab.initial_password)
+    os.chmod(path, 0o600)
+    text = open(lab.config).read()
+    block = text[text.index("  - name: app-db"):]
+    for a, b in (("name: app-db", "name: app-db-2"), ("app_blue", "app2_blue"),
+                 ("app_green", "app2_green"), ("pg-blue", "pg2-blue"), ("pg-green", "pg2-green"),
+                 ("pg-current", "pg2-current")):
+        block = block.replace(a, b)
+    with open(lab.config, "w") as f:
+        f.write(text + block)
+
+
+def test_command_on_another_partition_is_forwarded(make_lab):
+    lab = make_lab(separate_broker=True)
+    add_second_secret(lab)
+    a = lab.start(extra_env={"ROTOR_INSTANCE": "a"})
+    b = lab.start(extra_env={"ROTOR_INSTANCE": "b"})
+
+    def claimed():
+        rows = lab.pg.query("SELECT part, instance FROM rotor.owners") or []
+        return len(rows) == 3 and len({r[1] for r in rows}) == 2
+    wait_for(claimed, 60, what="both replicas to claim their partitions")
+    rid = lab.request(secret="app-db-2", reason="kcat's default partitioner")
+    r = lab.rotation_for(rid, timeout=40)
+    assert r["secret"] == "app-db-2"
+    text = a.text() + b.text()
+    fwd = [line for line in text.splitlines() if '"input.forwarded"' in line]
+    assert fwd, "no input.forwarded line"
+    assert '"from":"2"' in fwd[0].replace(" ", "") and '"to":"1"' in fwd[0].replace(" ", ""), fwd
+    # the forwarded copy is handled once: one rotation for the request
+    time.sleep(2)
+    assert [x["request_id"] for x in lab.rotations()].count(rid) == 1
