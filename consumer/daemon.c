@@ -38,6 +38,8 @@
 #define KV_MAX_ATTEMPTS 3
 #define KV_BACKOFF_MS 1000
 #define KV_BACKOFF_MAX_MS 8000
+/* Added to a forwarded command: the partition it came from (see forward_to_owner). */
+#define FORWARDED_HEADER "rotor-forwarded-from"
 
 typedef struct daemon_s daemon_t;
 
@@ -395,13 +397,24 @@ static bool forward_to_owner(inflight_t *f)
     int32_t to = kafka_partition_of(d->kafka, f->ev.subject);
     if (to < 0 || to == m->partition)
         return false; /* the count is not known yet: handled here, retried until it is */
+    /* Forwarded once only: if it still lands elsewhere (an operator's partitioner property, a
+     * count not yet seen by the producer), it waits here, logged as a retry, rather than going
+     * round the topic. */
+    for (size_t i = 0; i < m->nheaders; i++) {
+        if (strcmp(m->headers[i].name, FORWARDED_HEADER) == 0)
+            return false;
+    }
     json_t *value = json_stringn(m->value, m->len);
     if (!value) {
         dead_letter(f, "cannot be forwarded to the secret's partition: the value is not UTF-8");
         return true;
     }
+    char from[16];
+    snprintf(from, sizeof from, "%" PRId32, m->partition);
+    json_t *hdrs = headers_object(m);
+    json_object_set_new(hdrs, FORWARDED_HEADER, json_string(from));
     json_t *out = json_pack("[{s:s, s:s, s:o, s:o}]", "topic", d->cfg->kafka.topic_commands, "key",
-                            f->ev.subject, "value", value, "headers", headers_object(m));
+                            f->ev.subject, "value", value, "headers", hdrs);
     char *text = json_dumps(out, JSON_COMPACT);
     json_decref(out);
     int rc = journal_outbox_add(d->journal, text, on_forwarded, f);

@@ -43,6 +43,12 @@ def test_command_on_another_partition_is_forwarded(make_lab):
     fwd = [line for line in text.splitlines() if '"input.forwarded"' in line]
     assert fwd, "no input.forwarded line"
     assert '"from":"2"' in fwd[0].replace(" ", "") and '"to":"1"' in fwd[0].replace(" ", ""), fwd
+    # the copy carries where it came from (forwarded once only) and the original headers
+    copies = [m for m in lab.consume("rotor.commands") if rid in m["payload"]
+              and "rotor-forwarded-from" in (m.get("headers") or [])]
+    assert len(copies) == 1, copies
+    h = copies[0]["headers"]
+    assert dict(zip(h[::2], h[1::2]))["rotor-forwarded-from"] == "2"
     # the forwarded copy is handled once: one rotation for the request
     time.sleep(2)
     assert [x["request_id"] for x in lab.rotations()].count(rid) == 1
