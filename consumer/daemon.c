@@ -38,6 +38,8 @@
 #define KV_MAX_ATTEMPTS 3
 #define KV_BACKOFF_MS 1000
 #define KV_BACKOFF_MAX_MS 8000
+/* Added to a forwarded command: the partition it came from (see forward_to_owner). */
+#define FORWARDED_HEADER "rotor-forwarded-from"
 
 typedef struct daemon_s daemon_t;
 
@@ -54,6 +56,7 @@ typedef struct inflight_s {
     char *skip_reason; /* set once a Key Vault message is to be dead-lettered and skipped */
     uv_timer_t retry;
     bool timer_inited;
+    bool retry_logged; /* a retry is logged once per message, with its first reason */
 } inflight_t;
 
 struct daemon_s {
@@ -188,9 +191,19 @@ static void on_retry_timer(uv_timer_t *t)
 }
 
 /* The journal (or the vault) could not take the message's effect: keep the offset, try again.
- * Only this message's lane waits; other keys and partitions go on. */
-static void retry_later(inflight_t *f, uint64_t delay_ms)
+ * Only this message's lane waits; other keys and partitions go on. A message may wait here for
+ * long (an owner that never comes): its first retry is logged with the reason, and the age of a
+ * partition's oldest undone message is a gauge (rotor_consumer_oldest_undone_seconds). */
+static void retry_later(inflight_t *f, uint64_t delay_ms, int status, const char *reason)
 {
+    if (f->msg && !f->retry_logged) {
+        char part[16], off[24];
+        snprintf(part, sizeof part, "%" PRId32, f->msg->partition);
+        snprintf(off, sizeof off, "%" PRId64, f->msg->offset);
+        log_warn("input.retrying", "topic", f->msg->topic, "partition", part, "offset", off,
+                 "secret", f->ev.subject, "error", rotor_strerror(status), "reason", reason);
+        f->retry_logged = true;
+    }
     event_clear(&f->ev);
     if (!f->msg || f->d->stopping) {
         if (!f->msg)
@@ -209,7 +222,7 @@ static void on_dead_lettered(void *arg, int status)
 {
     inflight_t *f = arg;
     if (status != 0) {
-        retry_later(f, RETRY_MS);
+        retry_later(f, RETRY_MS, status, "the dead letter could not be queued");
         return;
     }
     message_done(f, f->skip_reason ? "skipped" : "dead-lettered");
@@ -217,10 +230,8 @@ static void on_dead_lettered(void *arg, int status)
 
 /* Original headers as a JSON object of strings (headers that are not UTF-8 are dropped: the
  * value and key bytes, which matter, travel unchanged). Returns malloc'ed text or NULL. */
-static char *headers_json(const kafka_msg_t *m)
+static json_t *headers_object(const kafka_msg_t *m)
 {
-    if (m->nheaders == 0)
-        return NULL;
     json_t *o = json_object();
     for (size_t i = 0; i < m->nheaders; i++) {
         json_t *v = m->headers[i].value ? json_stringn(m->headers[i].value, m->headers[i].len)
@@ -228,6 +239,14 @@ static char *headers_json(const kafka_msg_t *m)
         if (v)
             json_object_set_new(o, m->headers[i].name, v);
     }
+    return o;
+}
+
+static char *headers_json(const kafka_msg_t *m)
+{
+    if (m->nheaders == 0)
+        return NULL;
+    json_t *o = headers_object(m);
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return text;
@@ -256,7 +275,7 @@ static void dead_letter(inflight_t *f, const char *why)
                                  on_dead_lettered, f);
     free(hdrs);
     if (rc < 0)
-        retry_later(f, RETRY_MS);
+        retry_later(f, RETRY_MS, rc, "the dead letter could not be queued");
 }
 
 static void on_command_done(void *arg, int status, const char *reason)
@@ -269,7 +288,7 @@ static void on_command_done(void *arg, int status, const char *reason)
     else if (status == ROTOR_EINVALID)
         dead_letter(f, reason);
     else
-        retry_later(f, RETRY_MS);
+        retry_later(f, RETRY_MS, status, reason);
 }
 
 /* Key Vault's events (Event Grid through Event Hubs): one message may hold several. */
@@ -304,11 +323,12 @@ static void on_kv_event_done(void *arg, int status, const char *reason)
         if (++f->attempts >= KV_MAX_ATTEMPTS)
             skip_kv_message(f, reason);
         else
-            retry_later(f, backoff_delay(f->attempts, KV_BACKOFF_MS, KV_BACKOFF_MAX_MS, 0));
+            retry_later(f, backoff_delay(f->attempts, KV_BACKOFF_MS, KV_BACKOFF_MAX_MS, 0), status,
+                        reason);
         return;
     }
     if (status != 0) {
-        retry_later(f, RETRY_MS);
+        retry_later(f, RETRY_MS, status, reason);
         return;
     }
     f->kv_next++;
@@ -352,6 +372,67 @@ static void handle_keyvault_message(inflight_t *f)
     next_kv_event(f);
 }
 
+static void on_forwarded(void *arg, int status)
+{
+    inflight_t *f = arg;
+    if (!f->msg) {
+        inflight_free(f);
+        return;
+    }
+    if (status != 0) {
+        retry_later(f, RETRY_MS, status, "the command could not be forwarded");
+        return;
+    }
+    char from[16], to[16], off[24];
+    snprintf(from, sizeof from, "%" PRId32, f->msg->partition);
+    snprintf(to, sizeof to, "%" PRId32, kafka_partition_of(f->d->kafka, f->ev.subject));
+    snprintf(off, sizeof off, "%" PRId64, f->msg->offset);
+    log_info("input.forwarded", "secret", f->ev.subject, "from", from, "to", to, "offset", off);
+    message_done(f, "forwarded");
+}
+
+/* A secret's owner is whoever holds the commands partition murmur2(secret) maps to (rotor's own
+ * producer and the Java client partition so). Other producers (kcat's and librdkafka's default
+ * consistent_random, Go and Python clients) may put the command elsewhere, where it would wait
+ * for an ownership this process never gets. Such a command goes, unchanged (value, key,
+ * headers), through the outbox to the commands topic, which rotor's producer puts on the owner's
+ * partition; the owner dedupes by event id as usual. Returns whether it took the message. */
+static bool forward_to_owner(inflight_t *f)
+{
+    daemon_t *d = f->d;
+    kafka_msg_t *m = f->msg;
+    if (!f->ev.subject || strcmp(m->topic, d->cfg->kafka.topic_commands) != 0)
+        return false;
+    int32_t to = kafka_partition_of(d->kafka, f->ev.subject);
+    if (to < 0 || to == m->partition)
+        return false; /* the count is not known yet: handled here, retried until it is */
+    /* Forwarded once only: if it still lands elsewhere (an operator's partitioner property, a
+     * count not yet seen by the producer), it waits here, logged as a retry, rather than going
+     * round the topic. */
+    for (size_t i = 0; i < m->nheaders; i++) {
+        if (strcmp(m->headers[i].name, FORWARDED_HEADER) == 0)
+            return false;
+    }
+    json_t *value = json_stringn(m->value, m->len);
+    if (!value) {
+        dead_letter(f, "cannot be forwarded to the secret's partition: the value is not UTF-8");
+        return true;
+    }
+    char from[16];
+    snprintf(from, sizeof from, "%" PRId32, m->partition);
+    json_t *hdrs = headers_object(m);
+    json_object_set_new(hdrs, FORWARDED_HEADER, json_string(from));
+    json_t *out = json_pack("[{s:s, s:s, s:o, s:o}]", "topic", d->cfg->kafka.topic_commands, "key",
+                            f->ev.subject, "value", value, "headers", hdrs);
+    char *text = json_dumps(out, JSON_COMPACT);
+    json_decref(out);
+    int rc = journal_outbox_add(d->journal, text, on_forwarded, f);
+    free(text);
+    if (rc < 0)
+        retry_later(f, RETRY_MS, rc, "the command could not be forwarded");
+    return true;
+}
+
 static void handle_message(inflight_t *f)
 {
     daemon_t *d = f->d;
@@ -375,6 +456,8 @@ static void handle_message(inflight_t *f)
         dead_letter(f, reason);
         return;
     }
+    if (forward_to_owner(f))
+        return;
     engine_command(d->engine, &f->ev, on_command_done, f);
 }
 

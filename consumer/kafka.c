@@ -60,11 +60,12 @@ struct kafka_held_s {
     kafka_msg_t pub;             /* first member: the owner's kafka_msg_t * is a kafka_held_t * */
     rd_kafka_message_t *raw;     /* NULL once done */
     kafka_part_t *part;          /* NULL once its partition was revoked: never stored then */
-    kafka_lane_t *lane;          /* NULL for a keyless message */
+    kafka_lane_t *lane;          /* NULL once done; keyless messages share their partition's */
     kafka_held_t *pnext;         /* the partition's messages, in offset order */
     kafka_held_t *qnext;         /* the lane's waiting messages, or the ready list */
     kafka_held_t *gprev, *gnext; /* every held message, to free what is left at close */
     size_t bytes;
+    uint64_t taken_ms; /* uv_now when fetched */
     bool handed, done;
 };
 
@@ -74,6 +75,7 @@ struct kafka_part_s {
     char *topic;
     int32_t partition;
     bool paused;
+    bool pause_failed; /* the last pause or resume was refused: logged once, until one succeeds */
     kafka_held_t *head, *tail; /* held messages in offset order: head is the lowest not popped */
     int held;
     int64_t next_offset; /* after the last message fetched; -1 unknown */
@@ -402,7 +404,7 @@ static kafka_lane_t **kafka_lane_slot(kafka_t *k, kafka_part_t *p, const void *k
     kafka_lane_t **l = &k->lanes[h % KAFKA_LANE_BUCKETS];
     for (; *l; l = &(*l)->next) {
         if ((*l)->hash == h && (*l)->part == p && (*l)->key_len == len &&
-            memcmp((*l)->key, key, len) == 0)
+            (len == 0 || memcmp((*l)->key, key, len) == 0))
             break;
     }
     return l;
@@ -463,10 +465,14 @@ static void kafka_pause(kafka_t *k, kafka_part_t *p, bool pause)
     snprintf(part, sizeof part, "%d", (int)p->partition);
     snprintf(held, sizeof held, "%d", p->held);
     if (e) {
-        log_warn(pause ? "kafka.pause.failed" : "kafka.resume.failed", "topic", p->topic,
-                 "partition", part, "reason", rd_kafka_err2str(e));
+        /* kafka_flow asks again on every serve: one line until it works. */
+        if (!p->pause_failed)
+            log_warn(pause ? "kafka.pause.failed" : "kafka.resume.failed", "topic", p->topic,
+                     "partition", part, "reason", rd_kafka_err2str(e));
+        p->pause_failed = true;
         return;
     }
+    p->pause_failed = false;
     p->paused = pause;
     log_debug(pause ? "kafka.paused" : "kafka.resumed", "topic", p->topic, "partition", part,
               "held", held);
@@ -500,6 +506,20 @@ static void kafka_lag_gauge(const kafka_part_t *p, int64_t lag)
                   "Messages of an input partition not yet handled here (high watermark minus the "
                   "offset to commit; 0 once the partition is revoked)",
                   labels, (double)lag);
+}
+
+/* How long the partition's lowest undone message has been here (0: none): a message retried for
+ * long holds its partition's offset back, and this says so. */
+static void kafka_age_gauge(const kafka_t *k, const kafka_part_t *p)
+{
+    char labels[256];
+    snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", p->topic, (int)p->partition);
+    uint64_t now = uv_now(k->loop);
+    double age = p->head && now > p->head->taken_ms ? (double)(now - p->head->taken_ms) / 1000 : 0;
+    metrics_gauge("rotor_consumer_oldest_undone_seconds",
+                  "Age of the oldest input message of a partition not yet done here (its offset "
+                  "is not committed past it)",
+                  labels, age);
 }
 
 /* Forgets a partition's messages (it was revoked): waiting ones are freed, the owner's are kept
@@ -544,9 +564,16 @@ static void kafka_part_revoke(kafka_t *k, kafka_part_t *p)
     }
     p->head = p->tail = NULL;
     p->held = 0;
-    p->paused = false; /* a new assignment starts unpaused */
+    /* librdkafka clears only its own pause on unassign and assign: the application's pause stays
+     * on the partition, which would come back paused at the next assignment with nothing held to
+     * resume it for (librdkafka issue #1849). Resume it while it is still assigned. */
+    if (p->paused)
+        kafka_pause(k, p, false);
+    p->paused = false;
+    p->pause_failed = false;
     p->next_offset = -1;
     kafka_lag_gauge(p, 0); /* not ours to catch up on any more */
+    kafka_age_gauge(k, p);
 }
 
 /* Takes a fetched message: into its lane's queue if the lane is busy, else onto the ready list. */
@@ -586,6 +613,7 @@ static void kafka_take(kafka_t *k, rd_kafka_message_t *m)
     h->pub.len = m->len;
     h->raw = m;
     h->part = p;
+    h->taken_ms = uv_now(k->loop);
     h->bytes = sizeof *h + m->len + m->key_len;
     rd_kafka_headers_t *hdrs;
     if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -611,10 +639,9 @@ static void kafka_take(kafka_t *k, rd_kafka_message_t *m)
     p->held++;
     p->next_offset = m->offset + 1;
 
-    if (m->key_len == 0) {
-        kafka_ready_push(k, h);
-        return;
-    }
+    /* Keyless messages share one lane per partition (the empty key): handed over one at a time,
+     * so one redelivered after a revoke and reassignment waits for the copy still with the
+     * owner, and a keyless backlog cannot send hundreds of vault requests out at once. */
     uint32_t hash = kafka_hash(p, m->key, m->key_len);
     kafka_lane_t **slot = kafka_lane_slot(k, p, m->key, m->key_len, hash);
     kafka_lane_t *lane = *slot;
@@ -623,7 +650,8 @@ static void kafka_take(kafka_t *k, rd_kafka_message_t *m)
         lane->part = p;
         lane->hash = hash;
         lane->key_len = m->key_len;
-        memcpy(lane->key, m->key, m->key_len);
+        if (m->key_len)
+            memcpy(lane->key, m->key, m->key_len);
         *slot = lane;
     }
     h->lane = lane;
@@ -1163,6 +1191,7 @@ static void kafka_on_lag(uv_timer_t *t)
      * minutes (MAX_POLL_EXCEEDED) and every partition is rebalanced. */
     kafka_consumer_drain(k);
     for (kafka_part_t *p = k->parts; p; p = p->next) {
+        kafka_age_gauge(k, p);
         int64_t lo = -1, hi = -1;
         int64_t pos = p->head ? p->head->pub.offset : p->next_offset;
         if (pos < 0 ||

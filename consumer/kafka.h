@@ -6,8 +6,10 @@
  *
  * Input is handed to the owner in lanes: at most one message of a (topic, partition, key) is
  * with the owner at a time, in offset order, while messages of other keys and other partitions
- * are handed over at the same time. A message without a key has no lane of its own to keep:
- * Kafka promises no order between keyless messages, so each is handed over as it comes. The
+ * are handed over at the same time. Messages without a key share one lane per (topic,
+ * partition): Kafka promises no order between them, but one at a time keeps a message redelivered
+ * after a rebalance from running beside its first copy and bounds what a keyless backlog (Key
+ * Vault's events) asks of a vault at once. The
  * owner calls kafka_msg_done() once the message's effect is in the journal. A partition's offset
  * is stored only up to its lowest message not yet done, and the stored offsets are committed in
  * batches (every kafka.c KAFKA_COMMIT_INTERVAL_MS unless the operator's auto.commit.interval.ms

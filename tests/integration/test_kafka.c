@@ -58,6 +58,7 @@ typedef struct ctx_s {
     int assigned;
     int nrevoked;
     bool closed;
+    rd_kafka_t *member; /* another member of the group, polled by the guard timer */
 } ctx_t;
 
 typedef struct {
@@ -214,7 +215,10 @@ static void on_closed(kafka_t *k, void *arg)
 
 static void on_guard(uv_timer_t *t)
 {
-    (void)t;
+    ctx_t *c = t->data;
+    rd_kafka_message_t *m;
+    while (c->member && (m = rd_kafka_consumer_poll(c->member, 0)) != NULL)
+        rd_kafka_message_destroy(m);
 }
 
 static void ctx_init(ctx_t *c)
@@ -224,6 +228,7 @@ static void ctx_init(ctx_t *c)
     uv_timer_init(&c->loop, &c->guard);
     uv_timer_init(&c->loop, &c->done_later);
     c->done_later.data = c;
+    c->guard.data = c;
     uv_timer_start(&c->guard, on_guard, 10, 10);
     c->cbs = (kafka_callbacks_t){on_message, on_delivery, on_rebalance, on_closed, c};
 }
@@ -697,6 +702,109 @@ static bool all_assigned(ctx_t *c)
     return c->assigned == 3;
 }
 
+static bool got_all_acked(ctx_t *c)
+{
+    return got_target(c) && c->outstanding == 0;
+}
+
+static bool reassigned(ctx_t *c)
+{
+    return c->nrevoked >= 1 && c->assigned == 3;
+}
+
+/* A second member of the group, subscribed to another topic: its arrival makes the group revoke
+ * every partition and assign them again (eager protocol), all of rotor.commands back to us. */
+static rd_kafka_t *member_join(fixture_t *f)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers", broker_bootstrap(f->broker),
+                                       errstr, sizeof errstr),
+                     RD_KAFKA_CONF_OK);
+    assert_int_equal(rd_kafka_conf_set(conf, "group.id", f->cfg.kafka.group, errstr, sizeof errstr),
+                     RD_KAFKA_CONF_OK);
+    assert_int_equal(rd_kafka_conf_set(conf, "session.timeout.ms", "4000", errstr, sizeof errstr),
+                     RD_KAFKA_CONF_OK);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    assert_non_null(rk);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(t, "rotor.events", RD_KAFKA_PARTITION_UA);
+    assert_int_equal(rd_kafka_subscribe(rk, t), 0);
+    rd_kafka_topic_partition_list_destroy(t);
+    return rk;
+}
+
+static void member_leave(ctx_t *c)
+{
+    rd_kafka_t *rk = c->member;
+    c->member = NULL;
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+}
+
+/* A partition paused for holding too much, revoked and assigned again, is fetched again:
+ * librdkafka keeps the application's pause across the rebalance, so kafka.c must resume what it
+ * paused before the partition goes (else nothing more is ever fetched from it). */
+static void test_pause_across_rebalance(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    kept_value = "v0";
+    c->keep = keep_value;
+    for (int i = 0; i < N_FLOOD; i++) {
+        char value[32];
+        snprintf(value, sizeof value, "v%d", i);
+        produce_one(c, "rotor.commands", "one-key", value, i);
+    }
+    target = N_FLOOD;
+    assert_true(run_until(c, delivered_target, 30000));
+    assert_true(run_until(c, got_first_only, 30000));
+    run_until(c, got_target, 2000); /* the partition is paused at its bound, v0 not done */
+    assert_int_equal(c->nrecv, 1);
+    c->member = member_join(f);
+    assert_true(run_until(c, reassigned, 30000));
+    kept_value = NULL;
+    ack(c, c->held[0]); /* revoked meanwhile: not stored, so v0 comes again */
+    target = N_FLOOD + 1;
+    assert_true(run_until(c, got_all_acked, 30000));
+    for (int i = 1; i <= N_FLOOD; i++)
+        assert_int_equal(atoi(c->recv[i].value + 1), i - 1);
+    member_leave(c);
+    ctx_stop(c);
+    free(c);
+}
+
+#define N_KEYLESS 60
+
+/* Keyless messages of a partition are handed over one at a time (on_message asserts it): the
+ * one lane they share keeps a redelivered copy from running beside the first. */
+static void test_keyless_lane(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    for (int i = 0; i < N_KEYLESS; i++) {
+        char value[32];
+        snprintf(value, sizeof value, "k%d", i);
+        produce_one(c, "rotor.commands", "", value, i);
+    }
+    target = N_KEYLESS;
+    assert_true(run_until(c, all_done, 30000));
+    int seen[N_KEYLESS] = {0};
+    for (int i = 0; i < c->nrecv; i++) {
+        assert_int_equal(c->recv[i].key[0], '\0');
+        seen[atoi(c->recv[i].value + 1)]++;
+    }
+    for (int i = 0; i < N_KEYLESS; i++)
+        assert_int_equal(seen[i], 1);
+    ctx_stop(c);
+    free(c);
+}
+
 /* An idle consumer keeps its partitions: librdkafka's max.poll.interval.ms counts from the last
  * poll, and with nothing to consume nothing wakes the pipe. */
 static void test_idle_keeps_membership(void **state)
@@ -747,6 +855,8 @@ static void test_bad_property(void **state)
 int main(void)
 {
     log_init(LOG_WARN, stderr);
+    if (getenv("ROTOR_TEST_FILTER")) /* one test by name, for a quick run by hand */
+        cmocka_set_test_filter(getenv("ROTOR_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_bootstrap_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_at_least_once, setup, teardown),
@@ -757,6 +867,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lanes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batched_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_across_rebalance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keyless_lane, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_keeps_membership, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
