@@ -3,7 +3,7 @@ wait for a crashed runner whose pid another backend reuses."""
 import signal
 
 from rotorlab import wait_for
-from test_fence import hook_runs, slow_deploy
+from test_fence import ended, hook_runs, slow_deploy
 
 
 def test_a_reused_pid_is_not_the_previous_runner(make_lab, tmp_path):
@@ -14,7 +14,7 @@ def test_a_reused_pid_is_not_the_previous_runner(make_lab, tmp_path):
     wait_for(lambda: hook_runs(log), 60, 0.1, what="the deploy hook to start in A")
     a.signal(signal.SIGKILL)
     a.wait(30)
-    wait_for(lambda: hook_runs(log)[0][1] is not None, 30, 0.2, what="A's hook to end")
+    wait_for(lambda: ended(hook_runs(log)[0]), 30, 0.2, what="A's hook to end")
     # Another backend now has the pid A's journal session had (as after a pid wrap-around): here
     # the row is pointed at a live session of the test, which is not A's.
     other = lab.pg.connect()
