@@ -203,11 +203,16 @@ static void on_rebalance(kafka_t *k, const int32_t *parts, int n, int assigned, 
         c->nrevoked++;
 }
 
+/* kafka has freed the messages still held (kafka.h): forget them, as daemon.c does, and cancel
+ * their acknowledgement. In UV_RUN_ONCE libuv runs due timers again after the close callbacks,
+ * so a pending done_later would otherwise hand freed messages to kafka_msg_done. */
 static void on_closed(kafka_t *k, void *arg)
 {
     ctx_t *c = arg;
     assert_ptr_equal(k, c->k);
     c->closed = true;
+    c->outstanding = 0;
+    uv_timer_stop(&c->done_later);
 }
 
 /* ---- loop helpers ---- */
@@ -723,6 +728,35 @@ static void test_idle_keeps_membership(void **state)
     free(c);
 }
 
+/* A message with the owner whose acknowledgement falls due after on_closed (a late journal reply,
+ * or the done_later timer that libuv runs after the close callbacks in UV_RUN_ONCE): kafka has
+ * freed it, so the owner must drop it at on_closed and never pass it to kafka_msg_done. Without
+ * that, test_idle_keeps_membership crashed under load (heap-use-after-free in kafka_msg_done). */
+static void test_ack_due_after_close(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    produce_one(c, "rotor.commands", "late-ack", "v", 0);
+    target = 1;
+    assert_true(run_until(c, got_target, 30000));
+    assert_int_equal(c->outstanding, 1);
+    uv_timer_stop(&c->done_later); /* its acknowledgement is still owed at the close */
+    kafka_stop(c->k, 10000);
+    assert_true(run_until(c, is_closed, 15000));
+    assert_int_equal(c->outstanding, 0);
+    uv_timer_start(&c->done_later, on_done_later, 0, 0);
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    kafka_free(c->k);
+    c->k = NULL;
+    uv_close((uv_handle_t *)&c->guard, NULL);
+    uv_close((uv_handle_t *)&c->done_later, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&c->loop), 0);
+    free(c);
+}
+
 static void test_bad_property(void **state)
 {
     fixture_t *f = *state;
@@ -758,6 +792,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batched_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_keeps_membership, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_due_after_close, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
