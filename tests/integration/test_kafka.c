@@ -757,6 +757,41 @@ static void test_ack_due_after_close(void **state)
     free(c);
 }
 
+/* The broker goes away under a running consumer and producer (what an operator meets when Kafka
+ * is down): the idle poll, an acknowledgement and a produce go on without it, and kafka_stop
+ * still ends in on_closed within its bound, with nothing left behind. */
+static void test_broker_gone(void **state)
+{
+    fixture_t *f = *state;
+    ctx_t *c = util_calloc(1, sizeof *c);
+    ctx_init(c);
+    ctx_start(c, f);
+    assert_true(run_until(c, all_assigned, 30000));
+    produce_one(c, "rotor.commands", "gone", "v0", 0);
+    target = 1;
+    assert_true(run_until(c, got_target, 10000));
+    uv_timer_stop(&c->done_later); /* acknowledged once the broker is gone */
+    broker_stop(f->broker);
+    f->broker = NULL;
+    /* Nothing more can arrive: these runs only let time pass, past two idle polls (KAFKA_LAG_MS)
+     * without a broker. */
+    target = 2;
+    run_until(c, got_target, 2500);
+    on_done_later(&c->done_later);
+    assert_int_equal(c->outstanding, 0);
+    produce_one(c, "rotor.commands", "gone", "v1", 1);
+    run_until(c, got_target, 1500);
+    kafka_stop(c->k, 3000);
+    assert_true(run_until(c, is_closed, 10000));
+    kafka_free(c->k);
+    c->k = NULL;
+    uv_close((uv_handle_t *)&c->guard, NULL);
+    uv_close((uv_handle_t *)&c->done_later, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&c->loop), 0);
+    free(c);
+}
+
 static void test_bad_property(void **state)
 {
     fixture_t *f = *state;
@@ -793,6 +828,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_keeps_membership, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_due_after_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broker_gone, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
