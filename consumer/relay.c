@@ -22,8 +22,8 @@
  * until reports come back; one row is always let through, whatever its size. */
 #define RELAY_MAX_INFLIGHT_BYTES (16u << 20) /* in the producer's queue, not reported */
 #define RELAY_FETCH_BYTES (4u << 20)         /* per outbox read (hex-escaped twice that in libpq) */
-#define RELAY_MARK_ROWS 500     /* delivered ids marked sent in one statement at this many... */
-#define RELAY_MARK_MS 20        /* ...or this long after the first of them was reported */
+#define RELAY_MARK_ROWS 500 /* delivered ids marked sent in one statement at this many... */
+#define RELAY_MARK_MS 20    /* ...or this long after the first of them was reported */
 /* New rows are read when the journal commits them (relay_kick), so the relay polls only for what
  * no kick announces: rows another instance left (adoption, after a minute), rows an operator
  * unparked or whose mark failed (behind the cursor), and the gauges. Every RELAY_SWEEP_MS it reads
