@@ -80,7 +80,39 @@ def reset_roles(app, n, password):
         q(app, f"ALTER ROLE app_{i}_green NOLOGIN PASSWORD NULL VALID UNTIL 'infinity'")
 
 
-def write_config(root, n, password):
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def delay_buckets(port):
+    """rotor_loop_delay_seconds's cumulative buckets from /metrics, {le: count}."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("rotor_loop_delay_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    return dict(buckets)
+
+
+def loop_delay(b0, b1):
+    """The run's loop holds (bucket deltas between two reads of /metrics): (samples, fraction
+    within 2 ms, p99 as the upper edge of the bucket holding the 99th percentile, the bound that
+    histogram_quantile's interpolation stays under)."""
+    if not b1:
+        return None
+    buckets = sorted((le, c - (b0 or {}).get(le, 0)) for le, c in b1.items())
+    total = buckets[-1][1]
+    within2 = next((c for le, c in buckets if abs(le - 0.002) < 1e-9), float("nan"))
+    p99 = next(le for le, c in buckets if c >= 0.99 * total)
+    return int(total), within2 / total if total else float("nan"), p99
+
+
+def write_config(root, n, password, http_port):
     store = os.path.join(root, "secrets")
     os.makedirs(store, mode=0o700)
     lines = [f"""# written by bench/fleet.py
@@ -90,7 +122,7 @@ kafka:
   group: rotor
   topics: {{ commands: rotor.commands, events: rotor.events, deadletter: rotor.deadletter }}
 journal: {{ dsn_env: ROTOR_JOURNAL_DSN }}
-http: {{ listen: "" }}
+http: {{ listen: "127.0.0.1:{http_port}" }}
 log: {{ level: info }}
 stages: {{ timeout: 60s, max_attempts: 5, backoff: {{ initial: 200ms, max: 2s }} }}
 secrets:"""]
@@ -129,7 +161,8 @@ def wait_for(pred, timeout, what):
 
 
 def run_rotor(args, root, n, password, stats):
-    config = write_config(root, n, password)
+    http_port = free_port()
+    config = write_config(root, n, password, http_port)
     host, port = os.environ["PGHOST"], os.environ["PGPORT"]
     env = dict(os.environ,
                ROTOR_JOURNAL_DSN=f"host={host} port={port} user=postgres dbname=rotor",
@@ -167,6 +200,11 @@ def run_rotor(args, root, n, password, stats):
         ["pgrep", "-P", str(d.pid), "-f", "rotor run"]).split()[0])
     before = commits(stats)
     polls = 0
+    try:
+        held0 = delay_buckets(http_port)
+    except OSError as e:
+        print(f"fleet: /metrics: {e}", file=sys.stderr)
+        held0 = None
     ticks0 = cpu_ticks(pid)
     t0 = time.monotonic()
     subprocess.run(["kcat", "-b", brokers, "-P", "-t", "rotor.commands", "-K", "\t", "-l", msgs],
@@ -188,6 +226,11 @@ def run_rotor(args, root, n, password, stats):
     # let the relay mark its last batch sent before counting
     time.sleep(1)
     after = commits(stats)
+    try:
+        delay = loop_delay(held0, delay_buckets(http_port))
+    except OSError as e:
+        print(f"fleet: /metrics: {e}", file=sys.stderr)
+        delay = None
     os.killpg(d.pid, signal.SIGTERM)
     try:
         d.wait(60)
@@ -196,7 +239,7 @@ def run_rotor(args, root, n, password, stats):
         d.wait()
     if failed:
         print(f"fleet: {failed} rotations did not complete (see {log.name})", file=sys.stderr)
-    return done, secs, cores, {k: after[k] - before[k] for k in after}, polls
+    return done, secs, cores, {k: after[k] - before[k] for k in after}, polls, delay
 
 
 def main():
@@ -227,7 +270,7 @@ def main():
     # The baseline runs before and after rotor, and the ratio uses their mean: on a shared
     # machine the load drifts over a run, and a baseline on one side only would carry the drift.
     base1 = baseline()
-    done, secs, cores, delta, polls = run_rotor(args, root, n, password, stats)
+    done, secs, cores, delta, polls, delay = run_rotor(args, root, n, password, stats)
     base2 = baseline()
     base_rate = (base1[1] + base2[1]) / 2
     base_secs = (base1[0] + base2[0]) / 2
@@ -243,6 +286,10 @@ def main():
     print(f"ratio rotor / baseline:       {rate / base_rate:8.2f}")
     print(f"commits per rotation: journal {jcommits:.1f}, admin database {acommits:.1f}"
           f" (total {jcommits + acommits:.1f}; baseline {base_commits:.1f})")
+    if delay:
+        print(f"loop hold (rotor_loop_delay_seconds from the publish to the end): {delay[0]} iterations,"
+              f" {100 * delay[1]:.2f} % within 2 ms, p99 <= {delay[2] * 1000:g} ms")
+        print(f"DELAY | {args.label} | {n} | {delay[0]} | {100 * delay[1]:.2f} | {delay[2] * 1000:g} |")
     print(f"ROW | {args.label} | {n} | {base_rate:.1f} | {rate:.1f} | {rate / base_rate:.2f} |"
           f" {cores:.2f} | {jcommits:.1f} | {acommits:.1f} |")
     if os.environ.get("FLEET_STATEMENTS"):
