@@ -86,7 +86,13 @@ def test_retry_is_logged_once_and_aged(make_lab):
     assert '"partition":"2"' in lines[0] and '"reason"' in lines[0], lines
     assert not any('"input.forwarded"' in x.text() for x in daemons)
     port = re.search(r'"http.listening".*?"port":"(\d+)"', d.text()).group(1)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    ages = [float(m.group(1)) for m in re.finditer(
-        r'^rotor_consumer_oldest_undone_seconds\{[^}]*partition="2"[^}]*\} (\S+)$', text, re.M)]
-    assert ages and ages[0] >= 3, text
+
+    def age():
+        # refreshed with the lag gauges: every second while input flows, every 10 s when idle
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=5).read().decode()
+        ages = [float(m.group(1)) for m in re.finditer(
+            r'^rotor_consumer_oldest_undone_seconds\{[^}]*partition="2"[^}]*\} (\S+)$', text,
+            re.M)]
+        return ages and ages[0] >= 3
+    wait_for(age, 25, 0.5, what="the oldest undone message's age to reach 3 s on /metrics")

@@ -3,6 +3,7 @@ fit (header rotor-truncated), a row Kafka refuses for good is parked and counted
 behind it are published, parked rows stay with their owner; delivered rows are marked sent in
 batches, not one statement per row."""
 import json
+import os
 import re
 import secrets
 import time
@@ -181,4 +182,9 @@ def test_outbox_reads_are_bounded_in_bytes(lab):
     wait_for(lambda: lab.pg.query("SELECT count(*) FROM rotor.outbox WHERE parked_at IS NOT NULL"
                                   )[0][0] == 150, 90, 0.5, what="every large row parked")
     assert d.alive()
+    if os.environ.get("ROTOR_SANITIZE", "").upper() in ("ON", "1", "TRUE"):
+        # AddressSanitizer keeps freed memory in quarantine (256 MiB by default) and adds its own
+        # shadow: a peak says nothing about the relay there. The normal build's run of this
+        # test holds the bound; this one checks that every row was read and parked.
+        return
     assert peak_rss_mib(d) < 100, f"peak RSS {peak_rss_mib(d):.0f} MiB"
