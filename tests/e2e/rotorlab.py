@@ -40,6 +40,26 @@ def pg_bindir():
     return os.path.join(base, versions[-1], "bin")
 
 
+def add_second_secret(lab, name):
+    """A second managed secret `name` beside app-db, with its own roles (app2_blue, app2_green)
+    and store names (pg2-*), appended to the lab's configuration before a daemon starts."""
+    lab.pg.query("CREATE ROLE app2_blue LOGIN PASSWORD %s IN ROLE app_rw", (lab.initial_password,))
+    lab.pg.query("CREATE ROLE app2_green NOLOGIN IN ROLE app_rw")
+    path = os.path.join(lab.secrets_dir, "pg2-blue")
+    with open(path, "w") as f:
+        f.write(lab.initial_password)
+    os.chmod(path, 0o600)
+    with open(lab.config) as f:
+        text = f.read()
+    block = text[text.index("  - name: app-db"):]
+    for a, b in (("name: app-db", "name: " + name), ("app_blue", "app2_blue"),
+                 ("app_green", "app2_green"), ("pg-blue", "pg2-blue"), ("pg-green", "pg2-green"),
+                 ("pg-current", "pg2-current")):
+        block = block.replace(a, b)
+    with open(lab.config, "w") as f:
+        f.write(text + block)
+
+
 def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
     deadline = time.time() + timeout
     while True:

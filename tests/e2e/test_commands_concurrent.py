@@ -7,26 +7,7 @@ import secrets as pysecrets
 import subprocess
 import time
 
-from rotorlab import KCAT, wait_for
-
-
-def add_second_secret(lab):
-    """A second managed secret, app-db2, with its own roles and store names."""
-    lab.pg.query("CREATE ROLE app2_blue LOGIN PASSWORD %s IN ROLE app_rw", (lab.initial_password,))
-    lab.pg.query("CREATE ROLE app2_green NOLOGIN IN ROLE app_rw")
-    path = os.path.join(lab.secrets_dir, "pg2-blue")
-    with open(path, "w") as f:
-        f.write(lab.initial_password)
-    os.chmod(path, 0o600)
-    with open(lab.config) as f:
-        text = f.read()
-    block = text[text.index("  - name: app-db"):]
-    block = (block.replace("name: app-db", "name: app-db2")
-             .replace("app_blue", "app2_blue").replace("app_green", "app2_green")
-             .replace("pg-blue", "pg2-blue").replace("pg-green", "pg2-green")
-             .replace("pg-current", "pg2-current"))
-    with open(lab.config, "w") as f:
-        f.write(text + block)
+from rotorlab import KCAT, add_second_secret, wait_for
 
 
 def decision(type_, rotation_id, subject=None, **data):
@@ -59,7 +40,7 @@ def wait_ended(lab, d, rid, timeout=90):
 
 def test_two_approvals_in_one_poll(make_lab):
     lab = make_lab(approval="{ mode: manual, gate: swap }")
-    add_second_secret(lab)
+    add_second_secret(lab, "app-db2")
     d = lab.start()
     r1 = lab.rotation_for(lab.request(secret="app-db"))["id"]
     r2 = lab.rotation_for(lab.request(secret="app-db2"))["id"]
@@ -85,7 +66,7 @@ def test_decisions_queued_behind_writes(make_lab):
     lab = make_lab(approval="{ mode: manual, gate: swap }",
                    stages="{ timeout: 30s, max_attempts: 3, backoff: { initial: 200ms, max: 2s },"
                           " approve: { timeout: 4s, max_attempts: 1 } }")
-    add_second_secret(lab)
+    add_second_secret(lab, "app-db2")
     d = lab.start()
     r1 = lab.rotation_for(lab.request(secret="app-db"))["id"]
     r2 = lab.rotation_for(lab.request(secret="app-db2"))["id"]

@@ -3,34 +3,16 @@ producer partitioner) is forwarded to the owner's partition (docs/architecture.m
 secret"). kcat's default partitioner (consistent_random: CRC32) puts app-db-2 on partition 2 of 3,
 murmur2 on partition 1: with two replicas the one that receives it does not own the secret, and
 before forwarding the command was retried there every second, forever and silently."""
-import os
 import re
 import time
 import urllib.request
 
-from rotorlab import wait_for
-
-
-def add_second_secret(lab):
-    lab.pg.query("CREATE ROLE app2_blue LOGIN PASSWORD %s IN ROLE app_rw", (lab.initial_password,))
-    lab.pg.query("CREATE ROLE app2_green NOLOGIN IN ROLE app_rw")
-    path = os.path.join(lab.secrets_dir, "pg2-blue")
-    with open(path, "w") as f:
-        f.write(lab.initial_password)
-    os.chmod(path, 0o600)
-    text = open(lab.config).read()
-    block = text[text.index("  - name: app-db"):]
-    for a, b in (("name: app-db", "name: app-db-2"), ("app_blue", "app2_blue"),
-                 ("app_green", "app2_green"), ("pg-blue", "pg2-blue"), ("pg-green", "pg2-green"),
-                 ("pg-current", "pg2-current")):
-        block = block.replace(a, b)
-    with open(lab.config, "w") as f:
-        f.write(text + block)
+from rotorlab import add_second_secret, wait_for
 
 
 def test_command_on_another_partition_is_forwarded(make_lab):
     lab = make_lab(separate_broker=True)
-    add_second_secret(lab)
+    add_second_secret(lab, "app-db-2")
     a = lab.start(extra_env={"ROTOR_INSTANCE": "a"})
     b = lab.start(extra_env={"ROTOR_INSTANCE": "b"})
 
@@ -61,7 +43,7 @@ def test_retry_is_logged_once_and_aged(make_lab):
     is retried every second: its first retry is logged with the reason, not every one, and the
     age of its partition's oldest undone message grows on /metrics."""
     lab = make_lab(separate_broker=True)
-    add_second_secret(lab)
+    add_second_secret(lab, "app-db-2")
     daemons = [lab.start(extra_env={"ROTOR_INSTANCE": n}) for n in ("a", "b")]
 
     def claimed():
