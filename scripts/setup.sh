@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config clang clang-format
-  librdkafka-dev libuv1-dev libjansson-dev libpq-dev libcurl4-openssl-dev libyaml-dev
+  librdkafka-dev libuv1-dev libjansson-dev libpq-dev libcurl4-openssl-dev libyaml-dev libssl-dev
   libmicrohttpd-dev libcmocka-dev
   postgresql kcat openssl
   nginx curl # the main job's ingress (scripts/demo.sh) and its hooks' readiness checks
