@@ -18,7 +18,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build
 FROM debian:12-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      librdkafka1 libuv1 libjansson4 libpq5 libcurl4 libyaml-0-2 libmicrohttpd12 ca-certificates \
+      librdkafka1 libuv1 libjansson4 libpq5 libssl3 libcurl4 libyaml-0-2 libmicrohttpd12 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 # A fixed uid, so Kubernetes' runAsNonRoot can verify it and volumes can be owned by it.
 RUN groupadd --system --gid 10001 rotor \
