@@ -84,13 +84,16 @@ int cli_complete(cli_ctx_t *ctx, int argc, char **argv)
     }
     char who[320], id[128];
     if (o.by)
-        util_strlcpy(who, o.by, sizeof who);
+        util_utf8_sanitize(who, sizeof who, o.by); /* argv in a Latin-1 terminal: json_pack fails */
     else
         cli_whoami(who, sizeof who);
     json_t *data = json_pack("{s:s, s:s, s:s, s:i}", "rotation_id", rot.r.id, "stage", o.stage,
                              "by", who, "attempt", rot.r.attempt);
-    if (o.failed)
-        json_object_set_new(data, "error", json_string(o.failed));
+    if (o.failed) {
+        char error[1024];
+        util_utf8_sanitize(error, sizeof error, o.failed);
+        json_object_set_new(data, "error", json_string(error));
+    }
     const char *type = o.failed ? "stage.failed" : "stage.completed";
     if (cli_publish(cfg, type, rot.r.secret, data, id, sizeof id) != 0)
         return CLI_EXIT_ERROR;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "util.h"
 
 typedef struct {
     const char *secret;
@@ -67,8 +68,13 @@ int cli_request(cli_ctx_t *ctx, int argc, char **argv)
     cli_whoami(who, sizeof who);
     json_t *data =
         json_pack("{s:s, s:s, s:s}", "secret", o.secret, "requested_by", who, "trigger", "manual");
-    if (o.reason)
-        json_object_set_new(data, "reason", json_string(o.reason));
+    if (o.reason) {
+        /* json_string is NULL for invalid UTF-8 (argv in a Latin-1 terminal): the reason would
+         * be dropped without a word */
+        char reason[1025]; /* the journal's request reason */
+        util_utf8_sanitize(reason, sizeof reason, o.reason);
+        json_object_set_new(data, "reason", json_string(reason));
+    }
     if (cli_publish(cfg, "rotation.requested", o.secret, data, id, sizeof id) != 0)
         return CLI_EXIT_ERROR;
     printf("%s\n", id);

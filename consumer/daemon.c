@@ -260,10 +260,10 @@ static void dead_letter(inflight_t *f, const char *why)
         inflight_free(f);
         return;
     }
-    /* A reason quoting the input may end in half a character: the journal would refuse it. */
+    /* A reason quoting the input may hold any bytes, or end in half a character: the journal
+     * would refuse it. */
     char reason[1024];
-    util_strlcpy(reason, why ? why : "unusable input", sizeof reason);
-    util_utf8_trim(reason);
+    util_utf8_sanitize(reason, sizeof reason, why ? why : "unusable input");
     char part[16], off[24];
     snprintf(part, sizeof part, "%" PRId32, m->partition);
     snprintf(off, sizeof off, "%" PRId64, m->offset);

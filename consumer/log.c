@@ -49,9 +49,17 @@ void log_write(log_level_t level, const char *msg, ...)
         if (!key)
             break;
         const char *val = va_arg(ap, const char *);
-        /* json_string rejects invalid UTF-8; keep the line rather than lose it. */
+        /* json_string rejects invalid UTF-8 (a hook's Latin-1 output): logged with U+FFFD in
+         * place of each bad byte, rather than lost. */
         json_t *v = val ? json_string(val) : json_null();
-        json_object_set_new(o, key, v ? v : json_string("<invalid utf-8>"));
+        if (!v) {
+            size_t cap = strlen(val) * 3 + 1;
+            char *text = util_malloc(cap);
+            util_utf8_sanitize(text, cap, val);
+            v = json_string(text);
+            free(text);
+        }
+        json_object_set_new(o, key, v);
     }
     va_end(ap);
 

@@ -203,8 +203,13 @@ json_t *rot_history(const journal_rot_t *row, const char *outcome, const char *a
         json_object_set_new(h, "actor", json_string(actor));
     if (duration_ms >= 0)
         json_object_set_new(h, "duration_ms", json_integer(duration_ms));
-    if (error && *error)
-        json_object_set_new(h, "error", json_string(error));
+    if (error && *error) {
+        /* Every reason is journaled as one line of valid UTF-8 (an abort's reason comes from a
+         * command; the rest were made so in rot_effect_done). */
+        char text[sizeof row->error];
+        util_utf8_sanitize(text, sizeof text, error);
+        json_object_set_new(h, "error", json_string(text));
+    }
     if (request_id && *request_id)
         json_object_set_new(h, "request_id", json_string(request_id));
     return h;
@@ -841,7 +846,8 @@ void rot_effect_done(rotation_t *r, int status, const char *reason)
         rot_advance(r, ON_OK, out);
     } else if (status == ROTOR_EPROBE) {
         /* Production no longer serves after the swap: swap back at once, do not retry. */
-        util_strlcpy(r->next.error, reason ? reason : rotor_strerror(status), sizeof r->next.error);
+        util_utf8_sanitize(r->next.error, sizeof r->next.error,
+                           reason ? reason : rotor_strerror(status));
         json_t *d = rot_data(&r->row);
         json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
         json_object_set_new(d, "attempt", json_integer(r->row.attempt > 0 ? r->row.attempt : 1));
@@ -855,7 +861,8 @@ void rot_effect_done(rotation_t *r, int status, const char *reason)
         const cfg_stage_policy_t *pol = rot_policy(r);
         /* An approval that timed out is not retried by itself: a person has to decide. */
         bool final = r->row.attempt >= pol->max_attempts || r->row.stage == STAGE_APPROVE;
-        util_strlcpy(r->next.error, reason ? reason : rotor_strerror(status), sizeof r->next.error);
+        util_utf8_sanitize(r->next.error, sizeof r->next.error,
+                           reason ? reason : rotor_strerror(status));
         json_t *d = rot_data(&r->row);
         json_object_set_new(d, "stage", json_string(rotor_stage_name(r->row.stage)));
         json_object_set_new(d, "attempt", json_integer(r->row.attempt > 0 ? r->row.attempt : 1));
@@ -969,7 +976,7 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
         rot_outbox_add(r->eng, out, "stage.completed", r->row.secret, r->row.traceparent, d);
         hist = rot_history(&r->row, "approved", actor, -1, NULL, NULL);
     } else {
-        util_strlcpy(r->next.error, why && *why ? why : "rejected", sizeof r->next.error);
+        util_utf8_sanitize(r->next.error, sizeof r->next.error, why && *why ? why : "rejected");
         hist = rot_history(&r->row, on == ON_PROBE_FAILED ? "probe-failed" : "rejected", actor, -1,
                            r->next.error, NULL);
     }

@@ -282,6 +282,66 @@ void util_utf8_trim(char *s)
     *(char *)p = '\0';
 }
 
+/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7), 0 if there is none. */
+static size_t utf8_seq_len(const unsigned char *p)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        lo = c == 0xE0 ? 0xA0 : 0x80; /* no overlong forms */
+        hi = c == 0xED ? 0x9F : 0xBF; /* no surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        lo = c == 0xF0 ? 0x90 : 0x80;
+        hi = c == 0xF4 ? 0x8F : 0xBF; /* nothing past U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t k = 2; k < n; k++)
+        if ((p[k] & 0xC0) != 0x80)
+            return 0;
+    return n;
+}
+
+size_t util_utf8_sanitize(char *dst, size_t len, const char *src)
+{
+    static const char replacement[] = "\xEF\xBF\xBD"; /* U+FFFD */
+    const unsigned char *p = (const unsigned char *)(src ? src : "");
+    size_t o = 0;
+    while (*p) {
+        size_t n = utf8_seq_len(p);
+        const char *out = (const char *)p;
+        size_t outlen = n;
+        if (n == 0) {
+            out = replacement;
+            outlen = 3;
+            n = 1;
+        } else if (*p == '\t' || *p == '\n' || *p == '\r') {
+            out = " ";
+        } else if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] < 0xA0)) {
+            outlen = 0; /* C0, DEL, C1 (U+0080..U+009F): terminal controls, not text */
+        }
+        if (o + outlen + 1 > len)
+            break;
+        memcpy(dst + o, out, outlen);
+        o += outlen;
+        p += n;
+    }
+    while (o > 0 && dst[o - 1] == ' ')
+        o--;
+    if (len)
+        dst[o] = '\0';
+    return o;
+}
+
 int util_read_token_file(const char *path, char *buf, size_t max, size_t *len)
 {
     int err = 0;

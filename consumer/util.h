@@ -49,6 +49,14 @@ void util_strlcpy(char *dst, const char *src, size_t len);
  * in half a character; PostgreSQL and jansson refuse it). */
 void util_utf8_trim(char *s);
 
+/* Copies src into dst (len >= 1 bytes) as one line of valid UTF-8 text, for a reason that is
+ * journaled (PostgreSQL refuses invalid UTF-8) and published (jansson's json_string returns NULL
+ * for it): a byte that does not begin a well-formed sequence (overlong forms, surrogates and code
+ * points past U+10FFFF included) becomes U+FFFD, tabs and line breaks a space, other control
+ * characters (C0, DEL, C1) are dropped, and trailing spaces too. What does not fit is left off,
+ * never half a character. dst and src must not overlap; src NULL is "". Returns strlen(dst). */
+size_t util_utf8_sanitize(char *dst, size_t len, const char *src);
+
 /* Reads at most max bytes of the file at path into buf (max + 1 bytes), drops trailing
  * whitespace and terminates it; *len gets what is left. Blocking: for the threadpool, never the
  * loop. Returns 0, a negative errno, or -ENODATA when nothing is left. buf is the caller's, and

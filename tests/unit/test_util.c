@@ -7,6 +7,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,6 +305,104 @@ static void test_instance_name(void **state)
     expect_plain_instance(a);
 }
 
+static void expect_sanitized(const char *in, const char *want)
+{
+    char out[256];
+    size_t n = util_utf8_sanitize(out, sizeof out, in);
+    if (strcmp(out, want) != 0)
+        fail_msg("util_utf8_sanitize(\"%s\") = \"%s\", want \"%s\"", in, out, want);
+    assert_int_equal(n, strlen(want));
+}
+
+/* Valid UTF-8 by Unicode's table 3-7, and no control character: what PostgreSQL and jansson
+ * accept, and what a terminal shows as text. */
+static bool text_line(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        if (*p < 0x20 || *p == 0x7F)
+            return false;
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        uint32_t cp;
+        size_t n;
+        if (*p >= 0xC2 && *p <= 0xDF)
+            cp = *p & 0x1F, n = 2;
+        else if (*p >= 0xE0 && *p <= 0xEF)
+            cp = *p & 0x0F, n = 3;
+        else if (*p >= 0xF0 && *p <= 0xF4)
+            cp = *p & 0x07, n = 4;
+        else
+            return false;
+        for (size_t k = 1; k < n; k++) {
+            if ((p[k] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[k] & 0x3F);
+        }
+        static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < least[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ||
+            (cp >= 0x80 && cp <= 0x9F))
+            return false;
+        p += n;
+    }
+    return true;
+}
+
+static void test_utf8_sanitize(void **state)
+{
+    (void)state;
+    expect_sanitized("plain ascii", "plain ascii");
+    expect_sanitized(NULL, "");
+    expect_sanitized("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x91",
+                     "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x91");
+    /* Latin-1 (an exec hook's stderr, a server message in LATIN1) */
+    expect_sanitized("caf\xe9 \xe0 la cr\xe8me",
+                     "caf\xef\xbf\xbd \xef\xbf\xbd la cr\xef\xbf\xbdme");
+    /* overlong forms, surrogates, past U+10FFFF, stray continuations, cut sequences */
+    expect_sanitized("a\xc0\xafz", "a\xef\xbf\xbd\xef\xbf\xbdz");
+    expect_sanitized("\xe0\x80\xaf", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    expect_sanitized("\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    expect_sanitized("\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    expect_sanitized("\x80x", "\xef\xbf\xbdx");
+    expect_sanitized("x\xe2\x82", "x\xef\xbf\xbd\xef\xbf\xbd");
+    expect_sanitized("x\xf0\x9f\x94", "x\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    /* one line: breaks and tabs are spaces, other controls (an ANSI colour, C1's CSI) go */
+    expect_sanitized("ERROR:  boom\nDETAIL:\tx\r\n", "ERROR:  boom DETAIL: x");
+    expect_sanitized("\x1b[31mred\x1b[0m\x7f\xc2\x9b", "[31mred[0m");
+    expect_sanitized("\xc2\xa0nbsp", "\xc2\xa0nbsp");
+
+    /* bounded: never past len, never half a character */
+    char small[6];
+    assert_int_equal(util_utf8_sanitize(small, sizeof small, "ab\xe2\x82\xac\xe2\x82\xac"), 5);
+    assert_string_equal(small, "ab\xe2\x82\xac");
+    assert_int_equal(util_utf8_sanitize(small, sizeof small, "abcd\xe9"), 4);
+    assert_string_equal(small, "abcd");
+    assert_int_equal(util_utf8_sanitize(small, 1, "abc"), 0);
+    assert_string_equal(small, "");
+
+    /* Every output of a deterministic stream of random inputs is a valid line of text, and
+     * valid text without controls passes unchanged. */
+    uint64_t seed = 0x9E3779B97F4A7C15ULL;
+    for (int i = 0; i < 20000; i++) {
+        unsigned char in[24];
+        size_t n = 1 + (size_t)(i % 23);
+        for (size_t k = 0; k < n; k++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            unsigned char b = (unsigned char)(seed >> 56);
+            in[k] = b ? b : 'x';
+        }
+        in[n] = '\0';
+        char out[24 * 3 + 1];
+        util_utf8_sanitize(out, sizeof out, (const char *)in);
+        if (!text_line(out))
+            fail_msg("input %d: output is not a line of valid UTF-8 text", i);
+        if (text_line((const char *)in) && in[n - 1] != ' ')
+            assert_string_equal(out, (const char *)in);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -318,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_read_token_file),
         cmocka_unit_test(test_sha256),
         cmocka_unit_test(test_instance_name),
+        cmocka_unit_test(test_utf8_sanitize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
