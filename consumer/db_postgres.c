@@ -424,7 +424,9 @@ static void set_password_send(db_req_t *r)
     char *verifier = escaped(pg, r->verifier, false);
     char *valid = escaped(pg, until, false);
     if (!ident || !verifier || !valid) {
-        finish_pg(r, ROTOR_EDB, "set-password", PQerrorMessage(pg));
+        /* r is reported and freed inside: nothing of it is used after this call */
+        finish_pg(r, ROTOR_EDB, "set-password: cannot quote the role or the verifier",
+                  PQerrorMessage(pg));
     } else {
         size_t n = strlen(ident) + strlen(verifier) + strlen(valid) + 64;
         char *sql = util_malloc(n);

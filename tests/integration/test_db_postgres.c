@@ -256,6 +256,27 @@ static void test_set_password_quotes_identifier(void **state)
     free(v);
 }
 
+/* Issue 8: set_password_send can fail inside the call (here: libpq refuses to escape a role
+ * name that ends in half a UTF-8 character, as a Latin-1 name does), which reports and frees the
+ * request; hash_done then used the request's verifier after the free. Under ASan (build-asan)
+ * that was a heap-use-after-free; now it is one failed callback, and nothing is left open. */
+static void test_set_password_fails_inside_send(void **state)
+{
+    (void)state;
+    ctx_t x;
+    db_req_t *req;
+    ctx_init(&x);
+    rotor_secret_t *s = secret_from("any-password", 12);
+    assert_int_equal(db_set_password(&x.loop, admin_dsn, "caf\xe9", s, util_now_ms() + 3600000,
+                                     on_done, &x, &req),
+                     0);
+    secret_free(s);
+    ctx_run(&x);
+    assert_int_equal(x.status, ROTOR_EDB);
+    if (!strstr(x.reason, "set-password: cannot quote"))
+        fail_msg("reason: %s", x.reason);
+}
+
 static void verify(const char *role, const char *pw, const char *probe, ctx_t *x)
 {
     db_req_t *req;
@@ -487,6 +508,7 @@ int main(void)
         cmocka_unit_test(test_admin_connect_failure),
         cmocka_unit_test(test_set_password_then_login),
         cmocka_unit_test(test_set_password_quotes_identifier),
+        cmocka_unit_test(test_set_password_fails_inside_send),
         cmocka_unit_test(test_verify_login),
         cmocka_unit_test(test_set_nologin),
         cmocka_unit_test(test_end_sessions),
