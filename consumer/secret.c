@@ -17,7 +17,7 @@ void secret_wipe(void *p, size_t n)
 
 rotor_secret_t *secret_new(size_t len)
 {
-    if (len > 64 * 1024)
+    if (len > SECRET_MAX_LEN)
         return NULL;
     rotor_secret_t *s = util_calloc(1, sizeof *s);
     s->buf = util_calloc(1, len + 1);

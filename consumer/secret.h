@@ -10,8 +10,12 @@ typedef struct {
     size_t len;
 } rotor_secret_t;
 
+/* The most bytes a secret buffer holds: far above any password, and a bound on what a store's
+ * value can make rotor allocate. */
+#define SECRET_MAX_LEN (64 * 1024)
+
 /* Allocates a zeroed secret of len bytes (plus the terminator). The caller owns it and frees it
- * with secret_free(). Returns NULL only if len is absurd. */
+ * with secret_free(). Returns NULL when len is over SECRET_MAX_LEN. */
 rotor_secret_t *secret_new(size_t len);
 
 /* Copies len bytes of src into a new secret. The caller owns the result. */

@@ -582,14 +582,31 @@ static void eff_deploy(rotation_t *r)
     deploy_action(r, deployed);
 }
 
+/* Bytes of s once escaped inside a JSON string as current_entry escapes it. */
+static size_t entry_escaped_len(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < len; k++) {
+        unsigned char ch = (unsigned char)s[k];
+        n += ch == '"' || ch == '\\' ? 2 : ch < 0x20 ? 6 : 1;
+    }
+    return n;
+}
+
 /* The `current` entry: {"role": ..., "password": ...}, built straight into a wiped buffer (a
- * JSON library would leave copies of the password in memory it does not wipe). */
+ * JSON library would leave copies of the password in memory it does not wipe). The caller owns
+ * the result; NULL when the entry would be over SECRET_MAX_LEN bytes (a value in the store that
+ * is not a password rotor made: an operator's, or one damaged). */
 static rotor_secret_t *current_entry(const char *role, const rotor_secret_t *pw)
 {
-    size_t cap = strlen(role) * 6 + pw->len * 6 + 32;
-    rotor_secret_t *s = secret_new(cap);
+    static const char head[] = "{\"role\":\"", mid[] = "\",\"password\":\"", tail[] = "\"}";
+    size_t cap = sizeof head - 1 + entry_escaped_len(role, strlen(role)) + sizeof mid - 1 +
+                 entry_escaped_len(pw->buf, pw->len) + sizeof tail - 1;
+    rotor_secret_t *s = cap <= SECRET_MAX_LEN ? secret_new(cap) : NULL;
+    if (!s)
+        return NULL;
     size_t n = 0;
-    const char *parts[] = {"{\"role\":\"", role, "\",\"password\":\"", NULL, "\"}"};
+    const char *parts[] = {head, role, mid, NULL, tail};
     for (int i = 0; i < 5; i++) {
         const char *src = i == 3 ? pw->buf : parts[i];
         size_t len = i == 3 ? pw->len : strlen(src);
@@ -665,7 +682,24 @@ static void on_current_value(void *arg, int status, rotor_secret_t *value, const
         return;
     }
     rotor_slot_t slot = r->row.stage == STAGE_SWAP ? r->row.to_slot : r->row.from_slot;
-    rotor_secret_t *entry = current_entry(rot_role(r, slot), value);
+    rotor_secret_t *entry = value ? current_entry(rot_role(r, slot), value) : NULL;
+    if (!entry) {
+        /* The old slot's value is whatever the store holds (a rollback reads it back): one too
+         * large for the entry fails the stage, with a reason an operator can act on. */
+        char why[512];
+        if (value)
+            snprintf(why, sizeof why,
+                     "secret %s: the value of %s (%zu bytes) does not fit the current entry %s, "
+                     "which holds at most %d bytes once JSON-escaped",
+                     r->row.secret, rot_store_name(r, slot), value->len, r->sec->cfg->store.current,
+                     SECRET_MAX_LEN);
+        else
+            snprintf(why, sizeof why, "secret %s: the store returned no value for %s",
+                     r->row.secret, rot_store_name(r, slot));
+        secret_free(value);
+        rot_effect_done(r, ROTOR_ESTORE, why);
+        return;
+    }
     secret_free(value);
     store_t *s = r->sec->store;
     int rc = s->ops->write_current(s, r->sec->cfg->store.current, entry, on_current_written,
