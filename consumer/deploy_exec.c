@@ -1,6 +1,8 @@
-/* deploy_exec.c: the exec deploy driver: each action runs the operator's command with sh -c in its
- * own process group, with a minimal environment that never holds a secret or rotor's own
- * environment (which holds DSNs), its output logged line by line, bounded by a timeout. */
+/* deploy_exec.c: the exec deploy driver: each action runs the operator's command (a hook) with
+ * sh -c in its own process group, with a minimal environment that never holds a secret or rotor's
+ * own environment (which holds DSNs), bounded by a timeout. Its output goes to the log only, the
+ * last EXEC_LOG_MAX bytes of it, line by line: a hook run with `set -x` prints what it handles,
+ * and the journal and the events are read by more people than the log. */
 #include "deploy.h"
 
 #include <signal.h>
@@ -11,10 +13,11 @@
 
 #include "log.h"
 #include "rotor.h"
+#include "secret.h"
 #include "util.h"
 
 #define EXEC_LINE_MAX 1000 /* one runaway line must not flood the log */
-#define EXEC_TAIL_MAX 2048 /* stderr kept for the failure reason */
+#define EXEC_LOG_MAX 4096  /* the last bytes of output (both streams) kept for the log */
 /* A command that exits 0 may leave a background process holding its stdout (a daemon started
  * without redirection); the action must not wait on that process forever. */
 #define EXEC_DRAIN_MS 2000
@@ -54,33 +57,56 @@ struct deploy_req_s {
     int64_t exit_status;
     int term_signal;
 
-    char tail[EXEC_TAIL_MAX]; /* the last bytes of stderr */
-    size_t tail_len;
-    bool tail_cut;
+    /* The last lines of output, logged when the command ends: records of a stream byte ('0'
+     * stdout, '1' stderr), the line and a NUL, the oldest dropped first. */
+    char kept[EXEC_LOG_MAX];
+    size_t kept_len;
+    size_t dropped_lines, dropped_bytes;
+    bool any_output;
 };
 
 static void exec_check_done(deploy_req_t *req);
 
-static void exec_tail_append(deploy_req_t *req, const char *buf, size_t n)
+/* Keeps one line for the log, dropping the oldest kept lines to make room. */
+static void exec_keep(deploy_req_t *req, int stream, const char *line, size_t len)
 {
-    if (n >= EXEC_TAIL_MAX) {
-        memcpy(req->tail, buf + n - EXEC_TAIL_MAX, EXEC_TAIL_MAX);
-        req->tail_len = EXEC_TAIL_MAX;
-        req->tail_cut = true;
-        return;
+    len = strnlen(line, len); /* a NUL in the output ends the line, as the log would */
+    size_t need = len + 2;
+    req->any_output = true;
+    while (req->kept_len + need > EXEC_LOG_MAX && req->kept_len > 0) {
+        size_t first = strlen(req->kept + 1) + 2;
+        req->dropped_lines++;
+        req->dropped_bytes += first - 2;
+        memmove(req->kept, req->kept + first, req->kept_len - first);
+        req->kept_len -= first;
     }
-    if (req->tail_len + n > EXEC_TAIL_MAX) {
-        size_t drop = req->tail_len + n - EXEC_TAIL_MAX;
-        memmove(req->tail, req->tail + drop, req->tail_len - drop);
-        req->tail_len -= drop;
-        req->tail_cut = true;
+    req->kept[req->kept_len] = (char)('0' + stream);
+    memcpy(req->kept + req->kept_len + 1, line, len);
+    req->kept[req->kept_len + 1 + len] = '\0';
+    req->kept_len += need;
+}
+
+/* Logs the kept lines in the order they came, after a note of what was dropped before them. */
+static void exec_log_output(deploy_req_t *req)
+{
+    if (req->dropped_lines > 0) {
+        char lines[24], bytes[24], cap[24];
+        snprintf(lines, sizeof lines, "%zu", req->dropped_lines);
+        snprintf(bytes, sizeof bytes, "%zu", req->dropped_bytes);
+        snprintf(cap, sizeof cap, "%d", EXEC_LOG_MAX);
+        log_info("deploy.exec.output_dropped", "action", req->action, "rotation_id",
+                 req->rotation_id, "lines", lines, "bytes", bytes, "kept_bytes", cap);
     }
-    memcpy(req->tail + req->tail_len, buf, n);
-    req->tail_len += n;
+    for (size_t o = 0; o < req->kept_len;) {
+        const char *line = req->kept + o + 1;
+        log_info("deploy.exec.output", "action", req->action, "rotation_id", req->rotation_id,
+                 "stream", req->out[req->kept[o] - '0'].name, "line", line);
+        o += strlen(line) + 2;
+    }
 }
 
 /* Length of s without a UTF-8 sequence cut at its end, so that a line cut at the limit still
- * logs as text (the logger replaces invalid UTF-8 wholesale). */
+ * logs as it was (the logger writes U+FFFD for each byte of a cut sequence). */
 static size_t exec_utf8_whole(const char *s, size_t len)
 {
     size_t i = len, k = 0;
@@ -100,9 +126,7 @@ static void exec_line_flush(exec_stream_t *s)
     if (s->len > 0 && s->line[s->len - 1] == '\r')
         s->len--;
     s->len = exec_utf8_whole(s->line, s->len);
-    s->line[s->len] = '\0';
-    log_info("deploy.exec.output", "action", s->req->action, "rotation_id", s->req->rotation_id,
-             "stream", s->name, "line", s->line);
+    exec_keep(s->req, s == &s->req->out[1], s->line, s->len);
     s->len = 0;
 }
 
@@ -138,8 +162,6 @@ static void exec_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
 {
     exec_stream_t *s = h->data;
     if (nread > 0) {
-        if (s == &s->req->out[1])
-            exec_tail_append(s->req, buf->base, (size_t)nread);
         exec_lines_feed(s, buf->base, (size_t)nread);
         return;
     }
@@ -220,49 +242,24 @@ static void exec_on_exit(uv_process_t *p, int64_t exit_status, int term_signal)
     exec_check_done(req);
 }
 
-/* Writes the stderr tail as one line: newlines become "; ", other control characters spaces. */
-static void exec_tail_text(const deploy_req_t *req, char *out, size_t len)
-{
-    const char *p = req->tail, *end = req->tail + req->tail_len;
-    /* The kept window may begin inside a UTF-8 sequence. */
-    while (p < end && ((unsigned char)*p & 0xC0) == 0x80)
-        p++;
-    while (p < end && (*p == '\n' || *p == '\r' || *p == ' ' || *p == '\t'))
-        p++;
-    while (end > p && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t'))
-        end--;
-    size_t o = 0;
-    if (req->tail_cut && p < end && len > 4) {
-        memcpy(out, "...", 3);
-        o = 3;
-    }
-    for (; p < end && o + 3 < len; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '\n') {
-            out[o++] = ';';
-            out[o++] = ' ';
-        } else if (c != '\r') {
-            out[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
+/* The reason says what happened and where the output is, never what the output says: a hook's
+ * output may hold what it handles, and the reason is journaled and published. */
 static int exec_outcome(const deploy_req_t *req, char *reason, size_t len)
 {
-    char what[64], tail[2 * EXEC_TAIL_MAX + 8];
+    char what[64];
+    const char *where = req->any_output ? " (output in the log)" : " (no output)";
     if (req->canceled) {
-        snprintf(reason, len, "%s command canceled", req->action);
+        snprintf(reason, len, "hook %s canceled", req->action);
         return ROTOR_ECANCELED;
     }
     if (req->spawn_err) {
-        snprintf(reason, len, "%s command could not start: %s", req->action,
+        snprintf(reason, len, "hook %s could not start: %s", req->action,
                  uv_strerror(req->spawn_err));
         return ROTOR_EFAIL;
     }
     if (req->timed_out) {
         util_format_duration(req->timeout_ms, what, sizeof what);
-        snprintf(reason, len, "%s command timed out after %s", req->action, what);
+        snprintf(reason, len, "hook %s timed out after %s%s", req->action, what, where);
         return ROTOR_ETIMEOUT;
     }
     if (req->term_signal) {
@@ -272,25 +269,26 @@ static int exec_outcome(const deploy_req_t *req, char *reason, size_t len)
         else
             snprintf(what, sizeof what, "was killed by signal %d", req->term_signal);
     } else if (req->exit_status != 0) {
-        snprintf(what, sizeof what, "exited %lld", (long long)req->exit_status);
+        snprintf(what, sizeof what, "exited with status %lld", (long long)req->exit_status);
     } else {
         return 0;
     }
-    exec_tail_text(req, tail, sizeof tail);
-    snprintf(reason, len, "%s command %s%s%s", req->action, what, tail[0] ? ": " : "", tail);
+    snprintf(reason, len, "hook %s %s%s", req->action, what, where);
     return ROTOR_EFAIL;
 }
 
 static void exec_report(deploy_req_t *req)
 {
-    char reason[2 * EXEC_TAIL_MAX + 160];
+    char reason[256];
     int status = exec_outcome(req, reason, sizeof reason);
     const char *why = status < 0 ? reason : NULL;
+    exec_log_output(req);
     if (req->observe_cb)
         req->observe_cb(req->arg, status, -1, why);
     else
         req->cb(req->arg, status, why);
     free(req->rotation_id);
+    secret_wipe(req, sizeof *req); /* the output it kept */
     free(req);
 }
 

@@ -1,8 +1,10 @@
 """deploy kind exec inside a rotation: hooks run with the rotation's context and never a
-password; a hook that fails fails the stage with the tail of its stderr; a hook that hangs is
+password; a hook that fails fails the stage, its output in the log only; a hook that hangs is
 killed with its process group at the timeout; production is untouched before the swap."""
 import json
 import os
+import secrets
+import subprocess
 
 from rotorlab import wait_for
 
@@ -31,15 +33,41 @@ def test_hooks_get_the_context_and_no_secret(make_lab, tmp_path):
     assert lab.stored("pg-green") not in text
 
 
-def test_failing_hook_fails_the_stage_with_its_stderr(make_lab):
-    lab = make_lab(deploy=exec_deploy("echo 'helm: release app-green failed' >&2; exit 3"),
+def journal_text(lab):
+    """Every row of the journal (rotations, history, outbox, dead letters) as text."""
+    dump = subprocess.run(["pg_dump", "-h", lab.pg.dir, "-p", str(lab.pg.port), "-U", "postgres",
+                           "--data-only", "--schema=rotor", "postgres"],
+                          capture_output=True, text=True, check=True)
+    # outbox values are bytea (dumped as hex): read them decoded, so a leak would show
+    rows = lab.pg.query("SELECT encode(value, 'escape') FROM rotor.outbox")
+    return dump.stdout + "\n".join(r[0] for r in rows)
+
+
+def test_failing_hook_output_stays_in_the_log(make_lab):
+    # a hook run with `set -x`, or one that prints what it handles: its output is the log's only
+    marker = "MARKER-" + secrets.token_hex(8)
+    lab = make_lab(deploy=exec_deploy(f"set -x; echo 'helm: release app-green failed' >&2; "
+                                      f"echo '{marker} on stdout'; echo '{marker} on stderr' >&2;"
+                                      f" exit 3"),
                    stages=ONE_TRY)
     d = lab.start()
     rid = lab.rotation_for(lab.request())["id"]
     row = lab.wait_status(rid, ("failed", "completed"), 60)
     assert row["status"] == "failed" and row["stage"] == "deploy"
-    assert "exited 3" in row["error"] and "release app-green failed" in row["error"]
-    assert '"deploy.exec.output"' in d.text()
+    assert row["error"] == "hook deploy exited with status 3 (output in the log)", row["error"]
+    events = lab.wait_event(rid, "rotation.failed")
+    failed = [e for e in events if e["type"] == "stage.failed"]
+    assert failed and failed[-1]["data"]["error"] == row["error"]
+    # in the log, line by line with the hook's name...
+    lines = [json.loads(line) for line in d.text().splitlines() if line.startswith("{")]
+    out = [o for o in lines if o.get("msg") == "deploy.exec.output"]
+    assert {(o["action"], o["stream"], o["line"]) for o in out} >= {
+        ("deploy", "stdout", f"{marker} on stdout"), ("deploy", "stderr", f"{marker} on stderr"),
+        ("deploy", "stderr", "helm: release app-green failed")}, out
+    # ...and nowhere else: not in the journal (rotations, history, outbox), not in any event
+    assert marker not in journal_text(lab)
+    assert marker not in "\n".join(m["payload"] or "" for m in lab.consume("rotor.events"))
+    assert "release app-green failed" not in journal_text(lab)
     assert not os.path.exists(os.path.join(lab.secrets_dir, "pg-current"))
     assert lab.active_slot() == "blue"
 
