@@ -47,8 +47,10 @@ def test_oversized_old_value_fails_the_rollback_then_a_fitting_one_rolls_back(ma
     value = "p" * 12000
     write_mount(lab, "pg-blue", value)
     lab.cli("retry", rid, "--by", "ops")
+    wait_for(lambda: ("rollback", "retry") in [(s, o) for s, o, _, _ in lab.history(rid)], 30,
+             what="the retry to be applied")
     row = wait_end(lab, d, rid)
-    assert row["status"] == "rolled-back", lab.history(rid)
+    assert row["status"] == "rolled-back", (row, lab.history(rid))
     assert json.loads(lab.stored("pg-current")) == {"role": "app_blue", "password": value}
     assert lab.active_slot() == "blue"
     assert d.alive()
