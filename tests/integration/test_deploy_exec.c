@@ -279,6 +279,19 @@ static void test_failure_output_only_in_log(void **state)
     assert_true(kept + bytes + 2 * dropped > 4096);
 }
 
+static void test_failure_without_output(void **state)
+{
+    fixture_t *f = *state;
+    snprintf(f->cmd[0], sizeof f->cmd[0], "exit 4");
+    open_driver(f);
+    result_t r = {0};
+    assert_int_equal(f->drv->ops->deploy(f->drv, &ctx_green, on_done, &r, NULL), 0);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, ROTOR_EFAIL);
+    assert_string_equal(r.reason, "hook deploy exited with status 4 (no output)");
+}
+
 static void test_killed_by_signal(void **state)
 {
     fixture_t *f = *state;
@@ -572,6 +585,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_success_env_and_output, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_output_only_in_log, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failure_without_output, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_by_signal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_kills_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kills_group, setup, teardown),
