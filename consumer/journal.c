@@ -954,9 +954,11 @@ int journal_update_command(journal_t *j, const journal_rot_t *r, const char *eve
               ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
               "  last_rotation = m.id FROM m WHERE s.name = m.secret"
               "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
-              "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT
-              ", $26::text IS NOT NULL AND EXISTS (SELECT 1 FROM rotor.commands k"
-              "  WHERE k.rotation_id = $1::uuid AND k.event_id = $26) AS already",
+              "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21")
+              /* FENCED_RESULT, and whether the command was applied before */
+              " SELECT count(*), (SELECT count(*) FROM f),"
+              "  $26::text IS NOT NULL AND EXISTS (SELECT 1 FROM rotor.commands k"
+              "  WHERE k.rotation_id = $1::uuid AND k.event_id = $26) AS already FROM m",
               27, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
