@@ -1,8 +1,8 @@
 """Every command is applied at most once per CloudEvents id: a redelivered copy (a rebalance, a
 crash before the offset commit, a pipeline that publishes twice) is "already applied": logged,
 committed, not dead-lettered, and it changes nothing, even when the rotation is back in the state
-the original found (the second gate of approval.gate both, a second failure). An approval names
-the gate it approves."""
+the original found (the second gate of approval.gate both, a second failure, the next attempt
+of a stage a pipeline answered). An approval names the gate it approves."""
 import json
 import time
 
@@ -181,3 +181,32 @@ def test_approval_redelivered_after_a_crash_passes_only_the_swap_gate(make_lab):
                             "AND outcome = 'approved'", (rid,))
     assert approved == [("alice",)], approved
     assert not [r for r, p in _dead_letters(lab) if ev["id"] in p], _dead_letters(lab)
+
+
+def test_pipeline_answer_redelivered_does_not_end_the_next_attempt(make_lab):
+    lab = make_lab(deploy="{ kind: external, external: { timeout: 30s } }")
+    d = lab.start()
+    rid = lab.rotation_for(lab.request())["id"]
+
+    def requested(attempt):
+        return [e for e in lab.events() if e["type"] == "stage.requested" and
+                e["data"]["rotation_id"] == rid and e["data"]["stage"] == "deploy" and
+                e["data"]["attempt"] == attempt]
+    wait_for(lambda: requested(1), 60, 0.3, what="deploy's first request")
+    # the pipeline fails attempt 1 with an answer that does not name its attempt
+    ev = _event("stage.failed", rid, stage="deploy", error="cluster busy", by="pipeline-42")
+    lab.produce(json.dumps(ev))
+    wait_for(lambda: requested(2), 60, 0.3, what="deploy's second request")
+    # the same answer again (the pipeline's retry of its publish): attempt 2 is not failed by it
+    lab.produce(json.dumps(ev))
+    wait_for(lambda: _already_applied(d, ev["id"]) or requested(3), 30, 0.2,
+             what="the copy said applied")
+    time.sleep(1.0)
+    assert not requested(3), lab.history(rid)
+    row = lab.rotations()[0]
+    assert (row["stage"], row["status"]) == ("deploy", "running"), row
+    failed = [h for h in lab.history(rid) if h[0] == "deploy" and h[1] == "pipeline-failed"]
+    assert len(failed) == 1, lab.history(rid)
+    assert not [r for r, p in _dead_letters(lab) if ev["id"] in p], _dead_letters(lab)
+    lab.cli("complete", rid, "deploy")
+    wait_for(lambda: lab.rotations()[0]["stage"] != "deploy", 60, 0.2, what="deploy to end")
