@@ -12,6 +12,7 @@
 typedef struct {
     const char *event_type;
     const char *text_key; /* "comment", "reason" or NULL: also the option's name */
+    bool gated;           /* approve, reject: the event names the gate it decides (--gate) */
     /* NULL when rot allows the decision, else why not (for "rotation X is ...: <why>"). */
     const char *(*refuse)(const journal_rot_t *r);
 } cli_decision_t;
@@ -20,6 +21,7 @@ typedef struct {
     const char *id;
     const char *by;
     const char *text;
+    const char *gate; /* --gate, or NULL: the gate the rotation waits at */
     bool wait;
     uint64_t timeout_ms;
 } cli_decide_opts_t;
@@ -40,25 +42,35 @@ static const char *cli_refuse_if_terminal(const journal_rot_t *r)
     return journal_status_open(r->status) ? NULL : "it has already ended";
 }
 
-static const cli_decision_t cli_approve_d = {"rotation.approved", "comment",
+/* The approval gate a rotation waiting at stage approve waits at (as the daemon tells it in
+ * rotation.awaiting-approval): before the swap, or before retire once swapped. */
+static const char *cli_waiting_gate(const journal_rot_t *r)
+{
+    return r->swapped ? "retire" : "swap";
+}
+
+static const cli_decision_t cli_approve_d = {"rotation.approved", "comment", true,
                                              cli_refuse_unless_waiting};
-static const cli_decision_t cli_reject_d = {"rotation.rejected", "reason",
+static const cli_decision_t cli_reject_d = {"rotation.rejected", "reason", true,
                                             cli_refuse_unless_waiting};
-static const cli_decision_t cli_retry_d = {"rotation.retry", NULL, cli_refuse_unless_failed};
-static const cli_decision_t cli_abort_d = {"rotation.abort", "reason", cli_refuse_if_terminal};
+static const cli_decision_t cli_retry_d = {"rotation.retry", NULL, false, cli_refuse_unless_failed};
+static const cli_decision_t cli_abort_d = {"rotation.abort", "reason", false,
+                                           cli_refuse_if_terminal};
 
 static int cli_decide_parse(const cli_decision_t *d, int argc, char **argv, cli_decide_opts_t *o)
 {
-    /* The text option is --comment or --reason depending on the decision; retry has none. */
-    struct option opts[] = {
-        {"by", required_argument, NULL, 'b'},
-        {"wait", no_argument, NULL, 'w'},
-        {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},
+    /* The text option is --comment or --reason depending on the decision; retry has none.
+     * Only approve and reject take --gate. */
+    struct option opts[8] = {
+        {"by", required_argument, NULL, 'b'},      {"wait", no_argument, NULL, 'w'},
+        {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
         {"until", required_argument, NULL, 'u'},
-        {d->text_key, required_argument, NULL, 'x'},
-        {NULL, 0, NULL, 0},
     };
+    int nopts = 5;
+    if (d->gated)
+        opts[nopts++] = (struct option){"gate", required_argument, NULL, 'g'};
+    if (d->text_key)
+        opts[nopts++] = (struct option){d->text_key, required_argument, NULL, 'x'};
     int ch;
     optind = 0;
     while ((ch = getopt_long(argc, argv, "b:wt:u:h", opts, NULL)) != -1) {
@@ -74,6 +86,13 @@ static int cli_decide_parse(const cli_decision_t *d, int argc, char **argv, cli_
             break;
         case 'x':
             o->text = optarg;
+            break;
+        case 'g':
+            if (strcmp(optarg, "swap") != 0 && strcmp(optarg, "retire") != 0) {
+                fprintf(stderr, "%s: --gate must be swap or retire\n", argv[0]);
+                return CLI_USAGE;
+            }
+            o->gate = optarg;
             break;
         case 'h':
             return CLI_HELP;
@@ -107,6 +126,8 @@ static int cli_decide_send(const rotor_config_t *cfg, const cli_decision_t *d,
     else
         cli_whoami(who, sizeof who);
     json_t *data = json_pack("{s:s, s:s}", "rotation_id", r->id, "by", who);
+    if (d->gated)
+        json_object_set_new(data, "gate", json_string(o->gate ? o->gate : cli_waiting_gate(r)));
     if (o->text && d->text_key)
         json_object_set_new(data, d->text_key, json_string(o->text));
     if (cli_publish(cfg, d->event_type, r->secret, data, id, sizeof id) != 0)
@@ -131,6 +152,13 @@ static int cli_decide(cli_ctx_t *ctx, const cli_decision_t *d, int argc, char **
     cli_rot_t rot;
     rc = cli_rot_lookup(c, o.id, &rot);
     const char *why = rc == 0 ? d->refuse(&rot.r) : NULL;
+    char gate_why[64];
+    if (!why && rc == 0 && d->gated && o.gate && strcmp(o.gate, cli_waiting_gate(&rot.r)) != 0) {
+        /* the operator meant the other gate: the rotation is not where they think it is */
+        snprintf(gate_why, sizeof gate_why, "it waits at gate %s, not %s", cli_waiting_gate(&rot.r),
+                 o.gate);
+        why = gate_why;
+    }
     if (why) {
         fprintf(stderr, "rotor: rotation %s is %s at stage %s: %s\n", rot.r.id,
                 journal_status_name(rot.r.status), rotor_stage_name(rot.r.stage), why);

@@ -18,7 +18,8 @@ typedef struct cmd_s {
     secret_ctx_t *sec;
     journal_rot_t row;
     int tries;
-    int decision; /* decision_t of a decision command, to decide again after a load */
+    int decision;      /* decision_t of a decision command, to decide again after a load */
+    char refusal[512]; /* why the command is out of place, unless it was applied before */
     struct cmd_s *next_deferred; /* the engine's queue of commands that came during a write */
 } cmd_t;
 
@@ -63,6 +64,38 @@ static bool claim_pending(cmd_t *c, const secret_ctx_t *sec)
 
 static void on_cmd_persisted(rotation_t *r, int status);
 
+/* A copy of a command applied before (redelivered after a crash or a rebalance, or published
+ * twice): nothing changes, its offset is committed, and it is said once, here. */
+static void already_applied(cmd_t *c, const char *rotation_id)
+{
+    log_info("command.already_applied", "rotation", rotation_id, "command", c->ev->id, "type",
+             c->ev->type);
+    cmd_finish(c, 0, NULL);
+}
+
+static void on_refusal_checked(void *arg, int status, bool applied)
+{
+    cmd_t *c = arg;
+    if (status != 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+    else if (applied)
+        already_applied(c, c->row.id);
+    else
+        cmd_finish(c, ROTOR_EINVALID, c->refusal);
+}
+
+/* A command that does not fit rotation_id's state is out of place (dead-lettered with reason)
+ * unless it is a copy of one applied to it before, which moved the rotation on: then it is
+ * already applied. Asked of the journal, which records every applied command's id. */
+static void refuse(cmd_t *c, const char *rotation_id, const char *reason)
+{
+    util_strlcpy(c->refusal, reason, sizeof c->refusal);
+    if (rotation_id != c->row.id)
+        util_strlcpy(c->row.id, rotation_id, sizeof c->row.id);
+    if (journal_command_applied(c->e->journal, rotation_id, c->ev->id, on_refusal_checked, c) < 0)
+        cmd_finish(c, ROTOR_EDB, "journal unavailable");
+}
+
 /* The persisted callback carries only the rotation: the command whose write is in flight is
  * kept on it (commands of other secrets arrive concurrently, one rotation writes one at a time).
  * A rotation removed during the write (let go, stopping) still finishes its command. */
@@ -81,6 +114,14 @@ static void on_cmd_persisted(rotation_t *r, int status)
         rot_after_write(r, status);
         return;
     }
+    if (status == ROTOR_EALREADY) {
+        /* Applied before, when the rotation was last in this state (the first of two approval
+         * gates, an earlier failure): nothing was written. Undo what deciding stopped (the
+         * approval's timer, a soak) by reading the row again. */
+        already_applied(c, r->row.id);
+        rot_reload(r);
+        return;
+    }
     if (status == ROTOR_ECONFLICT) {
         /* The row moved under us (a stage finished meanwhile): decide again on fresh state. */
         rot_reload(r);
@@ -96,6 +137,8 @@ static void on_cmd_persisted(rotation_t *r, int status)
 static void on_absorbed(void *arg, int status)
 {
     cmd_t *c = arg;
+    if (status == ROTOR_EALREADY)
+        status = 0; /* a concurrent copy of the request was absorbed first */
     if (status == 0)
         log_info("rotation.request_absorbed", "rotation", c->row.id, "secret", c->row.secret,
                  "request", c->ev->id);
@@ -116,7 +159,7 @@ static void absorb(cmd_t *c, const journal_rot_t *open)
     char *hs = json_dumps(h, JSON_COMPACT), *os = json_dumps(out, JSON_COMPACT);
     json_decref(h);
     json_decref(out);
-    int rc = journal_note(c->e->journal, open->id, hs, os, on_absorbed, c);
+    int rc = journal_note(c->e->journal, open->id, c->ev->id, c->ev->type, hs, os, on_absorbed, c);
     free(hs);
     free(os);
     if (rc < 0)
@@ -365,11 +408,46 @@ static bool decision_fits(decision_t d, const journal_rot_t *row)
     return false;
 }
 
+/* The approval gate r waits at: before the swap, or before retire once swapped. */
+static const char *waiting_gate(const rotation_t *r)
+{
+    return r->row.swapped ? "retire" : "swap";
+}
+
+/* An approval or rejection names the gate it decides (data.gate): one for another gate is out
+ * of place. One that names none (sent by an older client) is taken for the gate the rotation
+ * waits at only when its secret has one gate: under approval.gate both it could be a copy of
+ * the swap gate's decision arriving at retire, so it is refused. Returns false with the reason
+ * in buf when the decision is out of place. */
+static bool gate_fits(const cmd_t *c, const rotation_t *r, char *buf, size_t len)
+{
+    const char *gate = data_str(c->ev, "gate");
+    const char *at = waiting_gate(r);
+    if (gate && strcmp(gate, at) != 0) {
+        snprintf(buf, len,
+                 "rotation %s waits for approval at gate %s: a decision for gate %.16s is out of "
+                 "place",
+                 r->row.id, at, gate);
+        return false;
+    }
+    if (!gate && r->sec->cfg->approval.gate == GATE_BOTH) {
+        snprintf(buf, len,
+                 "rotation %s waits for approval at gate %s of two (approval.gate both): the "
+                 "decision must name its gate (data.gate)",
+                 r->row.id, at);
+        return false;
+    }
+    return true;
+}
+
 static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
 {
     const char *by = data_str(c->ev, "by");
     const char *why = data_str(c->ev, "reason");
     r->cmd = c;
+    /* recorded with the write, which is refused if this command was applied before */
+    r->cmd_event_id = c->ev->id;
+    r->cmd_type = c->ev->type;
     if (d == DEC_APPROVE || d == DEC_REJECT) {
         rot_approve_decided(r, d == DEC_APPROVE ? ON_APPROVED : ON_REJECTED, by ? by : "operator",
                             why, on_cmd_persisted);
@@ -384,7 +462,7 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
         r->next.attempt = 0;
         r->next.next_at_ms = util_now_ms();
         r->next.error[0] = '\0';
-        hist = rot_history(&r->row, "retry", r->next.actor, -1, NULL, NULL);
+        hist = rot_history(&r->row, "retry", r->next.actor, -1, NULL, c->ev->id);
     } else {
         rot_stop_effect(r); /* a running effect's result is dropped; its effects are idempotent */
         r->next.status = RS_ABORTED;
@@ -394,7 +472,7 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
         if (why)
             json_object_set_new(dd, "reason", json_string(why));
         rot_outbox_add(c->e, out, "rotation.aborted", r->row.secret, r->row.traceparent, dd);
-        hist = rot_history(&r->row, "aborted", r->next.actor, -1, why, NULL);
+        hist = rot_history(&r->row, "aborted", r->next.actor, -1, why, c->ev->id);
     }
     rot_persist(r, hist, out, on_cmd_persisted);
 }
@@ -432,12 +510,14 @@ static void on_find_for_decision(void *arg, int status, const journal_rot_t *row
         return;
     }
     char reason[256];
-    if (n == 0)
+    if (n == 0) {
         snprintf(reason, sizeof reason, "unknown rotation %s", id);
-    else
-        snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s is out of place", id,
-                 journal_status_name(rows[0].status), rotor_stage_name(rows[0].stage), c->ev->type);
-    cmd_finish(c, ROTOR_EINVALID, reason);
+        cmd_finish(c, ROTOR_EINVALID, reason);
+        return;
+    }
+    snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s is out of place", id,
+             journal_status_name(rows[0].status), rotor_stage_name(rows[0].stage), c->ev->type);
+    refuse(c, rows[0].id, reason);
 }
 
 static void on_cmd_timer(uv_timer_t *t);
@@ -465,7 +545,7 @@ static void answer_out_of_place(cmd_t *c, const rotation_t *r)
     snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s for %.32s is out of place",
              r->row.id, journal_status_name(r->row.status), rotor_stage_name(r->row.stage),
              c->ev->type, stage ? stage : "?");
-    cmd_finish(c, ROTOR_EINVALID, reason);
+    refuse(c, r->row.id, reason);
 }
 
 /* The answer is in the audit trail: now hand it to the attempt and commit its offset. A crash
@@ -473,6 +553,11 @@ static void answer_out_of_place(cmd_t *c, const rotation_t *r)
 static void on_answer_noted(void *arg, int status)
 {
     cmd_t *c = arg;
+    if (status == ROTOR_EALREADY) {
+        /* this answer was noted (and handed to its attempt) before: a redelivered copy */
+        already_applied(c, c->row.id);
+        return;
+    }
     if (status != 0 && status != ROTOR_ECONFLICT) {
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
         return;
@@ -512,7 +597,8 @@ static void stage_answer(cmd_t *c, rotation_t *r, decision_t d)
                     by ? by : "pipeline", -1, err, c->ev->id);
     char *hs = json_dumps(h, JSON_COMPACT);
     json_decref(h);
-    int rc = journal_note(c->e->journal, r->row.id, hs, NULL, on_answer_noted, c);
+    int rc = journal_note(c->e->journal, r->row.id, c->ev->id, c->ev->type, hs, NULL,
+                          on_answer_noted, c);
     free(hs);
     if (rc < 0)
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
@@ -554,7 +640,11 @@ static void cmd_decide(cmd_t *c, decision_t d)
         snprintf(reason, sizeof reason, "rotation %s is %s at %s: %s is out of place", id,
                  journal_status_name(r->row.status), rotor_stage_name(r->row.stage),
                  decision_names[d]);
-        cmd_finish(c, ROTOR_EINVALID, reason);
+        refuse(c, r->row.id, reason);
+        return;
+    }
+    if ((d == DEC_APPROVE || d == DEC_REJECT) && !gate_fits(c, r, reason, sizeof reason)) {
+        refuse(c, r->row.id, reason);
         return;
     }
     apply_decision(c, r, d);

@@ -109,6 +109,18 @@ const char *const journal_migrations[] = {
     "ALTER TABLE rotor.rotations ADD COLUMN run_by text, ADD COLUMN run_part integer,"
     "  ADD COLUMN run_epoch bigint, ADD COLUMN run_pid integer,"
     "  ADD COLUMN run_started timestamptz, ADD COLUMN run_until timestamptz;",
+    /* 8: commands */
+    /* The commands (approve, reject, retry, abort, a pipeline's answer) applied to a rotation, by
+     * CloudEvents id: the write that applies one inserts its id here in the same statement, and
+     * refuses an id already present, so that a redelivered copy changes nothing even when the
+     * rotation is back in the state the original found (a second approval gate, a second
+     * failure). Requests are recognised by their history lines (journal_by_request). */
+    "CREATE TABLE rotor.commands ("
+    "  rotation_id uuid NOT NULL REFERENCES rotor.rotations (id) ON DELETE CASCADE,"
+    "  event_id text NOT NULL,"
+    "  type text NOT NULL,"
+    "  applied_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (rotation_id, event_id));",
 };
 const int journal_nmigrations = sizeof journal_migrations / sizeof journal_migrations[0];
 
@@ -781,9 +793,13 @@ static void on_write(pgc_conn_t *c, PGresult *res, int status, void *arg)
     jreq_t *q = arg;
     journal_done_cb cb = (journal_done_cb)q->cb;
     if (status == 0 && atoi(PQgetvalue(res, 0, 0)) == 0) {
-        /* A fenced write reports whether its claim held (FENCED_RESULT). */
+        /* A write that applies a command reports whether its event id was applied before
+         * (column "already"); a fenced write whether its claim held (FENCED_RESULT). */
+        int already = PQfnumber(res, "already");
         bool fenced = PQnfields(res) > 1 && atoi(PQgetvalue(res, 0, 1)) == 0;
         status = fenced ? ROTOR_EFENCED : ROTOR_ECONFLICT;
+        if (already >= 0 && PQgetvalue(res, 0, already)[0] == 't')
+            status = ROTOR_EALREADY;
     } else if (status == 0) {
         if (q->outbox && q->j->outbox_fn)
             q->j->outbox_fn(q->j->outbox_arg);
@@ -802,11 +818,12 @@ static void fmt_ms(char *buf, size_t len, int64_t ms)
 
 /* Text parameters of a row, in the order the INSERT and UPDATE below use them: $1..$19 the row,
  * $20 the history line, $21 the outbox rows, $22..$24 the fence (part, epoch, nparts), $25 the
- * running attempt's deadline. */
+ * running attempt's deadline; the UPDATE adds $26 and $27, the command it applies (event id and
+ * type, NULL for none). */
 typedef struct {
     char seq[16], attempt[16], next_at[24], expires_at[24];
     char part[16], epoch[24], nparts[16], run_until[24];
-    const char *v[25];
+    const char *v[27];
 } row_params_t;
 
 static void row_params(const journal_rot_t *r, const char *history, const char *outbox,
@@ -891,8 +908,17 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg)
 {
+    return journal_update_command(j, r, NULL, NULL, history, outbox, cb, arg);
+}
+
+int journal_update_command(journal_t *j, const journal_rot_t *r, const char *event_id,
+                           const char *type, const char *history, const char *outbox,
+                           journal_done_cb cb, void *arg)
+{
     row_params_t p;
     row_params(r, history, outbox, &p);
+    p.v[25] = event_id;
+    p.v[26] = event_id ? type : NULL;
     /* $2, $7 and $10 are part of the row's identity and do not change; they are still bound so
      * one parameter list serves both statements. A running attempt records whose it is and
      * until when ($25); the last runner stays on the row for the audit, its deadline does not. */
@@ -916,14 +942,24 @@ int journal_update(journal_t *j, const journal_rot_t *r, const char *history, co
               "  AND trigger = $10 AND coalesce(request_id, '') = coalesce($11, '')"
               "  AND coalesce(reason, '') = coalesce($12, '')"
               "  AND coalesce(traceparent, '') = coalesce($14, '') AND" FENCE_HOLDS
+              /* a command is applied once: its id recorded below refuses every later copy. A
+               * concurrent copy waits for this row's lock and then finds seq moved. */
+              "  AND ($26::text IS NULL OR NOT EXISTS (SELECT 1 FROM rotor.commands k"
+              "   WHERE k.rotation_id = $1::uuid AND k.event_id = $26))"
               " RETURNING id, secret, status, swapped, to_slot)"
+              ", cmd AS (INSERT INTO rotor.commands (rotation_id, event_id, type)"
+              "  SELECT m.id, $26, $27 FROM m WHERE $26::text IS NOT NULL)"
               /* The secret's active slot follows production: completed, or aborted after the
                * swap. */
               ", sec AS (UPDATE rotor.secrets s SET active_slot = m.to_slot, last_rotated = now(),"
               "  last_rotation = m.id FROM m WHERE s.name = m.secret"
               "  AND (m.status = 'completed' OR (m.status = 'aborted' AND "
-              "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
-              25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
+              "m.swapped)))" HISTORY_AND_OUTBOX("$20", "$21")
+              /* FENCED_RESULT, and whether the command was applied before */
+              " SELECT count(*), (SELECT count(*) FROM f),"
+              "  $26::text IS NOT NULL AND EXISTS (SELECT 1 FROM rotor.commands k"
+              "  WHERE k.rotation_id = $1::uuid AND k.event_id = $26) AS already FROM m",
+              27, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
 static void on_claimed(pgc_conn_t *c, PGresult *res, int status, void *arg)
@@ -982,15 +1018,52 @@ int journal_release(journal_t *j, const char *id, int32_t part, int64_t epoch, c
               4, params, on_write, jreq_new(j, (void *)cb, arg, false));
 }
 
-int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,
-                 journal_done_cb cb, void *arg)
+/* What journal_note reports: rows noted, a fence that always holds, and whether the command
+ * was noted before (the rotation exists, the note did not insert its id). */
+#define NOTE_RESULT                                                                                \
+    " SELECT count(*), 1, $4::text IS NOT NULL AND"                                                \
+    "  EXISTS (SELECT 1 FROM rotor.rotations WHERE id = $1::uuid) AS already FROM m"
+
+int journal_note(journal_t *j, const char *id, const char *event_id, const char *type,
+                 const char *history, const char *outbox, journal_done_cb cb, void *arg)
 {
-    const char *params[] = {id, history, outbox};
-    return jq(
-        j,
-        "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid)" WITH_HISTORY_AND_OUTBOX(
-            "$2", "$3"),
-        3, params, on_write, jreq_new(j, (void *)cb, arg, true));
+    const char *params[] = {id, history, outbox, event_id, event_id ? type : NULL};
+    /* With an event id, the note is written only if it inserts the id into rotor.commands (a
+     * concurrent copy waits for the first one's commit, then inserts nothing) and no history
+     * line of the rotation carries it (a pipeline's answer noted before rotor.commands). */
+    return jq(j,
+              "WITH c AS (INSERT INTO rotor.commands (rotation_id, event_id, type)"
+              "  SELECT r.id, $4, $5 FROM rotor.rotations r WHERE r.id = $1::uuid"
+              "  AND $4::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM rotor.history h"
+              "   WHERE h.request_id = $4 AND h.rotation_id = $1::uuid)"
+              "  ON CONFLICT DO NOTHING RETURNING rotation_id AS id),"
+              " m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid AND $4::text IS NULL"
+              "  UNION ALL SELECT id FROM c)" HISTORY_AND_OUTBOX("$2", "$3") NOTE_RESULT,
+              5, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
+static void on_applied(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    jreq_t *q = arg;
+    journal_applied_cb cb = (journal_applied_cb)q->cb;
+    if (status == 0 && PQntuples(res) != 1)
+        status = ROTOR_EDB;
+    if (status != 0)
+        cb(q->arg, db_failed(status, "command applied", c, res), false);
+    else
+        cb(q->arg, 0, PQgetvalue(res, 0, 0)[0] == 't');
+    free(q);
+}
+
+int journal_command_applied(journal_t *j, const char *rotation_id, const char *event_id,
+                            journal_applied_cb cb, void *arg)
+{
+    const char *params[] = {rotation_id, event_id};
+    return jq(j,
+              "SELECT EXISTS (SELECT 1 FROM rotor.commands WHERE rotation_id = $1::uuid"
+              "  AND event_id = $2) OR EXISTS (SELECT 1 FROM rotor.history"
+              "  WHERE request_id = $2 AND rotation_id = $1::uuid)",
+              2, params, on_applied, jreq_new(j, (void *)cb, arg, false));
 }
 
 static char *hex_encode(const void *data, size_t len)

@@ -154,6 +154,15 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
 int journal_update(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg);
 
+/* journal_update that applies a command (an operator's decision): event_id and type (its
+ * CloudEvents id and type, borrowed for the call) are recorded in rotor.commands in the same
+ * statement, and the write is refused when that id was applied to r before. status as for
+ * journal_update, or ROTOR_EALREADY = applied before, nothing written. event_id NULL =
+ * journal_update. */
+int journal_update_command(journal_t *j, const journal_rot_t *r, const char *event_id,
+                           const char *type, const char *history, const char *outbox,
+                           journal_done_cb cb, void *arg);
+
 /* Claims partition part of the commands topic for this instance (fencing): bumps the
  * partition's epoch in rotor.owners, which refuses every later write made under an earlier
  * claim. held: the epoch this process claimed last (0 = none); if rotor.owners still records
@@ -169,9 +178,18 @@ int journal_claim(journal_t *j, int32_t part, int32_t nparts, int64_t held, jour
 int journal_release(journal_t *j, const char *id, int32_t part, int64_t epoch, const char *history,
                     journal_done_cb cb, void *arg);
 
-/* History and events about rotation id without a state change (absorbed duplicates). */
-int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,
-                 journal_done_cb cb, void *arg);
+/* History and events about rotation id without a state change (absorbed duplicates, a
+ * pipeline's answer). event_id (may be NULL) and type name the command noted: the note is written
+ * once per event id and rotation (rotor.commands); status ROTOR_EALREADY = noted before, nothing
+ * written. All strings borrowed for the call. */
+int journal_note(journal_t *j, const char *id, const char *event_id, const char *type,
+                 const char *history, const char *outbox, journal_done_cb cb, void *arg);
+
+/* Whether the command event_id was applied to rotation rotation_id (a UUID): recorded in
+ * rotor.commands, or named by one of its history lines. Strings borrowed for the call. */
+typedef void (*journal_applied_cb)(void *arg, int status, bool applied);
+int journal_command_applied(journal_t *j, const char *rotation_id, const char *event_id,
+                            journal_applied_cb cb, void *arg);
 
 /* Records an unusable input message for the dead-letter topic: original key and value bytes,
  * original headers (JSON object, may be NULL) plus the rotor-dlq-* headers. */

@@ -45,14 +45,19 @@ static const cli_command_t cli_commands[] = {
      "  --reason TEXT       why (recorded in the journal, at most 1024 bytes)\n" CLI_WAIT_OPTS
          CLI_EXIT_CODES},
     {"approve", cli_approve, "approve rotation ID waiting for approval",
-     "Usage: rotor approve ID [--by NAME] [--comment TEXT] [--wait] [--timeout DURATION]\n"
+     "Usage: rotor approve ID [--gate swap|retire] [--by NAME] [--comment TEXT] [--wait]\n"
+     "                        [--timeout DURATION]\n"
      "Publishes rotation.approved for rotation ID, which must be waiting at stage approve.\n"
+     "  --gate swap|retire  the gate approved (default: the one the rotation waits at);\n"
+     "                      refused when the rotation waits at the other one\n"
      "  --by NAME           who approves (default: $USER@hostname)\n"
      "  --comment TEXT      a comment for the audit trail\n" CLI_WAIT_OPTS CLI_EXIT_CODES},
     {"reject", cli_reject, "reject rotation ID (swaps back)",
-     "Usage: rotor reject ID [--by NAME] [--reason TEXT] [--wait] [--timeout DURATION]\n"
+     "Usage: rotor reject ID [--gate swap|retire] [--by NAME] [--reason TEXT] [--wait]\n"
+     "                       [--timeout DURATION]\n"
      "Publishes rotation.rejected for rotation ID, which must be waiting at stage approve;\n"
      "the rotation then rolls back.\n"
+     "  --gate swap|retire  the gate rejected (default: the one the rotation waits at)\n"
      "  --by NAME           who rejects (default: $USER@hostname)\n"
      "  --reason TEXT       why\n" CLI_WAIT_OPTS CLI_EXIT_CODES},
     {"retry", cli_retry, "retry failed rotation ID",

@@ -365,8 +365,9 @@ static void on_persisted(void *arg, int status)
 
 void rot_reload(rotation_t *r);
 
-/* Writes r->next over r->row by compare-and-set with its history line and events. Steals
- * hist and outbox. then runs with 0, ROTOR_ECONFLICT or ROTOR_EDB. */
+/* Writes r->next over r->row by compare-and-set with its history line and events, and the
+ * command r->cmd_event_id if set. Steals hist and outbox. then runs with 0, ROTOR_ECONFLICT,
+ * ROTOR_EFENCED, ROTOR_EALREADY (the command was applied before) or ROTOR_EDB. */
 void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
 {
     char *h = json_dumps(hist, JSON_COMPACT);
@@ -377,6 +378,9 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
     p->r = r;
     p->then = then;
     r->next.seq = r->row.seq;
+    const char *event_id = r->cmd_event_id, *type = r->cmd_type;
+    r->cmd_event_id = NULL;
+    r->cmd_type = NULL;
     if (!rot_fence_write(r, stage_timeout(r, r->next.stage))) {
         /* not (or no longer) the owner: nothing is written */
         free(h);
@@ -387,7 +391,8 @@ void rot_persist(rotation_t *r, json_t *hist, json_t *outbox, persisted_fn then)
         return;
     }
     r->writing = true;
-    int rc = journal_update(r->eng->journal, &r->next, h, o, on_persisted, p);
+    int rc =
+        journal_update_command(r->eng->journal, &r->next, event_id, type, h, o, on_persisted, p);
     free(h);
     free(o);
     if (rc < 0) {
@@ -974,11 +979,11 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
         json_object_set_new(d, "attempt", json_integer(1));
         json_object_set_new(d, "duration_ms", json_integer(0));
         rot_outbox_add(r->eng, out, "stage.completed", r->row.secret, r->row.traceparent, d);
-        hist = rot_history(&r->row, "approved", actor, -1, NULL, NULL);
+        hist = rot_history(&r->row, "approved", actor, -1, NULL, r->cmd_event_id);
     } else {
         util_utf8_sanitize(r->next.error, sizeof r->next.error, why && *why ? why : "rejected");
         hist = rot_history(&r->row, on == ON_PROBE_FAILED ? "probe-failed" : "rejected", actor, -1,
-                           r->next.error, NULL);
+                           r->next.error, r->cmd_event_id);
     }
     util_strlcpy(r->next.actor, actor ? actor : "", sizeof r->next.actor);
     rot_advance(r, on, out);

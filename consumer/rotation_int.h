@@ -77,7 +77,12 @@ struct rotation_s {
     uv_timer_t timer;    /* next attempt, soak, approval deadline, drain */
     uv_timer_t deadline; /* the running attempt's timeout */
     bool writing;
-    struct cmd_s *cmd;      /* command.c's cmd_t whose write (of r->next) is in flight, or NULL */
+    struct cmd_s *cmd; /* command.c's cmd_t whose write (of r->next) is in flight, or NULL */
+    /* The command the next rot_persist applies (its event id and type, borrowed from the
+     * command's event): recorded with the write, which is refused if the id was applied before.
+     * rot_persist clears them. */
+    const char *cmd_event_id;
+    const char *cmd_type;
     unsigned token;         /* the current effect; callbacks carrying another token are stale */
     int inflight;           /* callbacks still to come; the rotation is freed only at zero */
     int handles;            /* uv handles not yet closed */

@@ -70,6 +70,8 @@ const char *rotor_strerror(int err)
         return "production probe failed";
     case ROTOR_EFENCED:
         return "fenced: another process owns the secret now";
+    case ROTOR_EALREADY:
+        return "already applied";
     default:
         return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
     }

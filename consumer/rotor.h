@@ -23,6 +23,7 @@ enum {
     ROTOR_ETIMEOUT,      /* stage or request timed out */
     ROTOR_EPROBE,        /* a production probe failed after the swap: roll back, do not retry */
     ROTOR_EFENCED,       /* this process no longer owns the secret: its write was refused */
+    ROTOR_EALREADY,      /* a command with this event id was applied before: nothing written */
 };
 
 const char *rotor_strerror(int err);

@@ -458,6 +458,18 @@ def test_decisions_are_checked_against_the_state(pg, journal, workdir):
     journal.execute("UPDATE rotor.rotations SET status = 'completed', stage = 'retire'")
     r = rotor("-c", path, "abort", running, env=env_for(pg))
     assert r.returncode == 1 and "it has already ended" in r.stderr
+    # --gate names the gate meant: refused when the rotation waits at the other one
+    swapped = insert_rotation(journal, "waiting", "approve")
+    journal.execute("UPDATE rotor.rotations SET swapped = true WHERE id = %s", (swapped,))
+    for cmd in ("approve", "reject"):
+        r = rotor("-c", path, cmd, swapped, "--gate", "swap", env=env_for(pg))
+        assert r.returncode == 1, cmd
+        assert f"rotation {swapped} is waiting at stage approve: it waits at gate retire, " \
+               "not swap" in r.stderr, r.stderr
+    r = rotor("-c", path, "approve", swapped, "--gate", "sideways", env=env_for(pg))
+    assert r.returncode != 0 and "--gate must be swap or retire" in r.stderr, r.stderr
+    r = rotor("-c", path, "retry", swapped, "--gate", "swap", env=env_for(pg))
+    assert r.returncode != 0, "retry takes no --gate"
 
 
 def test_request_and_decisions_publish_valid_commands(pg, journal, workdir, broker):
@@ -486,7 +498,9 @@ def test_request_and_decisions_publish_valid_commands(pg, journal, workdir, brok
     assert req["id"] == request_id and req["subject"] == "app-db"
     assert req["data"]["secret"] == "app-db" and req["data"]["trigger"] == "manual"
     assert req["data"]["reason"] == "quarterly" and req["data"]["requested_by"]
-    assert events[1]["data"] == {"rotation_id": waiting, "by": "alice", "comment": "looks good"}
+    # the approval names the gate the rotation waits at (not swapped yet: swap)
+    assert events[1]["data"] == {"rotation_id": waiting, "gate": "swap", "by": "alice",
+                                 "comment": "looks good"}
     assert events[2]["data"]["rotation_id"] == waiting
     assert events[3]["data"]["reason"] == "enough"
 

@@ -1,7 +1,10 @@
 /* test_journal.c: journal_secrets, the schedule's one-statement read of every secret, against a
  * real journal: secrets met for the first time are registered, secrets met before are reported
  * unchanged (their active slot is not rewritten), every answer row names its secret by index, and
- * names are passed as an array literal that quotes what they hold. */
+ * names are passed as an array literal that quotes what they hold. And commands applied once per
+ * event id: journal_update_command and journal_note refuse an id applied to the rotation before
+ * (ROTOR_EALREADY, nothing written), even when the row is back in the state the first copy
+ * found; journal_command_applied tells a copy from a command never applied. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -26,6 +29,9 @@ typedef struct {
     int64_t first, last;
     int nrows;
     journal_secret_row_t rows[NSECRETS];
+    int64_t epoch;
+    bool applied;
+    journal_rot_t found;
 } ctx_t;
 
 static void on_guard(uv_timer_t *t)
@@ -141,10 +147,155 @@ static void test_secrets_in_one_statement(void **state)
     assert_int_equal(uv_loop_close(&x.loop), 0);
 }
 
+static void on_done(void *arg, int status)
+{
+    ctx_t *x = arg;
+    x->status = status;
+    x->done = true;
+}
+
+static void on_claimed(void *arg, int status, int64_t epoch)
+{
+    ctx_t *x = arg;
+    x->status = status;
+    x->epoch = epoch;
+    x->done = true;
+}
+
+static void on_applied(void *arg, int status, bool applied)
+{
+    ctx_t *x = arg;
+    x->status = status;
+    x->applied = applied;
+    x->done = true;
+}
+
+static void on_found(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    ctx_t *x = arg;
+    x->status = status;
+    assert_int_equal(n, 1);
+    x->found = rows[0];
+    x->done = true;
+}
+
+/* Writes r (status st) as the command event_id (NULL: a stage's own write); bumps r->seq when
+ * written. Returns the write's status. */
+static int decide(ctx_t *x, journal_rot_t *r, journal_status_t st, const char *event_id)
+{
+    char hist[256];
+    snprintf(hist, sizeof hist,
+             "{\"trigger\":\"manual\",\"stage\":\"prepare\",\"outcome\":\"%s\","
+             "\"attempt\":1%s%s%s}",
+             event_id ? "retry" : "failed", event_id ? ",\"request_id\":\"" : "",
+             event_id ? event_id : "", event_id ? "\"" : "");
+    r->status = st;
+    assert_int_equal(
+        journal_update_command(x->j, r, event_id, "rotation.retry", hist, NULL, on_done, x), 0);
+    run_until(x);
+    if (x->status == 0)
+        r->seq++;
+    return x->status;
+}
+
+static bool applied(ctx_t *x, const char *id, const char *event_id)
+{
+    assert_int_equal(journal_command_applied(x->j, id, event_id, on_applied, x), 0);
+    run_until(x);
+    assert_int_equal(x->status, 0);
+    return x->applied;
+}
+
+static int note(ctx_t *x, const char *id, const char *event_id, const char *request_id)
+{
+    char hist[256];
+    snprintf(hist, sizeof hist,
+             "{\"trigger\":\"manual\",\"stage\":\"deploy\",\"outcome\":"
+             "\"pipeline-completed\",\"attempt\":1,\"request_id\":\"%s\"}",
+             request_id);
+    assert_int_equal(journal_note(x->j, id, event_id, "stage.completed", hist, NULL, on_done, x),
+                     0);
+    run_until(x);
+    return x->status;
+}
+
+static void test_commands_applied_once(void **state)
+{
+    (void)state;
+    ctx_t x;
+    memset(&x, 0, sizeof x);
+    uv_loop_init(&x.loop);
+    uv_timer_init(&x.loop, &x.guard);
+    uv_timer_start(&x.guard, on_guard, 50, 50);
+    assert_int_equal(journal_open(&x.loop, "", "journal-test", on_open, &x, &x.j), 0);
+    run_until(&x);
+
+    /* a claim to write under (a partition of its own, under a count no other test exceeds) */
+    assert_int_equal(journal_claim(x.j, 63, 64, 0, on_claimed, &x), 0);
+    run_until(&x);
+    assert_int_equal(x.status, 0);
+    journal_rot_t r;
+    memset(&r, 0, sizeof r);
+    util_uuid4(r.id);
+    snprintf(r.secret, sizeof r.secret, "cmd-%s", r.id);
+    r.stage = STAGE_PREPARE;
+    r.status = RS_FAILED;
+    r.seq = 1;
+    r.attempt = 1;
+    r.to_slot = SLOT_GREEN;
+    util_strlcpy(r.trigger, "manual", sizeof r.trigger);
+    r.next_at_ms = util_now_ms();
+    r.fence = (journal_fence_t){.part = 63, .nparts = 64, .epoch = x.epoch};
+    assert_int_equal(journal_secret(x.j, r.secret, SLOT_BLUE, on_secret, &x), 0);
+    run_until(&x);
+    assert_int_equal(journal_create(x.j, &r, NULL, NULL, on_done, &x), 0);
+    run_until(&x);
+    assert_int_equal(x.status, 0);
+
+    /* a retry, then the rotation fails again: the state the retry was applied in */
+    assert_false(applied(&x, r.id, "retry-1"));
+    assert_int_equal(decide(&x, &r, RS_PENDING, "retry-1"), 0);
+    assert_true(applied(&x, r.id, "retry-1"));
+    assert_int_equal(decide(&x, &r, RS_FAILED, NULL), 0);
+    /* its copy is refused, and changes nothing */
+    int seq = r.seq;
+    assert_int_equal(decide(&x, &r, RS_PENDING, "retry-1"), ROTOR_EALREADY);
+    assert_int_equal(journal_find(x.j, r.id, on_found, &x), 0);
+    run_until(&x);
+    assert_int_equal(x.found.status, RS_FAILED);
+    assert_int_equal(x.found.seq, seq);
+    /* a stale seq without a copy is a conflict, as before */
+    r.seq--;
+    assert_int_equal(decide(&x, &r, RS_PENDING, "retry-2"), ROTOR_ECONFLICT);
+    r.seq++;
+    assert_false(applied(&x, r.id, "retry-2"));
+    /* another retry is a new command */
+    assert_int_equal(decide(&x, &r, RS_PENDING, "retry-2"), 0);
+    /* the same id for another rotation is not that rotation's command */
+    char other[37];
+    util_uuid4(other);
+    assert_false(applied(&x, other, "retry-1"));
+
+    /* a pipeline's answer is noted once */
+    assert_int_equal(note(&x, r.id, "answer-1", "answer-1"), 0);
+    assert_int_equal(note(&x, r.id, "answer-1", "answer-1"), ROTOR_EALREADY);
+    assert_true(applied(&x, r.id, "answer-1"));
+    /* one noted before rotor.commands (only its history line names it) counts as applied */
+    assert_int_equal(note(&x, r.id, NULL, "answer-0"), 0);
+    assert_true(applied(&x, r.id, "answer-0"));
+    assert_int_equal(note(&x, r.id, "answer-0", "answer-0"), ROTOR_EALREADY);
+
+    journal_close(x.j);
+    uv_close((uv_handle_t *)&x.guard, NULL);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&x.loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_secrets_in_one_statement),
+        cmocka_unit_test(test_commands_applied_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
