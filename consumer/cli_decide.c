@@ -122,14 +122,18 @@ static int cli_decide_send(const rotor_config_t *cfg, const cli_decision_t *d,
 {
     char who[320], id[128];
     if (o->by)
-        util_strlcpy(who, o->by, sizeof who);
+        util_utf8_sanitize(who, sizeof who,
+                           o->by); /* argv in a Latin-1 terminal: json_pack fails */
     else
         cli_whoami(who, sizeof who);
     json_t *data = json_pack("{s:s, s:s}", "rotation_id", r->id, "by", who);
     if (d->gated)
         json_object_set_new(data, "gate", json_string(o->gate ? o->gate : cli_waiting_gate(r)));
-    if (o->text && d->text_key)
-        json_object_set_new(data, d->text_key, json_string(o->text));
+    if (o->text && d->text_key) {
+        char text[CLI_TEXT_MAX * 3 + 1]; /* U+FFFD for a byte that is not UTF-8: 3 bytes each */
+        util_utf8_sanitize(text, sizeof text, o->text);
+        json_object_set_new(data, d->text_key, json_string(text));
+    }
     if (cli_publish(cfg, d->event_type, r->secret, data, id, sizeof id) != 0)
         return CLI_EXIT_ERROR;
     printf("%s sent for rotation %s (%s), event %s\n", d->event_type, r->id, r->secret, id);

@@ -57,3 +57,18 @@ def test_latin1_hook_output_fails_the_stage_with_its_backoff(make_lab):
     # the hook's line reaches the log, each bad byte as U+FFFD
     assert "helm: \ufffdchec de la mise \ufffd jour" in d.text()
     assert lab.active_slot() == "blue"
+
+
+def test_latin1_reason_from_the_cli_is_published(make_lab):
+    """`rotor abort --reason` typed in a Latin-1 terminal: before, json_string refused the argv
+    and the decision went out without its reason."""
+    lab = make_lab(approval="{ mode: manual, gate: retire }")
+    lab.start()
+    rid = lab.rotation_for(lab.request())["id"]
+    lab.wait_status(rid, "waiting", timeout=60)
+    lab.cli("abort", rid, "--by", b"Ren\xe9", "--reason", b"caf\xe9 closed")
+    lab.wait_status(rid, "aborted", timeout=60)
+    aborted = [e["data"] for e in lab.wait_event(rid, "rotation.aborted", 30)
+               if e["type"] == "rotation.aborted"]
+    assert aborted and aborted[-1]["reason"] == "caf\ufffd closed", aborted
+    assert aborted[-1]["by"] == "Ren\ufffd", aborted
