@@ -306,7 +306,8 @@ static void prepare_observe(rotation_t *r)
     r->deployreq = req;
 }
 
-/* prepare: roles, the active slot's current version, and what the store says is current. */
+/* prepare: roles, the active slot's entry (it logs in; its version), and what the store's
+ * `current` entry says. */
 static void prepare_current_entry(rotation_t *r, int status, rotor_secret_t *value)
 {
     if (status == ROTOR_ENOTFOUND || !value) {
@@ -355,16 +356,9 @@ static void on_prepare_current_value(void *arg, int status, rotor_secret_t *valu
     prepare_current_entry(r, status, value);
 }
 
-static void on_prepare_version(void *arg, int status, const char *version, const char *reason)
+/* prepare, once the active slot's entry logged in: what the store's `current` entry says. */
+static void prepare_current(rotation_t *r)
 {
-    rotation_t *r = store_take(arg);
-    if (!r)
-        return;
-    if (status < 0) {
-        rot_effect_done(r, status, reason);
-        return;
-    }
-    util_strlcpy(r->row.old_version, version ? version : "", sizeof r->row.old_version);
     const char *current = r->sec->cfg->store.current;
     if (!current) {
         prepare_observe(r);
@@ -375,12 +369,68 @@ static void on_prepare_version(void *arg, int status, const char *version, const
                s->ops->get(s, current, NULL, on_prepare_current_value, eff_new(r), STORE_REQ(r)));
 }
 
+static void on_prepare_login(void *arg, int status, const char *reason, long count)
+{
+    (void)count;
+    dbctx_t *c = arg;
+    rotation_t *r = EFF_TAKE_REQ(c->x, dbreq);
+    free(c);
+    if (!r)
+        return;
+    if (status < 0) {
+        /* The reason is the server's or libpq's, redacted by the driver: never the value. */
+        char why[1024];
+        snprintf(why, sizeof why, "store entry %s does not log in as role %s: %s",
+                 rot_store_name(r, r->row.from_slot), rot_role(r, r->row.from_slot),
+                 reason ? reason : rotor_strerror(status));
+        rot_effect_done(r, status, why);
+        return;
+    }
+    prepare_current(r);
+}
+
+/* The active slot's entry in the store must be the password production logs in with, proved by
+ * logging in with it, before anything changes. Otherwise (a mistyped store.dir, a vault never
+ * seeded, a value typed wrong) the rotation would go through, and the only password the
+ * application has would be one rotor cannot roll back to nor retire safely. Its version is the
+ * one retire disables. */
+static void on_prepare_active_value(void *arg, int status, rotor_secret_t *value,
+                                    const char *version, const char *reason)
+{
+    rotation_t *r = store_take(arg);
+    if (!r) {
+        secret_free(value);
+        return;
+    }
+    if (status < 0 || !value) {
+        secret_free(value);
+        char why[1024];
+        if (status == ROTOR_ENOTFOUND)
+            snprintf(why, sizeof why,
+                     "store entry %s (the active slot %s, role %s) has no current value: the store "
+                     "must hold the password production logs in with (%s)",
+                     rot_store_name(r, r->row.from_slot), rotor_slot_name(r->row.from_slot),
+                     rot_role(r, r->row.from_slot), reason ? reason : "not found");
+        else
+            snprintf(why, sizeof why, "%s", reason ? reason : rotor_strerror(status));
+        rot_effect_done(r, status < 0 ? status : ROTOR_ESTORE, why);
+        return;
+    }
+    util_strlcpy(r->row.old_version, version ? version : "", sizeof r->row.old_version);
+    db_req_t *req = NULL;
+    dbctx_t *c = dbctx(r, NULL);
+    int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.from_slot), value,
+                             "SELECT 1", on_prepare_login, c, &req);
+    secret_free(value); /* db_verify_login copied it */
+    db_started(r, c, rc, req);
+}
+
 static void prepare_roles_ok(rotation_t *r, long count)
 {
     (void)count;
     store_t *s = r->sec->store;
-    STORE_CALL(r, s->ops->current(s, rot_store_name(r, r->row.from_slot), on_prepare_version,
-                                  eff_new(r), STORE_REQ(r)));
+    STORE_CALL(r, s->ops->get(s, rot_store_name(r, r->row.from_slot), NULL, on_prepare_active_value,
+                              eff_new(r), STORE_REQ(r)));
 }
 
 static void eff_prepare(rotation_t *r)
@@ -726,9 +776,37 @@ static void swap_current(rotation_t *r)
     read_new_version(r, on_current_value);
 }
 
+/* Before production moves: the standby slot's current version in the store must be the one
+ * set-db gave the database (r->row.version, journaled). A write of another attempt or another
+ * writer that landed later would be what the standby slot reads, a password the database never
+ * received: production would fail after the swap (issue 8, item 3). */
+static void on_swap_version(void *arg, int status, const char *version, const char *reason)
+{
+    rotation_t *r = store_take(arg);
+    if (!r)
+        return;
+    if (status < 0) {
+        rot_effect_done(r, status, reason);
+        return;
+    }
+    if (!version || strcmp(version, r->row.version) != 0) {
+        char why[768];
+        snprintf(why, sizeof why,
+                 "store entry %s: its current version is %s, not %s, the version set-db gave role "
+                 "%s: production is not swapped to a password the database does not have",
+                 rot_store_name(r, r->row.to_slot), version ? version : "(none)", r->row.version,
+                 rot_role(r, r->row.to_slot));
+        rot_effect_done(r, ROTOR_ESTORE, why);
+        return;
+    }
+    deploy_action(r, swap_current);
+}
+
 static void eff_swap(rotation_t *r)
 {
-    deploy_action(r, swap_current);
+    store_t *s = r->sec->store;
+    STORE_CALL(r, s->ops->current(s, rot_store_name(r, r->row.to_slot), on_swap_version, eff_new(r),
+                                  STORE_REQ(r)));
 }
 
 /* rollback, after the driver pointed production back at the old slot. */

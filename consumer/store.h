@@ -100,8 +100,8 @@ int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t
 int store_keyvault_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps,
                         store_t **out, char *err, size_t errlen);
 
-/* The file store's directory as rotor requires it: not a symbolic link, owned by the effective
- * uid, writable by no one else (it may not exist yet: the first write creates it, 0700). Blocks
+/* The file store's directory as rotor requires it: an existing directory (rotor never creates
+ * it), not a symbolic link, owned by the effective uid, writable by it and by no one else. Blocks
  * on the file system: start-up and the CLI only. Returns 0, or ROTOR_ESTORE with err naming
  * store.dir and what was found. */
 int store_file_check(const char *dir, char *err, size_t errlen);

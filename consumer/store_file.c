@@ -132,24 +132,6 @@ static const char *sf_strerror(int rc)
     }
 }
 
-/* Creates the parents of path that are missing, 0700. The store directory itself is created and
- * checked by sf_open_dir. */
-static int sf_mkdir_parents(const char *path)
-{
-    char buf[PATH_MAX];
-    if (sf_path(buf, sizeof buf, "%s", path) < 0)
-        return -ENAMETOOLONG;
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    return 0;
-}
-
 /* A directory of the store must be rotor's alone: another owner, or group or others with write
  * permission, could replace what rotor writes or plant links in it. */
 static int sf_check_dir(int fd, const char *dir, const char *what, char *err, size_t errlen)
@@ -207,10 +189,13 @@ static int sf_open_dir_at(int parent, const char *name, bool create, const char 
     return 0;
 }
 
-/* Opens the store directory itself (see sf_open_dir_at). A trailing slash would make the kernel
- * follow a link in the last component, so it is dropped; links in the parents are the
- * operator's layout and are followed. */
-static int sf_open_root(const char *dir, bool create, int *out, char *err, size_t errlen)
+/* Opens the store directory itself (see sf_open_dir_at), which must exist: rotor never creates
+ * it. A store.dir that is not there is a mistyped path or a store that was never seeded with the
+ * active slot's password, and a store created empty would be rotated into as if it were the real
+ * one (issue 8, item 9). A trailing slash would make the kernel follow a link in the last
+ * component, so it is dropped; links in the parents are the operator's layout and are followed.
+ * Returns 0 and *out, or ROTOR_ESTORE with err set. */
+static int sf_open_root(const char *dir, int *out, char *err, size_t errlen)
 {
     char path[PATH_MAX];
     if (sf_path(path, sizeof path, "%s", dir) < 0) {
@@ -220,12 +205,15 @@ static int sf_open_root(const char *dir, bool create, int *out, char *err, size_
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/')
         path[--n] = '\0';
-    int rc = create ? sf_mkdir_parents(path) : 0;
-    if (rc < 0) {
-        snprintf(err, errlen, "store.dir %s: cannot create its parents: %s", dir, strerror(-rc));
+    int rc = sf_open_dir_at(AT_FDCWD, path, false, dir, "the directory", out, err, errlen);
+    if (rc == -ENOENT) {
+        snprintf(err, errlen,
+                 "store.dir %s: the directory does not exist (rotor does not create it: create it "
+                 "with mode 0700 and put the active slot's password in it)",
+                 dir);
         return ROTOR_ESTORE;
     }
-    return sf_open_dir_at(AT_FDCWD, path, create, dir, "the directory", out, err, errlen);
+    return rc;
 }
 
 /* r->vdir, .versions/<name>, opened on first use. Returns 0, -ENOENT (absent and not created),
@@ -732,16 +720,14 @@ static void sf_do_write_current(sf_req_t *r)
 static void sf_work(uv_work_t *w)
 {
     sf_req_t *r = w->data;
-    /* Reads of a store that does not exist yet see an empty one; writes create it. */
-    bool create = r->op == SF_PUT || r->op == SF_WRITE_CURRENT;
     r->vdir = -1;
     r->root = -1;
     if (r->deadline_ms && util_now_ms() >= r->deadline_ms) {
         sf_fail(r, ROTOR_ETIMEOUT, "gave up: the attempt's deadline passed before the work began");
         return;
     }
-    int rc = sf_open_root(r->dir, create, &r->root, r->reason, sizeof r->reason);
-    if (rc == ROTOR_ESTORE) {
+    int rc = sf_open_root(r->dir, &r->root, r->reason, sizeof r->reason);
+    if (rc < 0) {
         r->status = rc;
         return;
     }
@@ -952,10 +938,20 @@ static const store_ops_t store_file_ops = {
 int store_file_check(const char *dir, char *err, size_t errlen)
 {
     int fd = -1;
-    int rc = sf_open_root(dir, false, &fd, err, errlen);
-    if (fd >= 0)
-        close(fd);
-    return rc == -ENOENT ? 0 : rc;
+    int rc = sf_open_root(dir, &fd, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* rotor's own, and rotor must be able to write in it: a rotation writes a version there. */
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & (S_IWUSR | S_IXUSR)) != (S_IWUSR | S_IXUSR)) {
+        snprintf(err, errlen,
+                 "store.dir %s: the directory has mode %04o: rotor cannot write to it "
+                 "(want 0700)",
+                 dir, (unsigned)(st.st_mode & 07777));
+        rc = ROTOR_ESTORE;
+    }
+    close(fd);
+    return rc;
 }
 
 int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t *deps,
@@ -972,9 +968,8 @@ int store_file_open(uv_loop_t *loop, const cfg_secret_t *sec, const store_deps_t
         snprintf(err, errlen, "secret %s: store.dir is too long", sec->name ? sec->name : "?");
         return ROTOR_ECONFIG;
     }
-    /* Checked once here, so that a directory rotor would refuse stops the start rather than the
-     * first rotation; every request checks it again on the threadpool. A directory that does
-     * not exist yet is created by the first write. */
+    /* Checked once here, so that a directory rotor would refuse (or that is not there) stops the
+     * start rather than the first rotation; every request checks it again on the threadpool. */
     int rc = store_file_check(dir, err, errlen);
     if (rc < 0)
         return rc;

@@ -325,7 +325,8 @@ def test_check_reports_each_failure(pg, journal, workdir):
     out = r.stdout
     assert re.search(r"^ok\s+journal", out, re.M), out
     assert re.search(r"^FAIL\s+secret other-db: blue role other_blue does not exist", out, re.M), out
-    assert re.search(r"^FAIL\s+secret other-db: store dir .*/missing: No such file", out, re.M), out
+    assert re.search(r"^FAIL\s+secret other-db: store\.dir .*/missing: the directory does not "
+                     r"exist", out, re.M), out
     assert re.search(r"^FAIL\s+kafka: the embedded broker is not running \(no .*rotor.bootstrap\);"
                      r" start `rotor run` first", out, re.M), out
     assert re.search(r"^ok\s+secret app-db: blue role app_blue exists", out, re.M), out

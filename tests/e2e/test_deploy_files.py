@@ -185,7 +185,7 @@ def test_compose_stack_passes_rotor_check(pg):
     # Only what does not run here fails: the broker and the container's volume.
     assert proc.returncode == 1
     fails = [line for line in out.splitlines() if line.startswith("FAIL")]
-    assert fails and all(re.match(r"FAIL (kafka:|secret app-db: store dir /var/lib/rotor/)", f)
+    assert fails and all(re.match(r"FAIL (kafka:|secret app-db: store\.dir /var/lib/rotor/)", f)
                          for f in fails), out
 
 
@@ -232,7 +232,7 @@ def test_chart_values_agree():
     for s in cfg["secrets"]:
         if s["store"].get("kind", "file") == "file":
             # below the volume's root, which fsGroup makes root-owned and group-writable: rotor
-            # refuses such a store directory, and creates its own below it
+            # refuses such a store directory; the store-init container creates one below it
             assert s["store"]["dir"].startswith(values["persistence"]["mountPath"] + "/")
     assert values["persistence"]["enabled"] is True
     sc, psc = values["securityContext"], values["podSecurityContext"]

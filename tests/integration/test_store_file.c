@@ -63,8 +63,9 @@ static int setup(void **state)
     assert_int_equal(uv_loop_init(&f->loop), 0);
     strcpy(f->dir, "/tmp/rotor-store-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
-    /* A directory that does not exist yet: the store creates it, 0700. */
+    /* The store's directory, as the operator creates it (rotor never does). */
     strcat(f->dir, "/kv");
+    assert_int_equal(mkdir(f->dir, 0700), 0);
     f->cfg.name = "orders-db";
     f->cfg.store.kind = "file";
     f->cfg.store.dir = f->dir;
@@ -313,7 +314,6 @@ static void test_write_current(void **state)
 static void test_handmade_mount_file(void **state)
 {
     fixture_t *f = *state;
-    assert_int_equal(mkdir(f->dir, 0700), 0);
     char path[512];
     snprintf(path, sizeof path, "%s/pg-blue", f->dir);
     FILE *fp = fopen(path, "w");
@@ -378,9 +378,9 @@ static void test_invalid_requests(void **state)
     assert_int_equal(ops->disable(f->store, "pg", "ABC", on_done, &r, 0, NULL), ROTOR_EINVALID);
     secret_free(v);
     uv_run(&f->loop, UV_RUN_DEFAULT);
-    /* A request refused up front never calls back. */
+    /* A request refused up front never calls back, nor writes. */
     assert_int_equal(r.calls, 0);
-    assert_false(exists(f->dir, "."));
+    assert_int_equal(rmdir(f->dir), 0);
 }
 
 static void test_store_open_kinds(void **state)
@@ -470,10 +470,30 @@ static void expect_open_refused(fixture_t *f, const char *want)
     assert_int_equal(store_file_check(f->dir, err, sizeof err), ROTOR_ESTORE);
 }
 
+/* A store.dir that does not exist (a mistyped path) is refused at start-up and by every
+ * request, and never created: a store rotor made empty would be rotated into as if it were the
+ * one production reads (issue 8, item 9). */
+static void test_missing_dir_refused(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(rmdir(f->dir), 0);
+    expect_open_refused(f, "the directory does not exist (rotor does not create it");
+    result_t r = try_put(f, "pg-green", "s3cret");
+    expect_refused(&r, "the directory does not exist");
+    r = try_write_current(f, "current", "{}");
+    expect_refused(&r, "the directory does not exist");
+    r = try_get(f, "pg-blue");
+    expect_refused(&r, "the directory does not exist");
+    assert_false(exists(f->dir, "."));
+    /* A directory rotor cannot write in is refused at start-up too. */
+    assert_int_equal(mkdir(f->dir, 0500), 0);
+    expect_open_refused(f, "mode 0500: rotor cannot write to it");
+    assert_int_equal(chmod(f->dir, 0700), 0);
+}
+
 static void test_group_writable_dir_refused(void **state)
 {
     fixture_t *f = *state;
-    assert_int_equal(mkdir(f->dir, 0700), 0);
     assert_int_equal(chmod(f->dir, 0770), 0);
     expect_open_refused(f, "mode 0770");
     result_t r = try_put(f, "pg-green", "s3cret");
@@ -499,7 +519,6 @@ static void test_dir_of_another_owner_refused(void **state)
     fixture_t *f = *state;
     if (geteuid() != 0)
         skip(); /* only root can give a directory away */
-    assert_int_equal(mkdir(f->dir, 0700), 0);
     assert_int_equal(chown(f->dir, 65534, 65534), 0);
     expect_open_refused(f, "owned by uid 65534, not by rotor's uid 0");
     result_t r = try_put(f, "pg-green", "s3cret");
@@ -519,7 +538,6 @@ static void test_dir_of_another_owner_refused(void **state)
 static void test_symlinked_entry_refused(void **state)
 {
     fixture_t *f = *state;
-    assert_int_equal(mkdir(f->dir, 0700), 0);
     /* A file outside the store, standing in for /etc/passwd. */
     char outside[128], link[128];
     snprintf(outside, sizeof outside, "%.*s/outside", (int)strlen(f->dir) - 3, f->dir);
@@ -561,7 +579,6 @@ static void test_symlinked_entry_refused(void **state)
 static void test_symlinked_versions_refused(void **state)
 {
     fixture_t *f = *state;
-    assert_int_equal(mkdir(f->dir, 0700), 0);
     char elsewhere[128], link[128];
     snprintf(elsewhere, sizeof elsewhere, "%.*s/elsewhere", (int)strlen(f->dir) - 3, f->dir);
     assert_int_equal(mkdir(elsewhere, 0700), 0);
@@ -596,6 +613,7 @@ static void test_symlinked_store_dir_refused(void **state)
     fixture_t *f = *state;
     char real[128];
     snprintf(real, sizeof real, "%.*s/real", (int)strlen(f->dir) - 3, f->dir);
+    assert_int_equal(rmdir(f->dir), 0);
     assert_int_equal(mkdir(real, 0700), 0);
     assert_int_equal(symlink(real, f->dir), 0);
     expect_open_refused(f, "the directory is a symbolic link (refused, not followed)");
@@ -669,6 +687,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_find_finishes_interrupted_put, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_open_kinds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_dir_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_writable_dir_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dir_of_another_owner_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlinked_entry_refused, setup, teardown),
