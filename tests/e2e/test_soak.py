@@ -3,8 +3,8 @@ its connections alive as browsers do (scripts/demo.sh --keepalive): no request f
 rotation completes, and the requests retried once because nginx closed a reused connection (RFC
 9112 9.3.1 allows it; nginx's graceful reload closes idle kept-alive connections) are counted.
 
-ROTOR_SOAK_ROTATIONS sets the number of rotations: 5 by default (CI's sample), 100 in
-scripts/reliability-outages.sh, whose figures are in docs/reliability/outages.md."""
+ROTOR_SOAK_ROTATIONS sets the number of rotations: 5 by default (CI's sample; 3 in the sanitizer
+build), 100 in scripts/reliability-outages.sh, whose figures are in docs/reliability/outages.md."""
 import json
 import os
 import shutil
@@ -14,7 +14,8 @@ import pytest
 
 from test_demo import processes_mentioning, run_demo, summary_value
 
-ROTATIONS = int(os.environ.get("ROTOR_SOAK_ROTATIONS", "5"))
+SANITIZE = os.environ.get("ROTOR_SANITIZE", "").upper() in ("ON", "1", "TRUE")
+ROTATIONS = int(os.environ.get("ROTOR_SOAK_ROTATIONS", "3" if SANITIZE else "5"))
 RATE = 50
 
 
