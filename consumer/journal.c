@@ -195,10 +195,19 @@ static int db_failed(int status, const char *what, pgc_conn_t *c, PGresult *res)
 
 /* ---- opening: connect, lock, migrate ---------------------------------------------------- */
 
+/* Journal connections are short requests: one that the server leaves unanswered for this long is
+ * taken for cut (a partition that blackholes, a firewall that dropped its state) and made anew.
+ * Not while opening: a migration may rightly run long (an index built on a large table), and a
+ * start-up that fails is retried by whoever restarts rotor. */
+#define JOURNAL_CONNECT_TIMEOUT_MS 10000
+#define JOURNAL_QUERY_TIMEOUT_MS 30000
+
 static void open_done(journal_t *j, int status, const char *reason)
 {
     journal_open_cb cb = j->open_cb;
     j->open_cb = NULL;
+    if (status == 0)
+        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS, JOURNAL_QUERY_TIMEOUT_MS);
     if (cb)
         cb(j, status, reason, j->open_arg);
 }
@@ -361,11 +370,6 @@ static void on_connected(pgc_conn_t *c, int status, void *arg)
     pgc_query(c, "SELECT current_setting('application_name')", 0, NULL, on_appname, j);
 }
 
-/* Journal connections are short requests: one that the server leaves unanswered for this long is
- * taken for cut (a partition that blackholes, a firewall that dropped its state) and made anew. */
-#define JOURNAL_CONNECT_TIMEOUT_MS 10000
-#define JOURNAL_QUERY_TIMEOUT_MS 30000
-
 /* Connects j->conn with the DSN. TCP keepalives notice a peer host that is gone (libpq's default
  * would wait two hours); they come before the DSN so that the operator's own settings win. */
 static int journal_connect(journal_t *j, pgc_connect_cb cb)
@@ -375,8 +379,9 @@ static int journal_connect(journal_t *j, pgc_connect_cb cb)
         "tcp_user_timeout", "dbname",          "application_name",    NULL};
     const char *const vals[] = {"1", "10", "5", "3", "30000", j->dsn, j->appname, NULL};
     int rc = pgc_connect(j->loop, keys, vals, cb, j, &j->conn);
-    if (rc == 0)
-        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS, JOURNAL_QUERY_TIMEOUT_MS);
+    if (rc == 0) /* a reconnection has no migration to run: a deadline on every query */
+        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS,
+                          j->open_cb ? 0 : JOURNAL_QUERY_TIMEOUT_MS);
     return rc;
 }
 
