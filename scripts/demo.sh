@@ -392,7 +392,9 @@ s = json.load(open(sys.argv[1]))
 if sys.argv[2] == "counts":
     print(f"{s['sent']} sent, {s['ok']} ok, {s['failed']} failed in {s['elapsed']:.0f} s")
 elif sys.argv[2] == "reuse":
-    print(f"{s['connections']} connections, {s['retries']} retried on a closed kept-alive one")
+    by = ", ".join(f"{k}: {v}" for k, v in s.get("retried_by", {}).items())
+    print(f"{s['connections']} connections, {s['retries']} retried on a closed kept-alive one"
+          + (f" ({by})" if by else ""))
 elif sys.argv[2] == "progress":
     print(f"{s['sent']} sent, {s['failed']} failed")
 elif sys.argv[2] == "failed":

@@ -39,6 +39,7 @@ class Stats:
         self.retries = 0  # kept-alive connections found closed, whose request was sent again
         self.connections = 0  # connections opened
         self.retry_samples = []
+        self.retried_by = {}  # retries by what the closed connection looked like
         self.errors = {}
         self.samples = []
         self.by_slot = {}
@@ -53,6 +54,7 @@ class Stats:
             self.connections += connections
             if retried is not None:
                 self.retries += 1
+                self.retried_by[retried] = self.retried_by.get(retried, 0) + 1
                 if len(self.retry_samples) < SAMPLES:
                     self.retry_samples.append({"t": round(start - self.started, 3),
                                                "error": retried})
@@ -82,6 +84,7 @@ class Stats:
         with self.lock:
             return {"sent": self.sent, "ok": self.ok, "failed": self.failed,
                     "retries": self.retries, "retried": list(self.retry_samples),
+                    "retried_by": dict(self.retried_by),
                     "connections": self.connections,
                     "errors": dict(self.errors), "failures": list(self.samples),
                     "by_slot": dict(self.by_slot), "runs": self.runs(),

@@ -39,7 +39,7 @@ def test_rotations_under_kept_alive_load_fail_no_request(work):
     print(f"SOAK rotations={ROTATIONS} sent={load['sent']} ok={load['ok']} "
           f"failed={load['failed']} retries={load['retries']} "
           f"connections={load['connections']} elapsed={load['elapsed']:.0f}s "
-          f"retried={json.dumps(load['retried'])}")
+          f"retried_by={json.dumps(load['retried_by'])}")
     assert load["done"], load
     assert load["failed"] == 0, (load["errors"], load["failures"])
     assert load["ok"] == load["sent"] >= ROTATIONS * RATE, load
