@@ -32,9 +32,13 @@ def test_rotation_completes_through_a_postgres_restart(make_lab):
     d = lab.start()
     rid = lab.rotation_for(lab.request(reason="postgres restart"))["id"]
     at_stage(lab, rid, "approve")  # in the soak: the next write is the journal's
+    started = time.time()
     lab.pg.restart()
+    restarted = time.time()
     assert lab.wait_status(rid, ("completed", "failed"), 120)["status"] == "completed", \
         lab.history(rid)
+    print(f"OUTAGE postgres restart {restarted - started:.1f}s; rotation completed "
+          f"{time.time() - restarted:.1f}s after it")
     assert '"journal.reconnected"' in d.text()
     assert_nothing_lost(lab, rid)
     assert d.alive()
