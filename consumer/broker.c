@@ -141,6 +141,19 @@ const char *broker_bootstrap(const broker_t *b)
     return b->bootstrap;
 }
 
+int broker_set_up(broker_t *b, bool up)
+{
+    /* -1: every broker of the cluster (there is one) */
+    rd_kafka_resp_err_t e = up ? rd_kafka_mock_broker_set_up(b->mcluster, -1)
+                               : rd_kafka_mock_broker_set_down(b->mcluster, -1);
+    if (e) {
+        log_error("kafka.broker.updown", "up", up ? "true" : "false", "error", rd_kafka_err2str(e));
+        return ROTOR_EKAFKA;
+    }
+    log_info(up ? "kafka.broker.up" : "kafka.broker.down", "bootstrap", b->bootstrap);
+    return 0;
+}
+
 void broker_stop(broker_t *b)
 {
     if (!b)

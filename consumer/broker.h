@@ -4,6 +4,8 @@
 #ifndef ROTOR_BROKER_H
 #define ROTOR_BROKER_H
 
+#include <stdbool.h>
+
 #include "config.h"
 
 typedef struct broker_s broker_t;
@@ -16,6 +18,11 @@ int broker_start(const rotor_config_t *cfg, broker_t **out, char *err, size_t er
 
 /* "127.0.0.1:PORT" (borrowed, valid until broker_stop). */
 const char *broker_bootstrap(const broker_t *b);
+
+/* Takes the broker down (up = false: every connection closed, new ones refused at once) or brings
+ * it back up, as a broker outage would, without losing a topic or a committed offset. For tests
+ * (`rotor broker` on SIGUSR1 and SIGUSR2). Returns 0 or ROTOR_EKAFKA. */
+int broker_set_up(broker_t *b, bool up);
 
 /* Destroys the cluster and removes the bootstrap file. */
 void broker_stop(broker_t *b);

@@ -1,5 +1,6 @@
 /* cli_broker.c: `rotor broker`: the embedded Kafka broker alone in the foreground, so that a test
- * can kill -9 `rotor run` without losing the broker and its topics. */
+ * can kill -9 `rotor run` without losing the broker and its topics, and can stage a broker outage:
+ * SIGUSR1 takes the broker down (connections closed, new ones refused), SIGUSR2 brings it back. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -26,7 +27,7 @@ static void cli_broker_defaults(rotor_config_t *cfg)
     cfg->kafka.max_message_bytes = 1048576;
 }
 
-/* Blocks until SIGINT or SIGTERM; they are blocked first so none is lost before sigwait. */
+/* Blocks until a signal of set arrives; they are blocked first so none is lost before sigwait. */
 static int cli_wait_signal(const sigset_t *set)
 {
     int sig = 0;
@@ -41,6 +42,8 @@ static int cli_broker_run(const rotor_config_t *cfg)
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     sigprocmask(SIG_BLOCK, &set, NULL);
     log_init(LOG_INFO, stdout);
     broker_t *b = NULL;
@@ -50,7 +53,9 @@ static int cli_broker_run(const rotor_config_t *cfg)
         fprintf(stderr, "rotor: %s\n", err[0] ? err : rotor_strerror(rc));
         return CLI_EXIT_ERROR;
     }
-    int sig = cli_wait_signal(&set);
+    int sig;
+    while ((sig = cli_wait_signal(&set)) == SIGUSR1 || sig == SIGUSR2)
+        broker_set_up(b, sig == SIGUSR2); /* logs either way; an outage test checks the log */
     log_info("kafka.broker.stopping", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM");
     broker_stop(b);
     return CLI_EXIT_OK;

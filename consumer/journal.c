@@ -207,10 +207,19 @@ static int db_failed(int status, const char *what, pgc_conn_t *c, PGresult *res)
 
 /* ---- opening: connect, lock, migrate ---------------------------------------------------- */
 
+/* Journal connections are short requests: one that the server leaves unanswered for this long is
+ * taken for cut (a partition that blackholes, a firewall that dropped its state) and made anew.
+ * Not while opening: a migration may rightly run long (an index built on a large table), and a
+ * start-up that fails is retried by whoever restarts rotor. */
+#define JOURNAL_CONNECT_TIMEOUT_MS 10000
+#define JOURNAL_QUERY_TIMEOUT_MS 30000
+
 static void open_done(journal_t *j, int status, const char *reason)
 {
     journal_open_cb cb = j->open_cb;
     j->open_cb = NULL;
+    if (status == 0)
+        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS, JOURNAL_QUERY_TIMEOUT_MS);
     if (cb)
         cb(j, status, reason, j->open_arg);
 }
@@ -373,6 +382,21 @@ static void on_connected(pgc_conn_t *c, int status, void *arg)
     pgc_query(c, "SELECT current_setting('application_name')", 0, NULL, on_appname, j);
 }
 
+/* Connects j->conn with the DSN. TCP keepalives notice a peer host that is gone (libpq's default
+ * would wait two hours); they come before the DSN so that the operator's own settings win. */
+static int journal_connect(journal_t *j, pgc_connect_cb cb)
+{
+    const char *const keys[] = {
+        "keepalives",       "keepalives_idle", "keepalives_interval", "keepalives_count",
+        "tcp_user_timeout", "dbname",          "application_name",    NULL};
+    const char *const vals[] = {"1", "10", "5", "3", "30000", j->dsn, j->appname, NULL};
+    int rc = pgc_connect(j->loop, keys, vals, cb, j, &j->conn);
+    if (rc == 0) /* a reconnection has no migration to run: a deadline on every query */
+        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS,
+                          j->open_cb ? 0 : JOURNAL_QUERY_TIMEOUT_MS);
+    return rc;
+}
+
 int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal_open_cb cb,
                  void *arg, journal_t **out)
 {
@@ -384,9 +408,7 @@ int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal
     snprintf(j->appname, sizeof j->appname, "rotor/%s", instance);
     uv_timer_init(loop, &j->retry);
     j->retry.data = j;
-    const char *const keys[] = {"dbname", "application_name", NULL};
-    const char *const vals[] = {j->dsn, j->appname, NULL};
-    int rc = pgc_connect(loop, keys, vals, on_connected, j, &j->conn);
+    int rc = journal_connect(j, on_connected);
     if (rc < 0) {
         journal_close(j);
         return rc;
@@ -427,9 +449,7 @@ static void on_retry(uv_timer_t *t)
 {
     journal_t *j = t->data;
     pgc_close(j->conn);
-    const char *const keys[] = {"dbname", "application_name", NULL};
-    const char *const vals[] = {j->dsn, j->appname, NULL};
-    if (pgc_connect(j->loop, keys, vals, on_reconnected, j, &j->conn) < 0) {
+    if (journal_connect(j, on_reconnected) < 0) {
         j->conn = NULL;
         journal_retry_later(j);
     }

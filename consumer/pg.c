@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,11 @@
 
 /* Addresses tried per host name: enough for dual-stack names, bounded for hostile resolvers. */
 #define PGC_MAX_ADDRS 8
+
+/* libpq ignores connect_timeout in PQconnectPoll: without a deadline of our own, a server that
+ * accepts and never answers (a partition that blackholes, a firewall that lost its state) holds
+ * the attempt forever. pgc_set_deadlines may change it. */
+#define PGC_CONNECT_TIMEOUT_MS 30000
 
 typedef enum {
     PGC_RESOLVING = 0,
@@ -64,7 +70,9 @@ struct pgc_conn_s {
     int ntargets, resolve_next;
     bool per_host_ports;
 
-    uv_timer_t timer; /* defers callbacks out of API calls; its close frees the handle */
+    uv_timer_t timer;    /* defers callbacks out of API calls; its close frees the handle */
+    uv_timer_t deadline; /* gives up a connect or a query the server does not answer */
+    uint64_t connect_ms, query_ms; /* 0: no deadline */
     uv_getaddrinfo_t gai;
     bool gai_active;
     pgc_poll_t *poll;
@@ -197,6 +205,7 @@ static void deliver_connect(pgc_conn_t *c, int status)
 {
     if (c->connect_cb_done)
         return;
+    uv_timer_stop(&c->deadline);
     if (c->in_connect) {
         c->connect_err = true;
         uv_timer_start(&c->timer, on_timer, 0, 0);
@@ -235,6 +244,7 @@ static void conn_fail(pgc_conn_t *c, const char *msg)
 {
     set_err(c, msg);
     c->state = PGC_FAILED;
+    uv_timer_stop(&c->deadline);
     /* libpq may have closed the socket: drop its epoll registration before the number is
      * reused by another socket, which a later close of this poll would otherwise unregister. */
     poll_close(c);
@@ -550,7 +560,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     pgc_conn_t *c = req->data;
     c->gai_active = false;
-    if (!c->closing) {
+    if (!c->closing && c->state != PGC_FAILED) { /* FAILED: the connect deadline passed */
         int i = c->resolve_next;
         if (status == 0)
             expand_target(c, i, res);
@@ -672,6 +682,23 @@ static void on_timer(uv_timer_t *t)
     conn_pump(c);
 }
 
+/* The server did not answer in time: the connection is given up (its queries fail with
+ * ROTOR_EDB), as if it had been cut, so that the owner reconnects. */
+static void on_deadline(uv_timer_t *t)
+{
+    pgc_conn_t *c = t->data;
+    if (c->closing || c->state == PGC_FAILED)
+        return;
+    char msg[160];
+    bool connecting = c->state != PGC_READY;
+    snprintf(msg, sizeof msg, "no answer from the server in %llu ms %s: connection given up",
+             (unsigned long long)(connecting ? c->connect_ms : c->query_ms),
+             connecting ? "while connecting" : "to a query");
+    if (c->gai_active)
+        uv_cancel((uv_req_t *)&c->gai);
+    conn_fail(c, msg);
+}
+
 int pgc_connect(uv_loop_t *loop, const char *const *keywords, const char *const *values,
                 pgc_connect_cb cb, void *arg, pgc_conn_t **out)
 {
@@ -691,7 +718,11 @@ int pgc_connect(uv_loop_t *loop, const char *const *keywords, const char *const 
     }
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
-    c->handles = 1;
+    uv_timer_init(loop, &c->deadline);
+    c->deadline.data = c;
+    c->handles = 2;
+    c->connect_ms = PGC_CONNECT_TIMEOUT_MS;
+    uv_timer_start(&c->deadline, on_deadline, c->connect_ms, 0);
     c->in_connect = true;
     plan_targets(c);
     resolve_next(c);
@@ -726,6 +757,7 @@ static void query_finish(pgc_conn_t *c)
     PGresult *res = c->last;
     c->last = NULL;
     c->inflight = false;
+    uv_timer_stop(&c->deadline);
     poll_stop(c);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     int status = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : ROTOR_EDB;
@@ -799,6 +831,8 @@ static void query_send(pgc_conn_t *c)
         return;
     }
     c->inflight = true;
+    if (c->query_ms)
+        uv_timer_start(&c->deadline, on_deadline, c->query_ms, 0);
     int r = PQflush(c->pg);
     if (r < 0) {
         conn_fail(c, PQerrorMessage(c->pg));
@@ -857,6 +891,20 @@ void pgc_close(pgc_conn_t *c)
     if (c->gai_active)
         uv_cancel((uv_req_t *)&c->gai);
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    uv_close((uv_handle_t *)&c->deadline, on_timer_closed);
+}
+
+void pgc_set_deadlines(pgc_conn_t *c, uint64_t connect_ms, uint64_t query_ms)
+{
+    c->connect_ms = connect_ms;
+    c->query_ms = query_ms;
+    if (c->closing || c->state == PGC_FAILED)
+        return;
+    uv_timer_stop(&c->deadline);
+    if (c->state != PGC_READY && !c->connect_cb_done && connect_ms)
+        uv_timer_start(&c->deadline, on_deadline, connect_ms, 0);
+    else if (c->state == PGC_READY && c->inflight && query_ms)
+        uv_timer_start(&c->deadline, on_deadline, query_ms, 0);
 }
 
 const char *pgc_error(pgc_conn_t *c)

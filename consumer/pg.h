@@ -11,6 +11,7 @@
 #define ROTOR_PG_H
 
 #include <libpq-fe.h>
+#include <stdint.h>
 #include <uv.h>
 
 typedef struct pgc_conn_s pgc_conn_t;
@@ -39,6 +40,15 @@ int pgc_connect_dsn(uv_loop_t *loop, const char *dsn, pgc_connect_cb cb, void *a
  * Returns 0 (cb runs exactly once, later) or a negative error (cb never runs). */
 int pgc_query(pgc_conn_t *c, const char *sql, int nparams, const char *const *params,
               pgc_result_cb cb, void *arg);
+
+/* Deadlines (ms, 0 = none): a connection attempt (from pgc_connect, 30 s unless set) or a query
+ * on the wire (none unless set) that the server leaves unanswered that long gives the connection
+ * up: pgc_error says so, the connect callback or every queued query gets ROTOR_EDB, and the owner
+ * closes it and reconnects. A silent server is otherwise waited for forever (libpq's
+ * connect_timeout does not apply to PQconnectPoll, TCP keepalives see only a dead peer host).
+ * Setting them restarts the running deadline. A query that may rightly run long (a lock wait, a
+ * slow probe) needs a bound above it, or none. */
+void pgc_set_deadlines(pgc_conn_t *c, uint64_t connect_ms, uint64_t query_ms);
 
 /* Closes the handle: queued and in-flight queries complete with ROTOR_ECANCELED (their callbacks
  * run from within pgc_close or soon after), the connection is finished, and memory is freed in

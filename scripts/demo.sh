@@ -6,6 +6,7 @@
 # on Ctrl-C.
 #
 #   scripts/demo.sh [--no-setup] [--keep] [--rate N] [--soak DUR] [--drain DUR] [--settle S]
+#                   [--rotations N] [--keepalive]
 #
 #   --no-setup        skip scripts/setup.sh (packages) and scripts/build.sh (build/)
 #   --keep            keep the work dir (logs, config, store, load.json) for a post-mortem; the
@@ -14,6 +15,10 @@
 #   --soak DUR        approval soak: production probes pass this long before retire (default 5s)
 #   --drain DUR       retire's drain time before the old app stops (default 2s)
 #   --settle S        seconds of load before the first and after the last rotation (default 3)
+#   --rotations N     rotations in a row, blue -> green -> blue ... (default 2; the soak runs 100)
+#   --keepalive       the load keeps its connections open as browsers do, and retries once a
+#                     request whose reused connection the server closed (RFC 9112 9.3.1); the
+#                     summary counts those retries
 #   ROTOR_DEMO_DIR    work dir (default: var/demo in the source tree); must be absent or empty
 #   ROTOR_BIN         the rotor binary (default: build/rotor in the source tree)
 #   ROTOR_SAMPLE_APP  the sample app (default: rotor-sample-app next to ROTOR_BIN)
@@ -29,12 +34,15 @@ rate=50
 soak=5s
 drain=2s
 settle=3
+rotations=2
+keepalive=0
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-setup) setup=0 ;;
     --keep) keep=1 ;;
-    --rate | --soak | --drain | --settle)
+    --keepalive) keepalive=1 ;;
+    --rate | --soak | --drain | --settle | --rotations)
       [ $# -ge 2 ] || { echo "demo: $1 needs a value" >&2; exit 1; }
       declare "${1#--}=$2"
       shift
@@ -49,6 +57,10 @@ if ! [[ "$rate" =~ ^[0-9]+$ ]] || [ "$rate" -lt 1 ] || [ "$rate" -gt 1000 ]; the
   exit 1
 fi
 [[ "$settle" =~ ^[0-9]+$ ]] || { echo "demo: --settle must be whole seconds" >&2; exit 1; }
+if ! [[ "$rotations" =~ ^[0-9]+$ ]] || [ "$rotations" -lt 2 ] || [ "$rotations" -gt 10000 ]; then
+  echo "demo: --rotations must be 2..10000" >&2
+  exit 1
+fi
 [[ "$soak$drain" =~ ^[0-9]+(ms|s|m)[0-9]+(ms|s|m)$ ]] || { echo "demo: --soak and --drain are durations (500ms, 2s, 1m)" >&2; exit 1; }
 
 rotor=${ROTOR_BIN:-$top/build/rotor}
@@ -379,6 +391,10 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 if sys.argv[2] == "counts":
     print(f"{s['sent']} sent, {s['ok']} ok, {s['failed']} failed in {s['elapsed']:.0f} s")
+elif sys.argv[2] == "reuse":
+    by = ", ".join(f"{k}: {v}" for k, v in s.get("retried_by", {}).items())
+    print(f"{s['connections']} connections, {s['retries']} retried on a closed kept-alive one"
+          + (f" ({by})" if by else ""))
 elif sys.argv[2] == "progress":
     print(f"{s['sent']} sent, {s['failed']} failed")
 elif sys.argv[2] == "failed":
@@ -392,9 +408,16 @@ elif sys.argv[2] == "errors":
 PY
 }
 
-step "Starting the load: $rate requests/s through nginx (127.0.0.1:$nginx_prod/users) for the whole run"
-setsid "$python" "$top/scripts/demo/load.py" --url "http://127.0.0.1:$nginx_prod/users" --rate "$rate" \
-  --summary "$load_json" --max-seconds 900 >"$work/load.log" 2>&1 &
+load_args=(--url "http://127.0.0.1:$nginx_prod/users" --rate "$rate" --summary "$load_json")
+# Bounded, so that a load orphaned by a killed demo stops by itself: 900 s, or 2 min a rotation.
+load_args+=(--max-seconds "$((rotations * 120 > 900 ? rotations * 120 : 900))")
+load_kind="a new connection per request"
+if [ "$keepalive" -eq 1 ]; then
+  load_args+=(--keepalive)
+  load_kind="kept-alive connections"
+fi
+step "Starting the load: $rate requests/s through nginx (127.0.0.1:$nginx_prod/users), $load_kind, for the whole run"
+setsid "$python" "$top/scripts/demo/load.py" "${load_args[@]}" >"$work/load.log" 2>&1 &
 load_pid=$!
 load_up() {
   kill -0 "$load_pid" 2>/dev/null || { cat "$work/load.log" >&2; die "the load generator exited early"; }
@@ -407,8 +430,8 @@ ok "load running (pid $load_pid): $(load_line progress)"
 rotation_ids=()
 retired_lines=()
 retired_refused=()
-for n in 1 2; do
-  if [ "$n" -eq 1 ]; then from=blue to=green; else from=green to=blue; fi
+for n in $(seq 1 "$rotations"); do
+  if [ $((n % 2)) -eq 1 ]; then from=blue to=green; else from=green to=blue; fi
   # Keep the outgoing role's password to show afterwards that it no longer gets in.
   (umask 077 && cp "$store/pg-$from" "$work/private/retired-$n")
   step "Rotation $n: $from -> $to   (rotor request $secret --reason \"demo $n\" --wait)"
@@ -493,24 +516,34 @@ printf '%-28s %s\n' "store password logs in:" "$final_login"
 printf '%-28s %s\n' "nginx production serves:" "$(production_slot) (127.0.0.1:$nginx_prod)"
 printf '%-28s %s\n' "requests through nginx:" "$(load_line counts)"
 printf '%-28s %s\n' "failed requests by cause:" "$(load_line errors)"
+printf '%-28s %s\n' "client connections:" "$(load_line reuse)"
 printf '%-28s %s\n' "slots that answered:" "$(load_line runs)"
 printf '%-28s %s\n' "retired app_blue (after 1):" "${retired_lines[0]}"
 printf '%-28s %s\n' "retired app_green (after 2):" "${retired_lines[1]}"
 printf '%-28s %s\n' "events on rotor.events:" "$events (journal outbox: $outbox)"
 printf '%-28s %s\n' "dead letters:" "$deadletters"
 
-completed=$(sql -At -v r1="$r1" -v r2="$r2" <<'SQL'
-SELECT count(*) FROM rotor.rotations WHERE id IN (:'r1', :'r2') AND status = 'completed';
-SQL
-)
-[ "$completed" = 2 ] || die "only $completed of 2 rotations completed"
-[ "$final" = blue ] || die "the active slot is $final, expected blue"
-[ "${retired_refused[*]}" = "yes yes" ] || die "a retired role was not refused for lack of LOGIN"
+ids=$(printf "'%s'," "${rotation_ids[@]}")
+completed=$(sql -At -c "SELECT count(*) FROM rotor.rotations WHERE id IN (${ids%,}) AND status = 'completed'")
+all=$(sql -At -c "SELECT count(*) FROM rotor.rotations")
+printf '%-28s %s\n' "rotations completed:" "$completed of $rotations (journal: $all rotations)"
+if [ "$completed" != "$rotations" ] || [ "$all" != "$rotations" ]; then
+  die "only $completed of $rotations rotations completed"
+fi
+expected=blue
+[ $((rotations % 2)) -eq 0 ] || expected=green
+[ "$final" = "$expected" ] || die "the active slot is $final, expected $expected"
+case " ${retired_refused[*]} " in *" no "*) die "a retired role was not refused for lack of LOGIN" ;; esac
 if [ "$events" -eq 0 ] || [ "$events" != "$outbox" ]; then
   die "rotor.events holds $events events, the journal's outbox $outbox"
 fi
 [ "$deadletters" = 0 ] || die "$deadletters dead letters"
 failed=$(load_line failed)
 [ "$failed" = 0 ] || die "$failed of $(load_line sent) requests through nginx failed"
-printf '\n%sdemo: two rotations completed, blue -> green -> blue, %s requests through nginx, 0 failed%s\n' \
-  "$green" "$(load_line sent)" "$off"
+if [ "$rotations" -eq 2 ]; then
+  printf '\n%sdemo: two rotations completed, blue -> green -> blue, %s requests through nginx, 0 failed%s\n' \
+    "$green" "$(load_line sent)" "$off"
+else
+  printf '\n%sdemo: %s rotations completed, ending on %s, %s requests through nginx, 0 failed%s\n' \
+    "$green" "$rotations" "$final" "$(load_line sent)" "$off"
+fi

@@ -27,11 +27,11 @@ def parent():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def run_demo(work, *args):
+def run_demo(work, *args, timeout=600):
     env = dict(os.environ, ROTOR_BIN=ROTOR, ROTOR_DEMO_DIR=work,
                PATH=os.path.dirname(ROTOR) + os.pathsep + os.environ.get("PATH", ""))
     r = subprocess.run(["bash", DEMO, "--no-setup", *args], env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=600)  # about 45 s on an idle machine
+                       stderr=subprocess.STDOUT, timeout=timeout)  # 2 rotations: about 45 s on an idle machine
     return r.returncode, r.stdout.decode("utf-8", "replace")
 
 

@@ -7,7 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "pg.h"
 #include "rotor.h"
@@ -465,6 +469,66 @@ static void test_long_query_does_not_block(void **state)
     ctx_finish(&x);
 }
 
+/* A server that accepts and never answers (a partition that blackholes): the connection attempt
+ * is given up at its deadline, and the queries queued behind it fail; without a deadline it would
+ * wait forever, since libpq's connect_timeout does not apply to PQconnectPoll. */
+static void test_connect_deadline_on_silent_server(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(fd, 4), 0); /* the kernel accepts; nobody answers */
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    char port[16];
+    snprintf(port, sizeof port, "%d", ntohs(sa.sin_port));
+    ctx_t x;
+    ctx_init(&x);
+    const char *kw[] = {"host", "port", "user", "dbname", NULL};
+    const char *val[] = {"127.0.0.1", port, "postgres", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x.loop, kw, val, on_connect, &x, &x.conn), 0);
+    pgc_set_deadlines(x.conn, 200, 0);
+    qarg_t a = {&x, 0};
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.connect_calls, 1);
+    assert_int_equal(x.connect_status, ROTOR_EDB);
+    assert_int_equal(x.nresults, 1);
+    assert_int_equal(x.results[0], ROTOR_EDB);
+    assert_false(pgc_ok(x.conn));
+    assert_non_null(strstr(pgc_error(x.conn), "no answer from the server"));
+    ctx_finish(&x);
+    close(fd);
+}
+
+/* A query the server leaves unanswered past the deadline (here a sleep; in life a connection a
+ * firewall stopped forwarding) fails, with those queued behind it, and the connection is given
+ * up; a query within its deadline is not touched. */
+static void test_query_deadline(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, "127.0.0.1", env("PGPORT"));
+    pgc_set_deadlines(x.conn, 0, 2000);
+    qarg_t a[3] = {{&x, 0}, {&x, 1}, {&x, 2}};
+    query_one(&x, "select pg_sleep(0.05)", &a[0]);
+    assert_int_equal(x.nresults, 1);
+    assert_int_equal(x.results[0], 0);
+    pgc_set_deadlines(x.conn, 0, 200);
+    assert_int_equal(pgc_query(x.conn, "select pg_sleep(30)", 0, NULL, on_result, &a[1]), 0);
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a[2]), 0);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(x.nresults, 3);
+    assert_int_equal(x.results[1], ROTOR_EDB);
+    assert_int_equal(x.results[2], ROTOR_EDB);
+    assert_false(pgc_ok(x.conn));
+    assert_non_null(strstr(pgc_error(x.conn), "no answer from the server in 200 ms to a query"));
+    ctx_finish(&x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -483,6 +547,8 @@ int main(void)
         cmocka_unit_test(test_close_cancels_while_connecting),
         cmocka_unit_test(test_close_cancels_in_flight_and_queued),
         cmocka_unit_test(test_long_query_does_not_block),
+        cmocka_unit_test(test_connect_deadline_on_silent_server),
+        cmocka_unit_test(test_query_deadline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
