@@ -993,6 +993,19 @@ int journal_note(journal_t *j, const char *id, const char *history, const char *
         3, params, on_write, jreq_new(j, (void *)cb, arg, true));
 }
 
+int journal_absorb(journal_t *j, const char *id, const char *request_id, const char *history,
+                   const char *outbox, journal_done_cb cb, void *arg)
+{
+    const char *params[] = {id, history, outbox, request_id};
+    /* journal_by_request's question, asked in the write: a redelivery writes nothing */
+    return jq(j,
+              "WITH m AS (SELECT id FROM rotor.rotations WHERE id = $1::uuid"
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.rotations WHERE request_id = $4)"
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.history WHERE request_id = "
+              "$4))" WITH_HISTORY_AND_OUTBOX("$2", "$3"),
+              4, params, on_write, jreq_new(j, (void *)cb, arg, true));
+}
+
 static char *hex_encode(const void *data, size_t len)
 {
     static const char digits[] = "0123456789abcdef";

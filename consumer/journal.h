@@ -172,6 +172,13 @@ int journal_release(journal_t *j, const char *id, int32_t part, int64_t epoch, c
 /* History and events about rotation id without a state change (absorbed duplicates). */
 int journal_note(journal_t *j, const char *id, const char *history, const char *outbox,
                  journal_done_cb cb, void *arg);
+/* journal_note for a request absorbed into rotation id, written only if the journal does not
+ * name request_id yet (a rotation it started, or a history line): the lookup of
+ * journal_by_request and the note in one round trip. status 0 = noted; ROTOR_ECONFLICT = nothing
+ * written (the id is known, or the rotation is not): ask journal_by_request and decide. history
+ * and outbox borrowed for the call. */
+int journal_absorb(journal_t *j, const char *id, const char *request_id, const char *history,
+                   const char *outbox, journal_done_cb cb, void *arg);
 
 /* Records an unusable input message for the dead-letter topic: original key and value bytes,
  * original headers (JSON object, may be NULL) plus the rotor-dlq-* headers. */
