@@ -164,12 +164,19 @@ def loop_sched(pid):
     return run_ns, wait_ns, nonvol
 
 
-def renice_all(pid, nice):
-    """FLEET_NICE: every thread of rotor at that nice value (e.g. -20: the loop is not preempted
-    by the other processes of a shared machine), to separate preemption from rotor's own hold."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        subprocess.run(["renice", "-n", str(nice), "-p", tid], check=True,
-                       stdout=subprocess.DEVNULL)
+def renice_loop(pid, nice):
+    """FLEET_NICE: rotor's loop thread (TID = PID) at that nice value (e.g. -20), its other threads
+    (the threadpool's SCRAM hashes, librdkafka's) left at 0, and, with autogroup scheduling, the
+    process's group too (nice acts only within a group, and rotor runs in a session of its own):
+    the loop thread is then preempted neither by its own threads nor by other processes, which
+    separates preemption from rotor's own loop hold."""
+    subprocess.run(["renice", "-n", str(nice), "-p", str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass
 
 
 def wait_for(pred, timeout, what):
@@ -228,7 +235,7 @@ def run_rotor(args, root, n, password, stats):
         print(f"fleet: /metrics: {e}", file=sys.stderr)
         held0 = None
     if os.environ.get("FLEET_NICE"):
-        renice_all(pid, int(os.environ["FLEET_NICE"]))
+        renice_loop(pid, int(os.environ["FLEET_NICE"]))
     ticks0 = cpu_ticks(pid)
     sched0 = loop_sched(pid)
     t0 = time.monotonic()
