@@ -116,8 +116,11 @@ def run(mode, n, timeout, backlog):
     # 32 partitions: Key Vault events with distinct keys spread evenly over them, so that the mock
     # broker's 5 MiB a partition holds all 100 000 (the kcat baseline reads them all). Keyless,
     # kcat's sticky partitioner left some partitions over 5 MiB, and the oldest were deleted.
+    # BENCH_PG_SETTINGS: PostgreSQL settings separated by ";" (e.g. log_min_duration_statement=0,
+    # with ROTOR_KEEP_BENCH=1 to keep the server's log)
+    pg = tuple(x for x in os.environ.get("BENCH_PG_SETTINGS", "").split(";") if x)
     lab = BenchLab(secrets=1, approval="{ mode: manual, gate: retire }", keyvault_topic=kv,
-                   partitions=32)
+                   partitions=32, pg_settings=pg)
     try:
         lab.start_rotor()
         secret = lab.names()[0]

@@ -487,6 +487,11 @@ void journal_on_reconnect(journal_t *j, void (*fn)(void *arg), void *arg)
 
 /* ---- rows ------------------------------------------------------------------------------- */
 
+/* The last column: is the backend that journaled the running attempt still there. Asked of
+ * pg_stat_get_activity(pid), the one backend's row: the pg_stat_activity view gathers every
+ * backend and joins pg_database and pg_authid, which made parsing and planning every row read
+ * (journal_by_request: 0.38 ms against 0.18) twice as slow as before the column came. A NULL
+ * argument would give every backend: no run_pid, no backend. */
 #define ROT_COLUMNS                                                                                \
     "id::text, secret, stage, status, seq, attempt, from_slot, to_slot, swapped, trigger,"         \
     " coalesce(request_id, ''), coalesce(reason, ''), coalesce(error, ''),"                        \
@@ -495,7 +500,7 @@ void journal_on_reconnect(journal_t *j, void (*fn)(void *arg), void *arg)
     " coalesce((extract(epoch from expires_at) * 1000)::bigint, 0),"                               \
     " (extract(epoch from created_at) * 1000)::bigint, coalesce(run_part, -1),"                    \
     " coalesce(run_epoch, 0), coalesce((extract(epoch from run_until) * 1000)::bigint, 0),"        \
-    " EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = run_pid AND"                          \
+    " run_pid IS NOT NULL AND EXISTS (SELECT 1 FROM pg_stat_get_activity(run_pid) a WHERE"         \
     "  (a.backend_start = run_started OR a.backend_start IS NULL))"
 
 static int row_read(PGresult *res, int i, journal_rot_t *r)
@@ -854,8 +859,7 @@ static void row_params(const journal_rot_t *r, const char *history, const char *
 
 /* The runner of an attempt is its writer's journal session: the backend's pid and, since a pid
  * is reused, its start. The attempt's process is live while that session is (ROT_COLUMNS). */
-#define RUN_STARTED                                                                                \
-    "(SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())"
+#define RUN_STARTED "(SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a)"
 
 int journal_create(journal_t *j, const journal_rot_t *r, const char *history, const char *outbox,
                    journal_done_cb cb, void *arg)
