@@ -207,6 +207,15 @@ secrets:
         return sum(v for k, v in self.metrics().items()
                    if k == prefix or k.startswith(prefix + "{"))
 
+    @staticmethod
+    def partitioner_args():
+        """Keyed messages go where rotor's producer and the Java client put them (murmur2), so that a
+        command lands on its secret's owner. kcat's own default (consistent_random, CRC32) puts most
+        commands elsewhere, and rotor forwards each through its outbox to the owner's partition:
+        twice the messages, each with a journal write (docs/architecture.md, "Who owns a secret").
+        BENCH_PARTITIONER=consistent_random measures that path."""
+        return ["-X", "partitioner=" + os.environ.get("BENCH_PARTITIONER", "murmur2_random")]
+
     def kcat_produce(self, path, topic, keyed):
         """Produces every line of path (key<TAB>value when keyed); returns seconds taken."""
         # kcat's defaults: with linger.ms=50 and a larger queue, kcat 1.7 lost a sixth of 10 000
@@ -214,14 +223,16 @@ secrets:
         # is how that was seen, and why every run checks the topic's size).
         argv = [KCAT, "-b", self.bootstrap, "-P", "-t", topic, "-l"]
         if keyed:
-            argv += ["-K", "\t"]
+            argv += ["-K", "\t"] + self.partitioner_args()
         t0 = time.monotonic()
         subprocess.run(argv + [path], check=True, timeout=600)
         return time.monotonic() - t0
 
     def kcat_producer(self, topic, keyed):
         """A kcat -P that produces every line written to its stdin (key<TAB>value when keyed)."""
-        argv = [KCAT, "-b", self.bootstrap, "-P", "-t", topic] + (["-K", "\t"] if keyed else [])
+        argv = [KCAT, "-b", self.bootstrap, "-P", "-t", topic]
+        if keyed:
+            argv += ["-K", "\t"] + self.partitioner_args()
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
         note_pid(p.pid)
         return p
@@ -286,6 +297,11 @@ def append_result(name, row):
 
 def common_fields():
     """Date, host, commit and load: the context every result row carries."""
+    if os.environ.get("BENCH_COMMIT"):
+        # the binary measured, when it is not the tree's (ROTOR_BIN of another build)
+        return {"date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+                "commit": os.environ["BENCH_COMMIT"], "cpus": os.cpu_count(),
+                "load": uptime_load()}
     try:
         commit = subprocess.run(["git", "-C", SOURCE, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()

@@ -68,6 +68,23 @@ def rss_by_file(pid, top=8):
     return per.most_common(top)
 
 
+def smaps_rollup(pid):
+    """Rss, Pss, shared and private, clean and dirty, anonymous (kB) from smaps_rollup: what of
+    the resident set is pages of files other processes can share, and what only rotor holds."""
+    keep = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
+            "Anonymous")
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k = line.split(":", 1)[0]
+                if k in keep:
+                    out[k] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
 def strace_loop(pid, seconds):
     """Counts what the loop thread does for `seconds` with strace (main thread only)."""
     if not shutil.which("strace"):
@@ -154,7 +171,9 @@ def main():
         print("#   kcat threads (wake-ups/s): " +
               ", ".join(f"{k} {v:.2f}" for k, v in sorted(kn.items(), key=lambda x: -x[1])))
         print("#   resident by mapping (MiB): " + ", ".join(
-            f"{name} {mib(kb):.2f}" for name, kb in rss_by_file(pid)), flush=True)
+            f"{name} {mib(kb):.2f}" for name, kb in rss_by_file(pid, top=20)), flush=True)
+        print("#   smaps_rollup (MiB): " + ", ".join(
+            f"{k} {mib(v):.2f}" for k, v in smaps_rollup(pid).items()), flush=True)
         tr = strace_loop(pid, STRACE_S)
         if tr:
             calls, timeouts, woke, secs = tr

@@ -18,8 +18,9 @@ typedef struct cmd_s {
     secret_ctx_t *sec;
     journal_rot_t row;
     int tries;
-    int decision;      /* decision_t of a decision command, to decide again after a load */
-    char refusal[512]; /* why the command is out of place, unless it was applied before */
+    int decision;        /* decision_t of a decision command, to decide again after a load */
+    char refusal[512];   /* why the command is out of place, unless it was applied before */
+    bool absorb_checked; /* absorbed without a lookup: journal_absorb refuses a known id */
     struct cmd_s *next_deferred; /* the engine's queue of commands that came during a write */
 } cmd_t;
 
@@ -134,18 +135,30 @@ static void on_cmd_persisted(rotation_t *r, int status)
         rot_step(r);
 }
 
+static void on_request_seen(void *arg, int status, const journal_rot_t *rows, int n);
+
 static void on_absorbed(void *arg, int status)
 {
     cmd_t *c = arg;
+    if (status == ROTOR_ECONFLICT && c->absorb_checked) {
+        /* The journal knows the id (a redelivery) or not the rotation: look it up and decide. */
+        c->absorb_checked = false;
+        if (journal_by_request(c->e->journal, c->ev->id, on_request_seen, c) < 0)
+            cmd_finish(c, ROTOR_EDB, "journal unavailable");
+        return;
+    }
     if (status == ROTOR_EALREADY)
         status = 0; /* a concurrent copy of the request was absorbed first */
-    if (status == 0)
+    if (status == 0) {
+        seen_add(c->e->seen, c->ev->id, c->row.id);
         log_info("rotation.request_absorbed", "rotation", c->row.id, "secret", c->row.secret,
                  "request", c->ev->id);
+    }
     cmd_finish(c, status == 0 ? 0 : ROTOR_EDB, status == 0 ? NULL : "journal unavailable");
 }
 
-/* A request for a secret that already has a rotation in flight: recorded, not queued. */
+/* A request for a secret that already has a rotation in flight: recorded, not queued. With
+ * c->absorb_checked the request has not been looked up: the write itself refuses a known id. */
 static void absorb(cmd_t *c, const journal_rot_t *open)
 {
     c->row = *open;
@@ -159,7 +172,10 @@ static void absorb(cmd_t *c, const journal_rot_t *open)
     char *hs = json_dumps(h, JSON_COMPACT), *os = json_dumps(out, JSON_COMPACT);
     json_decref(h);
     json_decref(out);
-    int rc = journal_note(c->e->journal, open->id, c->ev->id, c->ev->type, hs, os, on_absorbed, c);
+    int rc =
+        c->absorb_checked
+            ? journal_absorb(c->e->journal, open->id, c->ev->id, hs, os, on_absorbed, c)
+            : journal_note(c->e->journal, open->id, c->ev->id, c->ev->type, hs, os, on_absorbed, c);
     free(hs);
     free(os);
     if (rc < 0)
@@ -188,6 +204,7 @@ static void on_created(void *arg, int status)
         cmd_finish(c, ROTOR_EDB, "journal unavailable");
         return;
     }
+    seen_add(e->seen, c->ev->id, c->row.id);
     log_info("rotation.created", "rotation", c->row.id, "secret", c->row.secret, "from",
              rotor_slot_name(c->row.from_slot), "to", rotor_slot_name(c->row.to_slot));
     rotation_t *r = rot_add(e, c->sec, &c->row);
@@ -326,13 +343,15 @@ static void on_request_seen(void *arg, int status, const journal_rot_t *rows, in
         return;
     }
     if (n > 0) {
+        seen_add(c->e->seen, c->ev->id, rows[0].id);
         /* Its rotation may be open and run by nobody (a lost commit result, a rebalance that
          * came between its creation and a load): take it in, as a load would. */
         secret_ctx_t *sec = rot_secret_ctx(c->e, rows[0].secret);
         bool pickup = sec && journal_status_open(rows[0].status) && !rot_find(c->e, rows[0].id) &&
                       !rot_leaving(c->e, rows[0].id) && c->e->owns(c->e->owns_arg, rows[0].secret);
         log_info("rotation.request_redelivered", "request", c->ev->id, "rotation", rows[0].id,
-                 "note", pickup ? "open and not running here: resumed" : "already applied");
+                 "note", pickup ? "open and not running here: resumed" : "already applied", "via",
+                 "journal");
         if (pickup) {
             rotation_t *r = rot_add(c->e, sec, &rows[0]);
             rot_log(LOG_INFO, "rotation.resumed", r, "status", journal_status_name(r->row.status));
@@ -372,6 +391,24 @@ static void cmd_request(cmd_t *c)
          * request the journal has seen, an open rotation and another active slot; on_created
          * then asks the journal (journal_by_request first). */
         create_rotation(c, (rotor_slot_t)c->sec->active);
+        return;
+    }
+    /* A redelivery of a request whose rotation runs here: the journal would say "already
+     * applied" (it names the id, and the rotation is not for picking up), so it is not asked.
+     * Any other remembered id (its rotation ended, or is not held here) is asked about, since
+     * only the journal knows whether that rotation waits for someone to pick it up. */
+    const char *known = seen_find(c->e->seen, c->ev->id);
+    if (known && rot_find(c->e, known)) {
+        log_info("rotation.request_redelivered", "request", c->ev->id, "rotation", known, "note",
+                 "already applied", "via", "memo");
+        cmd_finish(c, 0, NULL);
+        return;
+    }
+    rotation_t *open = c->tries == 0 ? rot_of_secret(c->e, secret) : NULL;
+    if (open) {
+        /* Absorbed unless the journal knows the id: one write rather than a lookup, then it. */
+        c->absorb_checked = true;
+        absorb(c, &open->row);
         return;
     }
     if (journal_by_request(c->e->journal, c->ev->id, on_request_seen, c) < 0)

@@ -190,6 +190,13 @@ int journal_note(journal_t *j, const char *id, const char *event_id, const char 
 typedef void (*journal_applied_cb)(void *arg, int status, bool applied);
 int journal_command_applied(journal_t *j, const char *rotation_id, const char *event_id,
                             journal_applied_cb cb, void *arg);
+/* journal_note for a request absorbed into rotation id, written only if the journal does not
+ * name request_id yet (a rotation it started, a history line, rotor.commands): the lookup of
+ * journal_by_request and the note in one round trip. status 0 = noted; ROTOR_ECONFLICT = nothing
+ * written (the id is known, or the rotation is not): ask journal_by_request and decide. history
+ * and outbox borrowed for the call. */
+int journal_absorb(journal_t *j, const char *id, const char *request_id, const char *history,
+                   const char *outbox, journal_done_cb cb, void *arg);
 
 /* Records an unusable input message for the dead-letter topic: original key and value bytes,
  * original headers (JSON object, may be NULL) plus the rotor-dlq-* headers. */

@@ -1128,6 +1128,7 @@ int engine_start(const engine_opts_t *opts, engine_ready_cb cb, void *arg, engin
     e->cfg = opts->cfg;
     e->journal = opts->journal;
     e->source = util_strdup(opts->source);
+    e->seen = seen_new(ENGINE_SEEN_MAX);
     e->owns = opts->owns;
     e->owns_arg = opts->owns_arg;
     e->fence = opts->fence;
@@ -1240,6 +1241,7 @@ static void on_engine_handle_closed(uv_handle_t *h)
 {
     engine_t *e = h->data;
     if (--e->handles_open == 0) {
+        seen_free(e->seen);
         free(e->secrets);
         free(e->source);
         free(e);

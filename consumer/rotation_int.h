@@ -13,6 +13,7 @@
 #include "log.h"
 #include "probe.h"
 #include "rotation.h"
+#include "seen.h"
 #include "store.h"
 
 /* Where a stage goes when it ends. Targets below 0 are terminal statuses. */
@@ -39,6 +40,8 @@ typedef struct {
 
 typedef struct rotation_s rotation_t;
 struct cmd_s; /* command.c */
+
+#define ENGINE_SEEN_MAX 4096
 
 struct engine_s {
     uv_loop_t *loop;
@@ -67,6 +70,9 @@ struct engine_s {
     uv_timer_t cmd_timer;       /* re-handles a command that arrived during a write */
     struct cmd_s *deferred_cmd; /* those commands (command.c's cmd_t), a queue in arrival order */
     int handles_open;
+    /* Request ids the journal holds as applied (command.c): a redelivered request of a rotation
+     * running here is answered without a round trip. ENGINE_SEEN_MAX entries, the oldest go. */
+    seen_t *seen;
 };
 
 struct rotation_s {

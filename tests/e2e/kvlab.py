@@ -182,9 +182,10 @@ class KvLab(Lab):
 
     # -- Kafka ---------------------------------------------------------------------------------
 
-    def request_many(self, names, reason="test"):
+    def request_many(self, names, reason="test", props=()):
         """One rotation.requested per secret, all produced by one kcat call; returns
-        {secret: request id}."""
+        {secret: request id}. props: kcat -X properties, e.g. (("partitioner",
+        "murmur2_random"),) to put each on its owner's partition (bench/keyvault.py)."""
         ids, lines = {}, []
         for name in names:
             ev = {"specversion": "1.0", "id": pysecrets.token_hex(16), "source": "/tests/e2e",
@@ -198,8 +199,10 @@ class KvLab(Lab):
         path = os.path.join(self.root, "requests.txt")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
-        subprocess.run([KCAT, "-b", self.bootstrap, "-P", "-t", "rotor.commands", "-K", "\t",
-                        "-l", path], check=True, timeout=60)
+        argv = [KCAT, "-b", self.bootstrap, "-P", "-t", "rotor.commands", "-K", "\t"]
+        for name, val in props:
+            argv += ["-X", f"{name}={val}"]
+        subprocess.run(argv + ["-l", path], check=True, timeout=60)
         return ids
 
     # -- the vault -----------------------------------------------------------------------------
