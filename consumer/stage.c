@@ -456,6 +456,26 @@ static void read_new_version(rotation_t *r, store_value_cb cb)
 }
 
 static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const char *version,
+                           const char *reason);
+
+/* set-db's check on a later attempt: logged in, the password is set; otherwise set it. */
+static void on_setdb_checked(void *arg, int status, const char *reason, long count)
+{
+    (void)reason;
+    (void)count;
+    eff_t *x = arg;
+    rotation_t *r = EFF_TAKE_REQ(x, dbreq);
+    if (!r)
+        return;
+    if (status == 0) {
+        rot_log(LOG_INFO, "set-db.already_set", r, "note", "the role logs in with this version");
+        rot_effect_done(r, 0, NULL);
+        return;
+    }
+    read_new_version(r, on_setdb_value);
+}
+
+static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const char *version,
                            const char *reason)
 {
     (void)version;
@@ -464,6 +484,24 @@ static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const c
         secret_free(value);
         if (r)
             rot_effect_done(r, status, reason);
+        return;
+    }
+    if (r->row.attempt > 1 && !r->setdb_checked) {
+        /* An earlier attempt may have set the password and been cut off before its journal
+         * write (a crash, a lost connection): a login with it proves the ALTER ROLE is done, and
+         * it is not sent twice. Only on a later attempt: a first one would log a failed login. */
+        r->setdb_checked = true;
+        db_req_t *req = NULL;
+        eff_t *x = eff_new(r);
+        int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
+                                 r->sec->cfg->database.probe, on_setdb_checked, x, &req);
+        secret_free(value);
+        if (rc < 0) {
+            eff_abandon(r);
+            read_new_version(r, on_setdb_value); /* set it, then */
+            return;
+        }
+        r->dbreq = req;
         return;
     }
     rot_crash_point(r, "inside");
@@ -645,6 +683,7 @@ static void on_current_written(void *arg, int status, const char *reason)
     }
     /* rollback: production is back on the old slot; now close the standby role again. */
     r->row.swapped = false;
+    rot_crash_point(r, "inside");
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, effect_ok);
     int rc =
@@ -707,6 +746,7 @@ static void rollback_current(rotation_t *r)
         return;
     }
     r->row.swapped = false;
+    rot_crash_point(r, "inside");
     db_req_t *req = NULL;
     dbctx_t *c = dbctx(r, effect_ok);
     int rc =
