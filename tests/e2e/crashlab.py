@@ -209,13 +209,14 @@ def crash_matrix_chain(make_lab, name):
     # generate never wrote a second version, however often it was interrupted
     if end != "aborted":
         assert store_versions(lab, rid) == 1
-    # set-db's ALTER ROLE ... PASSWORD ran once, whichever point cut it
+    # set-db's ALTER ROLE ... PASSWORD ran once, and retire's or rollback's NOLOGIN once,
+    # whichever point cut them
     counts = alter_role_counts(lab)
     figures.update(counts)
     if end != "aborted":
-        assert counts["password"] == 1, counts
+        assert counts == {"password": 1, "nologin": 1}, counts
     else:
-        assert counts["password"] <= 1, counts
+        assert counts["password"] <= 1 and counts["nologin"] == 0, counts
 
     # no event lost, none made twice: each stage started and completed, in order. Delivery is at
     # least once: a relay killed after publishing a batch but before marking it sent publishes
