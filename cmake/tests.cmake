@@ -19,7 +19,8 @@ set(ROTOR_TEST_COSTS
   e2e/test_keyvault_limiter=60 e2e/test_demo=75 e2e/test_crash_late=65 e2e/test_crash_early=60
   e2e/test_approval=50 e2e/test_zero_downtime=45 e2e/test_external=45 e2e/test_keyvault_faults=65
   e2e/test_rotation_keyvault=40 e2e/test_probes=35 e2e/test_deadletter=35 e2e/test_schedule=30
-  integration/test_kafka=30 e2e/test_metrics_prometheus=35 e2e/test_forwarding=45)
+  integration/test_kafka=30 e2e/test_metrics_prometheus=35 e2e/test_forwarding=45
+  e2e/test_crash_matrix=60 e2e/test_replicas=30)
 
 function(rotor_test name)
   cmake_parse_arguments(T "" "TIMEOUT;WORKING_DIRECTORY" "COMMAND;ENV" ${ARGN})

@@ -155,7 +155,7 @@ def run_to_crash(lab, point, action=None, request_id=None):
 
 
 def crash_chain_then_complete(make_lab, chain):
-    crash_matrix_chain(make_lab, chain)
+    print("crashmatrix", crash_matrix_chain(make_lab, chain))
 
 
 def store_versions(lab, rid):
