@@ -56,7 +56,8 @@ def decide(kind, status="waiting", stage=None):
             return "ready" if ok else None
         if wait_for(ready, 90, 0.2, what=f"request {request_id} {status} {stage or ''}") == "ready":
             rid = lab.rotation_for(request_id)["id"]
-            lab.command(kind, rid, by="crashlab", reason=f"crashlab {kind}")
+            extra = {} if kind == "rotation.approved" else {"reason": f"crashlab {kind}"}
+            lab.command(kind, rid, by="crashlab", **extra)
     return act
 
 
