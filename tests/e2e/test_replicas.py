@@ -116,6 +116,20 @@ def effect_runs(name, text, killed_at=None):
     return runs
 
 
+def alter_password_counts(lab):
+    """{role: ALTER ROLE ... PASSWORD statements} from the server's log; each password there must
+    be a SCRAM verifier (the statements are counted, never shown)."""
+    counts, plain = {}, 0
+    with open(lab.pg.log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.search(r'(?:statement|execute [^:]*): ALTER ROLE "?(\w+)"? .*PASSWORD ', line)
+            if m:
+                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+                plain += "'SCRAM-SHA-256$" not in line
+    assert plain == 0, f"{plain} ALTER ROLE statement(s) with a password that is not a verifier"
+    return counts
+
+
 class JournalWatch:
     """Samples rotor.rotations every 0.2 s: which instance the journal says runs each running
     attempt (run_by), as (time before the query, time after, rotation, instance)."""
@@ -165,6 +179,10 @@ def test_three_replicas_one_killed_one_started_mid_fleet(make_lab):
         assert d.alive(), d.text()[-3000:]
     wait_for(lambda: lab.pg.query("SELECT count(*) FROM rotor.owners")[0][0] >= 3, 60, 0.2,
              what="the three partitions to be claimed")
+    # every DDL statement from here on is in the server's log (the roles above, made with
+    # passwords in plain text, are not): the ALTER ROLE statements the replicas send
+    lab.pg.query("ALTER SYSTEM SET log_statement = 'ddl'")
+    lab.pg.query("SELECT pg_reload_conf()")
     watch = JournalWatch(lab)
     ids = request_all(lab, N)
 
@@ -230,11 +248,15 @@ def test_three_replicas_one_killed_one_started_mid_fleet(make_lab):
     assert len(done_events) == N and all(len(v) == 1 for v in done_events.values()), done_events
     taken_over = sorted({r[0] for r in runs if r[5] != victim} &
                         {r[0] for r in runs if r[5] == victim})
+    passwords = alter_password_counts(lab)
+    assert set(passwords) == {f"app_{i}_green" for i in range(N)}, passwords
     conflicts_logged = sum(d.text().count('"rotation.conflict"') for d in procs.values())
     print("replicas", json.dumps({
         "secrets": N, "completed": len(rows), "failed": 0, "killed": victim,
         "rotations_taken_over": len(taken_over), "effect_runs": len(runs),
-        "journal_samples": len(watch.samples), "conflicts_logged": conflicts_logged,
+        "journal_samples": len(watch.samples),
+        "alter_role_password": sum(passwords.values()),
+        "roles_set_twice": sum(1 for v in passwords.values() if v > 1), "conflicts_logged": conflicts_logged,
         "seconds": round(time.time() - started, 1)}))
     for name, d in procs.items():
         if name != victim:
