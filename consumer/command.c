@@ -130,6 +130,10 @@ static void on_cmd_persisted(rotation_t *r, int status)
         free(c);
         return;
     }
+    if (status == 0 && r->row.status == RS_ABORTED)
+        rot_crash_point_named(r, "abort:done");
+    else if (status == 0 && r->nfinished > 0 && r->finished[0] == STAGE_APPROVE)
+        rot_crash_point_at(r, STAGE_APPROVE, "done"); /* a decision, journaled */
     cmd_finish(c, status == 0 ? 0 : ROTOR_EDB, status == 0 ? NULL : "journal unavailable");
     if (status == 0)
         rot_step(r);
@@ -491,6 +495,7 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
         return;
     }
     r->next = r->row;
+    r->nfinished = 0; /* this write ends no stage */
     json_t *out = json_array();
     json_t *hist;
     util_strlcpy(r->next.actor, by ? by : "operator", sizeof r->next.actor);
@@ -502,6 +507,7 @@ static void apply_decision(cmd_t *c, rotation_t *r, decision_t d)
         hist = rot_history(&r->row, "retry", r->next.actor, -1, NULL, c->ev->id);
     } else {
         rot_stop_effect(r); /* a running effect's result is dropped; its effects are idempotent */
+        rot_crash_point_named(r, "abort:begin");
         r->next.status = RS_ABORTED;
         json_t *dd = rot_data(&r->row);
         json_object_set_new(dd, "stage", json_string(rotor_stage_name(r->row.stage)));

@@ -18,7 +18,8 @@
 typedef struct db_req_s db_req_t;
 
 /* status 0 or negative; reason (borrowed, valid during the call) says why on failure. For
- * db_end_sessions, `count` is the number of sessions ended; otherwise 0. */
+ * db_end_sessions, `count` is the number of sessions ended; for db_can_login, 1 or 0; otherwise
+ * 0. */
 typedef void (*db_cb)(void *arg, int status, const char *reason, long count);
 
 /* prepare: both roles exist; the active role can log in; the standby role is a member of exactly
@@ -41,6 +42,10 @@ int db_verify_login(uv_loop_t *loop, const char *dsn, const char *role,
 /* ALTER ROLE role NOLOGIN (retire; rollback of the standby). */
 int db_set_nologin(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,
                    db_req_t **out);
+
+/* Whether role can log in (pg_roles.rolcanlogin): count = 1 if it can, 0 if not. */
+int db_can_login(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,
+                 db_req_t **out);
 
 /* Ends role's remaining sessions with pg_terminate_backend; count = sessions ended. */
 int db_end_sessions(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,

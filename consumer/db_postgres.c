@@ -523,6 +523,23 @@ static void end_sessions_result(db_req_t *r, PGresult *res)
     req_finish(r, 0, NULL);
 }
 
+static void can_login_start(db_req_t *r)
+{
+    const char *params[] = {r->role};
+    query(r, "SELECT coalesce((SELECT rolcanlogin FROM pg_roles WHERE rolname = $1), false)", 1,
+          params);
+}
+
+static void can_login_result(db_req_t *r, PGresult *res)
+{
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        req_finish(r, ROTOR_EDB, "can-login: unexpected result shape");
+        return;
+    }
+    r->count = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    req_finish(r, 0, NULL);
+}
+
 static void verify_start(db_req_t *r)
 {
     query(r, r->probe, 0, NULL);
@@ -532,6 +549,7 @@ static const db_op_t op_check_roles = {"check-roles", false, check_roles_start, 
 static const db_op_t op_set_password = {"set-password", false, set_password_start, command_result};
 static const db_op_t op_verify = {"verify-login", true, verify_start, command_result};
 static const db_op_t op_set_nologin = {"set-nologin", false, set_nologin_start, command_result};
+static const db_op_t op_can_login = {"can-login", false, can_login_start, can_login_result};
 static const db_op_t op_end_sessions = {"end-sessions", false, end_sessions_start,
                                         end_sessions_result};
 
@@ -661,6 +679,14 @@ int db_set_nologin(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb,
     if (!args_ok(loop, dsn, role, cb, out))
         return -EINVAL;
     return req_start_dsn(req_new(loop, &op_set_nologin, role, cb, arg), dsn, out);
+}
+
+int db_can_login(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,
+                 db_req_t **out)
+{
+    if (!args_ok(loop, dsn, role, cb, out))
+        return -EINVAL;
+    return req_start_dsn(req_new(loop, &op_can_login, role, cb, arg), dsn, out);
 }
 
 int db_end_sessions(uv_loop_t *loop, const char *dsn, const char *role, db_cb cb, void *arg,

@@ -116,10 +116,13 @@ char *engine_diagram(void)
 
 /* ROTOR_CRASH_POINT="<stage>:<point>" kills the process with SIGKILL, exactly as `kill -9` would,
  * at a chosen point: begin (attempt journaled, effect not started), inside (set-db: password read
- * back, ALTER ROLE not sent), effect (effect done, not journaled), done (journaled, in the same
- * statement as the next stage's first attempt, whose effect has not begun; a stage folded into
- * another's write is done at that write). Tests use it to prove recovery from every point. */
-static void rot_crash_point_at(const rotation_t *r, rotor_stage_t stage, const char *point)
+ * back, ALTER ROLE not sent; rollback: production back on the old slot, NOLOGIN not sent), effect
+ * (effect done, not journaled), done (journaled, in the same statement as the next stage's first
+ * attempt, whose effect has not begun; a stage folded into another's write is done at that write;
+ * approve:done is also a decision's write). abort:begin (an abort received, its write not sent)
+ * and abort:done (journaled, the command not acknowledged) are the abort command's. Tests use it
+ * to prove recovery from every point (tests/e2e/crashlab.py). */
+void rot_crash_point_named(const rotation_t *r, const char *here)
 {
     static bool loaded;
     static const char *want;
@@ -127,14 +130,17 @@ static void rot_crash_point_at(const rotation_t *r, rotor_stage_t stage, const c
         want = getenv("ROTOR_CRASH_POINT");
         loaded = true;
     }
-    if (!want)
-        return;
-    char here[64];
-    snprintf(here, sizeof here, "%s:%s", rotor_stage_name(stage), point);
-    if (strcmp(want, here) == 0) {
+    if (want && strcmp(want, here) == 0) {
         log_warn("crash_point", "point", here, "rotation", r->row.id);
         raise(SIGKILL);
     }
+}
+
+void rot_crash_point_at(const rotation_t *r, rotor_stage_t stage, const char *point)
+{
+    char here[64];
+    snprintf(here, sizeof here, "%s:%s", rotor_stage_name(stage), point);
+    rot_crash_point_named(r, here);
 }
 
 void rot_crash_point(const rotation_t *r, const char *point)
@@ -590,6 +596,7 @@ static void begin_attempt(rotation_t *r)
     }
     rot_crash_point(r, "begin");
     r->token++; /* a new attempt: nothing of an earlier one counts */
+    r->setdb_checked = false;
     r->attempt_started_ms = util_now_ms();
     r->sessions_ended = -1;
     /* The effect ends by the deadline journaled with the attempt, which a new owner honours. */

@@ -104,6 +104,7 @@ struct rotation_s {
     int nfinished;
     bool next_starts;   /* r->next, being written, also starts the next stage's attempt */
     bool fresh_attempt; /* r->row is a running attempt journaled here whose effect has not begun */
+    bool setdb_checked; /* set-db: this attempt asked whether the password is set already */
     db_req_t *dbreq;
     store_req_t *storereq;           /* the store's request in flight (one at a time) */
     deploy_req_t *deployreq;         /* the deploy driver's request in flight */
@@ -146,6 +147,10 @@ void rot_approve_decided(rotation_t *r, trans_event_t on, const char *actor, con
 
 /* rotation.c: helpers */
 void rot_crash_point(const rotation_t *r, const char *point);
+/* The same at a point of another stage than r's (approve:done after a decision). */
+void rot_crash_point_at(const rotation_t *r, rotor_stage_t stage, const char *point);
+/* abort:<point> (the abort command's write is not a stage's). */
+void rot_crash_point_named(const rotation_t *r, const char *here);
 const cfg_stage_policy_t *rot_policy(const rotation_t *r);
 const char *rot_role(const rotation_t *r, rotor_slot_t s);
 const char *rot_store_name(const rotation_t *r, rotor_slot_t s);

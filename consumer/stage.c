@@ -130,6 +130,65 @@ static void effect_ok(rotation_t *r, long count)
     rot_effect_done(r, 0, NULL);
 }
 
+/* NOLOGIN (retire, rollback): on a later attempt, first asked whether the role can still log
+ * in: an attempt cut off after its ALTER ROLE and before its journal write (a crash) does not
+ * send it twice. A first attempt sends it at once. role is the configuration's (borrowed). */
+typedef struct {
+    eff_t *x;
+    db_next_fn next;
+    const char *role;
+} nologinctx_t;
+
+static void send_nologin(rotation_t *r, const char *role, db_next_fn next)
+{
+    db_req_t *req = NULL;
+    dbctx_t *c = dbctx(r, next);
+    int rc = db_set_nologin(r->eng->loop, rot_admin_dsn(r), role, on_db, c, &req);
+    db_started(r, c, rc, req);
+}
+
+static void on_nologin_checked(void *arg, int status, const char *reason, long count)
+{
+    nologinctx_t *c = arg;
+    db_next_fn next = c->next;
+    const char *role = c->role;
+    rotation_t *r = EFF_TAKE_REQ(c->x, dbreq);
+    free(c);
+    if (!r)
+        return;
+    if (status < 0) {
+        rot_effect_done(r, status, reason ? reason : rotor_strerror(status));
+        return;
+    }
+    if (count == 0) {
+        rot_log(LOG_INFO, "nologin.already_set", r, "role", role);
+        next(r, 0);
+        return;
+    }
+    send_nologin(r, role, next);
+}
+
+static void set_nologin(rotation_t *r, const char *role, db_next_fn next)
+{
+    if (r->row.attempt <= 1) {
+        send_nologin(r, role, next);
+        return;
+    }
+    nologinctx_t *c = util_malloc(sizeof *c);
+    c->x = eff_new(r);
+    c->next = next;
+    c->role = role;
+    db_req_t *req = NULL;
+    int rc = db_can_login(r->eng->loop, rot_admin_dsn(r), role, on_nologin_checked, c, &req);
+    if (rc < 0) {
+        eff_abandon(r);
+        free(c);
+        rot_effect_done(r, rc, "database request failed to start");
+        return;
+    }
+    r->dbreq = req;
+}
+
 /* ---- deploy actions: the driver's part of deploy, swap, retire and rollback ---------------- */
 
 typedef void (*deploy_next_fn)(rotation_t *r);
@@ -506,6 +565,26 @@ static void read_new_version(rotation_t *r, store_value_cb cb)
 }
 
 static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const char *version,
+                           const char *reason);
+
+/* set-db's check on a later attempt: logged in, the password is set; otherwise set it. */
+static void on_setdb_checked(void *arg, int status, const char *reason, long count)
+{
+    (void)reason;
+    (void)count;
+    eff_t *x = arg;
+    rotation_t *r = EFF_TAKE_REQ(x, dbreq);
+    if (!r)
+        return;
+    if (status == 0) {
+        rot_log(LOG_INFO, "set-db.already_set", r, "note", "the role logs in with this version");
+        rot_effect_done(r, 0, NULL);
+        return;
+    }
+    read_new_version(r, on_setdb_value);
+}
+
+static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const char *version,
                            const char *reason)
 {
     (void)version;
@@ -514,6 +593,24 @@ static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const c
         secret_free(value);
         if (r)
             rot_effect_done(r, status, reason);
+        return;
+    }
+    if (r->row.attempt > 1 && !r->setdb_checked) {
+        /* An earlier attempt may have set the password and been cut off before its journal
+         * write (a crash, a lost connection): a login with it proves the ALTER ROLE is done, and
+         * it is not sent twice. Only on a later attempt: a first one would log a failed login. */
+        r->setdb_checked = true;
+        db_req_t *req = NULL;
+        eff_t *x = eff_new(r);
+        int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), value,
+                                 r->sec->cfg->database.probe, on_setdb_checked, x, &req);
+        secret_free(value);
+        if (rc < 0) {
+            eff_abandon(r);
+            read_new_version(r, on_setdb_value); /* set it, then */
+            return;
+        }
+        r->dbreq = req;
         return;
     }
     rot_crash_point(r, "inside");
@@ -712,11 +809,8 @@ static void on_current_written(void *arg, int status, const char *reason)
     }
     /* rollback: production is back on the old slot; now close the standby role again. */
     r->row.swapped = false;
-    db_req_t *req = NULL;
-    dbctx_t *c = dbctx(r, effect_ok);
-    int rc =
-        db_set_nologin(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), on_db, c, &req);
-    db_started(r, c, rc, req);
+    rot_crash_point(r, "inside");
+    set_nologin(r, rot_role(r, r->row.to_slot), effect_ok);
 }
 
 /* Writes the `current` entry for slot with the value read from the store. */
@@ -819,11 +913,8 @@ static void rollback_current(rotation_t *r)
         return;
     }
     r->row.swapped = false;
-    db_req_t *req = NULL;
-    dbctx_t *c = dbctx(r, effect_ok);
-    int rc =
-        db_set_nologin(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.to_slot), on_db, c, &req);
-    db_started(r, c, rc, req);
+    rot_crash_point(r, "inside");
+    set_nologin(r, rot_role(r, r->row.to_slot), effect_ok);
 }
 
 static void eff_rollback(rotation_t *r)
@@ -883,11 +974,7 @@ static void retire_nologin_done(rotation_t *r, long count)
 
 static void eff_retire(rotation_t *r)
 {
-    db_req_t *req = NULL;
-    dbctx_t *c = dbctx(r, retire_nologin_done);
-    int rc = db_set_nologin(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.from_slot), on_db, c,
-                            &req);
-    db_started(r, c, rc, req);
+    set_nologin(r, rot_role(r, r->row.from_slot), retire_nologin_done);
 }
 
 typedef void (*effect_fn)(rotation_t *r);

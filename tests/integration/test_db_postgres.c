@@ -325,6 +325,33 @@ static void test_set_nologin(void **state)
     free(v);
 }
 
+/* A later attempt of retire or rollback asks first (stage.c set_nologin): 1 while the role can
+ * log in, 0 once NOLOGIN (and for a role that does not exist). */
+static void test_can_login(void **state)
+{
+    (void)state;
+    int status;
+    set_password("app_green", "can-login-42", util_now_ms() + 3600 * 1000, &status);
+    assert_int_equal(status, 0);
+    const char *roles[] = {"app_green", "app_green", "no_such_role"};
+    const long want[] = {1, 0, 0};
+    for (int i = 0; i < 3; i++) {
+        ctx_t x;
+        db_req_t *req;
+        if (i == 1) {
+            ctx_init(&x);
+            assert_int_equal(db_set_nologin(&x.loop, admin_dsn, "app_green", on_done, &x, &req), 0);
+            ctx_run(&x);
+            assert_int_equal(x.status, 0);
+        }
+        ctx_init(&x);
+        assert_int_equal(db_can_login(&x.loop, admin_dsn, roles[i], on_done, &x, &req), 0);
+        ctx_run(&x);
+        assert_int_equal(x.status, 0);
+        assert_int_equal(x.count, want[i]);
+    }
+}
+
 static void test_end_sessions(void **state)
 {
     (void)state;
@@ -511,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_set_password_fails_inside_send),
         cmocka_unit_test(test_verify_login),
         cmocka_unit_test(test_set_nologin),
+        cmocka_unit_test(test_can_login),
         cmocka_unit_test(test_end_sessions),
         cmocka_unit_test(test_cancel_pending),
         cmocka_unit_test(test_cancel_set_password_anytime),
