@@ -310,7 +310,7 @@ static void expect_sanitized(const char *in, const char *want)
     char out[256];
     size_t n = util_utf8_sanitize(out, sizeof out, in);
     if (strcmp(out, want) != 0)
-        fail_msg("util_utf8_sanitize(\"%s\") = \"%s\", want \"%s\"", in, out, want);
+        fail_msg("util_utf8_sanitize(\"%s\") = \"%s\", want \"%s\"", in ? in : "(null)", out, want);
     assert_int_equal(n, strlen(want));
 }
 
