@@ -31,7 +31,7 @@ if(ROTOR_FUZZ)
   target_include_directories(rotor_core_fuzz PUBLIC ${CMAKE_SOURCE_DIR}/consumer)
   target_link_libraries(rotor_core_fuzz PUBLIC PkgConfig::RDKAFKA PkgConfig::LIBUV
                         PkgConfig::JANSSON PkgConfig::LIBPQ PkgConfig::CURL PkgConfig::YAML
-                        PkgConfig::MHD m)
+                        PkgConfig::MHD PkgConfig::CRYPTO m)
   foreach(src ${ROTOR_FUZZ_SOURCES})
     get_filename_component(name ${src} NAME_WE)
     add_executable(${name} ${src})

@@ -1,0 +1,44 @@
+/* fuzz_entra_response.c: azure_auth.c's readers of Entra ID's and IMDS's answers (access tokens
+ * with expires_on / expires_in, error bodies) on arbitrary bytes, checking each one's contract:
+ * a token is never empty, an expiry never negative, a reason never carries the client secret. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "azure_auth_parse.h"
+#include "fuzz_common.h"
+#include "http.h"
+#include "rotor.h"
+#include "util.h"
+
+#define FUZZ_SECRET "fuzz-client-secret"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *body = fuzz_strndup(data, size);
+    http_response_t res = {.status = 200, .body = body, .body_len = size};
+
+    char reason[AZURE_REASON_LEN] = "";
+    char *token = NULL;
+    int64_t exp_ms = -1;
+    int rc = azure_parse_token(&res, &token, &exp_ms, reason);
+    if (rc == 0) {
+        if (!token || !token[0] || exp_ms < 0)
+            abort();
+        free(token);
+    } else if (rc != ROTOR_EFAIL || token || !fuzz_reason_ok(reason, sizeof reason)) {
+        abort();
+    }
+
+    static const long statuses[] = {400, 401, 404, 410, 500};
+    for (size_t i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
+        res.status = statuses[i];
+        memset(reason, 0, sizeof reason);
+        azure_parse_error(FUZZ_SECRET, i % 2 ? "managed identity" : "entra id", &res, reason);
+        if (!fuzz_reason_ok(reason, sizeof reason) || strstr(reason, FUZZ_SECRET))
+            abort();
+    }
+    free(body);
+    return 0;
+}
