@@ -345,6 +345,7 @@ void azure_parse_error(const char *secret, const char *who, const http_response_
     else
         snprintf(reason, AZ_REASON_LEN, "%s: HTTP %ld", who, res->status);
     json_decref(j);
+    util_utf8_trim(reason); /* a long code is cut at the buffer's end, maybe mid-character */
     redact(reason, secret);
 }
 

@@ -259,6 +259,7 @@ void k8s_status_reason(const char *method, const char *path, const http_response
     else
         snprintf(out, len, "kubernetes: %s %s: HTTP %ld", method, path, res->status);
     json_decref(o);
+    util_utf8_trim(out); /* a long message is cut at the buffer's end, maybe mid-character */
 }
 
 static void k8s_on_timer(uv_timer_t *t)

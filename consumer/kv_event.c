@@ -79,6 +79,7 @@ static int kv_fail(kv_ctx_t *c, const char *where, const char *fmt, ...)
         vsnprintf(c->reason + n, c->reasonlen - (size_t)n, fmt, ap);
         va_end(ap);
     }
+    util_utf8_trim(c->reason); /* cut mid-character when it overflows */
     return ROTOR_EINVALID;
 }
 
@@ -438,6 +439,7 @@ static int kv_check_headers(kv_ctx_t *c, const event_header_t *h, size_t n)
             size_t l = h[i].len <= KV_QUOTE_MAX ? h[i].len : KV_QUOTE_MAX + 1;
             memcpy(v, h[i].value, l);
             v[l] = '\0';
+            util_utf8_trim(v); /* a header is bytes: quote only what is UTF-8 */
             if (c->reason && c->reasonlen)
                 snprintf(c->reason, c->reasonlen, "header aeg-event-type: \"%s\" is not %s",
                          kv_quote(v, q), want);

@@ -490,6 +490,7 @@ void kv_answer_error(const http_response_t *res, char *buf, size_t len)
     else
         snprintf(buf, len, "Key Vault: HTTP %ld", res->status);
     json_decref(o);
+    util_utf8_trim(buf); /* a long message is cut at the buffer's end, maybe mid-character */
 }
 
 static void kv_fail_response(kv_req_t *r, int status, const http_response_t *res)
@@ -718,6 +719,7 @@ int kv_answer_challenge(const char *www, const char *vault_host, const char *met
                  "Key Vault: the challenge's resource %s is not the vault's domain %s; no token "
                  "sent",
                  target, vault_host ? vault_host : "?");
+        util_utf8_trim(reason); /* the header's bytes need not be UTF-8 */
         rc = ROTOR_ESTORE;
     } else {
         *tenant_out = util_strdup(tenant + 1);

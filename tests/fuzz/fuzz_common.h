@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,6 +74,13 @@ static inline bool fuzz_utf8_valid(const char *s)
 static inline bool fuzz_reason_ok(const char *reason, size_t len)
 {
     return reason[0] != '\0' && memchr(reason, '\0', len) != NULL && fuzz_utf8_valid(reason);
+}
+
+/* A broken contract: says which and what the parser answered, then aborts (a finding). */
+static inline void fuzz_fail(const char *what, const char *answer)
+{
+    fprintf(stderr, "fuzz: %s: \"%s\"\n", what, answer ? answer : "(null)");
+    abort();
 }
 
 #endif
