@@ -6,7 +6,8 @@
 #   scripts/fuzz.sh [executions] [target...]      e.g. scripts/fuzz.sh 1000000 fuzz_kv_event
 #
 # Environment: FUZZ_WORKERS (parallel fuzzing processes per target, default: the core count),
-# FUZZ_MERGE=1 (afterwards, add to tests/fuzz/corpus/<target>/ the new inputs that reach new
+# FUZZ_MAX_TIME (seconds a target may run at most, -max_total_time; default none: the figures say
+# what ran), FUZZ_MERGE=1 (afterwards, add to tests/fuzz/corpus/<target>/ the new inputs that reach new
 # coverage, with -merge=1; the grown working corpus stays in build-fuzz/corpus/). Run it niced on
 # a shared machine: nice -n 19 scripts/fuzz.sh. A finding is fixed with its input kept in
 # tests/fuzz/corpus/<target>/, which ctest replays in every build (cmake/fuzz.cmake).
@@ -41,7 +42,8 @@ for t in "${targets[@]}"; do
   pids=()
   for w in $(seq 1 "$workers"); do
     # -seed differs per worker, so they do not repeat each other's mutations.
-    "$out/$t" -runs="$per" -seed="$((start + w))" -timeout=10 -rss_limit_mb=2048 \
+    "$out/$t" -runs="$per" -max_total_time="${FUZZ_MAX_TIME:-0}" -seed="$((start + w))" \
+      -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$finds/" -print_final_stats=1 "$work" "$seeds" >"$logs/$w.log" 2>&1 &
     pids+=($!)
   done
