@@ -277,16 +277,23 @@ static void deliver_cached(azure_cred_t *c, az_entry_t *e, azure_token_cb cb, vo
 
 /* ---- parsing answers ---- */
 
-/* Epoch seconds or a lifetime in seconds, as a JSON number or a string of digits. */
+/* 9999-12-31T23:59:59Z: a larger expiry or lifetime is garbage, and would overflow as ms. */
+#define AZ_MAX_SECONDS 253402300799LL
+
+/* Epoch seconds or a lifetime in seconds, as a JSON number or a string of digits, within
+ * 0..AZ_MAX_SECONDS. */
 static bool json_seconds(json_t *v, int64_t *out)
 {
     if (json_is_integer(v)) {
         *out = (int64_t)json_integer_value(v);
-        return *out >= 0;
+        return *out >= 0 && *out <= AZ_MAX_SECONDS;
     }
     if (json_is_real(v)) {
-        *out = (int64_t)json_real_value(v);
-        return *out >= 0;
+        double d = json_real_value(v);
+        if (!(d >= 0 && d <= (double)AZ_MAX_SECONDS))
+            return false; /* casting a larger double is undefined */
+        *out = (int64_t)d;
+        return true;
     }
     const char *s = json_string_value(v);
     if (!s || !*s)
@@ -294,7 +301,7 @@ static bool json_seconds(json_t *v, int64_t *out)
     char *end;
     errno = 0;
     long long n = strtoll(s, &end, 10);
-    if (errno || *end || n < 0)
+    if (errno || *end || n < 0 || n > AZ_MAX_SECONDS)
         return false;
     *out = n;
     return true;
@@ -316,7 +323,8 @@ int azure_parse_token(const http_response_t *res, char **token, int64_t *exp_ms,
     } else if (json_seconds(json_object_get(j, "expires_in"), &secs)) {
         *exp_ms = util_now_ms() + secs * 1000;
     } else {
-        snprintf(reason, AZ_REASON_LEN, "token endpoint answered without expires_in or expires_on");
+        snprintf(reason, AZ_REASON_LEN,
+                 "token endpoint answered without a usable expires_in or expires_on");
         rc = ROTOR_EFAIL;
     }
     if (rc == 0)
