@@ -40,9 +40,14 @@ static int event_fail(char *reason, size_t reasonlen, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(reason, reasonlen, fmt, ap);
         va_end(ap);
-        /* A quote of the input (jansson's error text, a long name) may be cut mid-character or
-         * not be UTF-8 at all: a reason goes into JSON, and must be UTF-8. */
+        /* A quote of the input (jansson's error text, a long name) may be cut mid-character,
+         * not be UTF-8 at all, or hold a newline: a reason is one line of UTF-8 (it goes into
+         * JSON and into a log line). */
         util_utf8_trim(reason);
+        for (char *p = reason; *p; p++) {
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+        }
     }
     return ROTOR_EINVALID;
 }

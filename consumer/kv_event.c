@@ -84,7 +84,8 @@ static int kv_fail(kv_ctx_t *c, const char *where, const char *fmt, ...)
 }
 
 /* Copies at most KV_QUOTE_MAX bytes of s into out (>= KV_QUOTE_MAX + 1), cut at a UTF-8
- * boundary, so that a reason quotes little of the input and stays valid UTF-8. */
+ * boundary, control characters as spaces, so that a reason quotes little of the input and stays
+ * one line of valid UTF-8. */
 static const char *kv_quote(const char *s, char *out)
 {
     size_t n = strlen(s);
@@ -93,7 +94,8 @@ static const char *kv_quote(const char *s, char *out)
         while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
             n--;
     }
-    memcpy(out, s, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
     out[n] = '\0';
     return out;
 }
