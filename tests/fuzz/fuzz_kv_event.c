@@ -43,8 +43,8 @@ static bool name_ok(const char *s, size_t min, size_t max, bool dash)
 /* The contract of kv_event.h: a count within max whose events are Key Vault events (those rotor
  * acts on with a valid vault, name and version), or ROTOR_EINVALID with a one-line UTF-8 reason
  * and nothing of the message left in out. */
-static void check_parse(const uint8_t *data, size_t size, const event_header_t *h, size_t nh,
-                        size_t max_bytes, int max)
+static int check_parse(const uint8_t *data, size_t size, const event_header_t *h, size_t nh,
+                       size_t max_bytes, int max)
 {
     kv_event_t out[FUZZ_MAX_EVENTS];
     memset(out, 0, sizeof out);
@@ -69,12 +69,13 @@ static void check_parse(const uint8_t *data, size_t size, const event_header_t *
             if (!all_zero(&out[i], sizeof out[i]))
                 abort(); /* written past the count */
         }
-        return;
+        return rc;
     }
     if (rc != ROTOR_EINVALID || !fuzz_reason_ok(reason, sizeof reason) || strchr(reason, '\n'))
         fuzz_fail("refused without a one-line UTF-8 reason", reason);
     if (!all_zero(out, sizeof out))
         abort();
+    return rc;
 }
 
 typedef struct {
@@ -107,8 +108,9 @@ static void parse_headers(const char *block, fuzz_headers_t *hs)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    check_parse(data, size, NULL, 0, 1 << 20, FUZZ_MAX_EVENTS);
-    check_parse(data, size, NULL, 0, 1 << 20, 1);
+    /* A limit below the count must refuse the whole array (asked only of arrays, for speed). */
+    if (check_parse(data, size, NULL, 0, 1 << 20, FUZZ_MAX_EVENTS) > 1)
+        check_parse(data, size, NULL, 0, 1 << 20, 1);
     if (size > 0)
         check_parse(data, size, NULL, 0, size - 1, FUZZ_MAX_EVENTS);
 
