@@ -8,7 +8,7 @@
 # Environment: FUZZ_WORKERS (parallel fuzzing processes per target, default: the core count),
 # FUZZ_MAX_TIME (seconds a target may run at most, -max_total_time; default none: the figures say
 # what ran), FUZZ_MERGE=1 (afterwards, add to tests/fuzz/corpus/<target>/ the new inputs that reach new
-# coverage, with -merge=1; the grown working corpus stays in build-fuzz/corpus/). Run it niced on
+# edges, with -merge=1 -use_counters=0; the grown working corpus stays in build-fuzz/corpus/). Run it niced on
 # a shared machine: nice -n 19 scripts/fuzz.sh. A finding is fixed with its input kept in
 # tests/fuzz/corpus/<target>/, which ctest replays in every build (cmake/fuzz.cmake).
 set -euo pipefail
@@ -60,7 +60,8 @@ for t in "${targets[@]}"; do
   printf '%-26s %12s %8s %6ss %7s %s%s\n' "$t" "$execs" "$((execs / secs))" "$secs" "$corpus" \
     "$nfind" "$note"
   if [ "${FUZZ_MERGE:-0}" = 1 ]; then
-    "$out/$t" -merge=1 "$seeds" "$work" >"$logs/merge.log" 2>&1
+    # New edges only (not hit counts), so the committed corpus stays small.
+    "$out/$t" -merge=1 -use_counters=0 "$seeds" "$work" >"$logs/merge.log" 2>&1
     echo "  merged: $(find "$seeds" -type f | wc -l) inputs in tests/fuzz/corpus/$t"
   fi
 done
