@@ -6,11 +6,12 @@
 #   scripts/fuzz.sh [executions] [target...]      e.g. scripts/fuzz.sh 1000000 fuzz_kv_event
 #
 # Environment: FUZZ_WORKERS (parallel fuzzing processes per target, default: the core count),
-# FUZZ_MAX_TIME (seconds a target may run at most, -max_total_time; default none: the figures say
-# what ran), FUZZ_MERGE=1 (afterwards, add to tests/fuzz/corpus/<target>/ the new inputs that reach new
-# edges, with -merge=1 -use_counters=0; the grown working corpus stays in build-fuzz/corpus/). Run it niced on
-# a shared machine: nice -n 19 scripts/fuzz.sh. A finding is fixed with its input kept in
-# tests/fuzz/corpus/<target>/, which ctest replays in every build (cmake/fuzz.cmake).
+# FUZZ_MAX_TIME (seconds a target may run at most, -max_total_time; default none: the figures
+# say what ran), FUZZ_MERGE=1 (afterwards, add to tests/fuzz/corpus/<target>/ the inputs that
+# reach new edges, with -merge=1 -use_counters=0; the grown working corpus stays in
+# build-fuzz/corpus/). Run it niced on a shared machine: nice -n 19 scripts/fuzz.sh. A finding
+# is fixed with its input kept in tests/fuzz/corpus/<target>/, which ctest replays in every
+# build (cmake/fuzz.cmake).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-10000000}
