@@ -183,8 +183,9 @@ int util_parse_time(const char *text, int64_t *epoch_ms)
     tm.tm_mon -= 1;
     time_t t = timegm(&tm);
     *epoch_ms = ((int64_t)t - offset_s) * 1000 + frac_ms;
-    /* An offset can push year 0000 back into year -1, which RFC 3339 cannot write. */
-    if (*epoch_ms < -62135596800000LL)
+    /* An offset can push year 0000 back into year -1, and an offset or a leap second
+     * (9999-12-31T23:59:60Z) push 9999 on into year 10000: RFC 3339 can write neither. */
+    if (*epoch_ms < -62135596800000LL || *epoch_ms > 253402300799999LL)
         return ROTOR_EINVALID;
     return 0;
 }
