@@ -6,6 +6,7 @@
 # is replayed in the normal and in the ROTOR_SANITIZE build alike, without clang.
 # With -DROTOR_FUZZ=ON and clang, fuzz_<name> is also a real libFuzzer binary, e.g.
 #   build/fuzz_event -max_total_time=60 tests/fuzz/corpus/fuzz_event
+# scripts/fuzz.sh builds and runs them all (docs/reliability/fuzz.md).
 
 option(ROTOR_FUZZ "Also build libFuzzer binaries (clang only)" OFF)
 
@@ -31,7 +32,7 @@ if(ROTOR_FUZZ)
   target_include_directories(rotor_core_fuzz PUBLIC ${CMAKE_SOURCE_DIR}/consumer)
   target_link_libraries(rotor_core_fuzz PUBLIC PkgConfig::RDKAFKA PkgConfig::LIBUV
                         PkgConfig::JANSSON PkgConfig::LIBPQ PkgConfig::CURL PkgConfig::YAML
-                        PkgConfig::MHD m)
+                        PkgConfig::MHD PkgConfig::CRYPTO m)
   foreach(src ${ROTOR_FUZZ_SOURCES})
     get_filename_component(name ${src} NAME_WE)
     add_executable(${name} ${src})

@@ -1,6 +1,7 @@
 /* azure_auth.c: Entra ID tokens (client secret, workload identity, IMDS) over http.c, cached per
  * (scope, tenant) with one exchange in flight per entry however many callers wait for it. */
 #include "azure_auth.h"
+#include "azure_auth_parse.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -22,7 +23,7 @@
 #define AZ_IMDS_TRIES 5
 #define AZ_IMDS_MAX_DELAY_MS (60 * 1000)
 #define AZ_MAX_TOKEN_FILE (64 * 1024) /* a projected service-account token is a few KiB */
-#define AZ_REASON_LEN 512
+#define AZ_REASON_LEN AZURE_REASON_LEN
 
 typedef struct az_waiter_s {
     azure_token_cb cb;
@@ -276,16 +277,23 @@ static void deliver_cached(azure_cred_t *c, az_entry_t *e, azure_token_cb cb, vo
 
 /* ---- parsing answers ---- */
 
-/* Epoch seconds or a lifetime in seconds, as a JSON number or a string of digits. */
+/* 9999-12-31T23:59:59Z: a larger expiry or lifetime is garbage, and would overflow as ms. */
+#define AZ_MAX_SECONDS 253402300799LL
+
+/* Epoch seconds or a lifetime in seconds, as a JSON number or a string of digits, within
+ * 0..AZ_MAX_SECONDS. */
 static bool json_seconds(json_t *v, int64_t *out)
 {
     if (json_is_integer(v)) {
         *out = (int64_t)json_integer_value(v);
-        return *out >= 0;
+        return *out >= 0 && *out <= AZ_MAX_SECONDS;
     }
     if (json_is_real(v)) {
-        *out = (int64_t)json_real_value(v);
-        return *out >= 0;
+        double d = json_real_value(v);
+        if (!(d >= 0 && d <= (double)AZ_MAX_SECONDS))
+            return false; /* casting a larger double is undefined */
+        *out = (int64_t)d;
+        return true;
     }
     const char *s = json_string_value(v);
     if (!s || !*s)
@@ -293,13 +301,13 @@ static bool json_seconds(json_t *v, int64_t *out)
     char *end;
     errno = 0;
     long long n = strtoll(s, &end, 10);
-    if (errno || *end || n < 0)
+    if (errno || *end || n < 0 || n > AZ_MAX_SECONDS)
         return false;
     *out = n;
     return true;
 }
 
-static int parse_token(const http_response_t *res, char **token, int64_t *exp_ms, char *reason)
+int azure_parse_token(const http_response_t *res, char **token, int64_t *exp_ms, char *reason)
 {
     json_error_t jerr;
     json_t *j = json_loadb(res->body, res->body_len, 0, &jerr);
@@ -315,7 +323,8 @@ static int parse_token(const http_response_t *res, char **token, int64_t *exp_ms
     } else if (json_seconds(json_object_get(j, "expires_in"), &secs)) {
         *exp_ms = util_now_ms() + secs * 1000;
     } else {
-        snprintf(reason, AZ_REASON_LEN, "token endpoint answered without expires_in or expires_on");
+        snprintf(reason, AZ_REASON_LEN,
+                 "token endpoint answered without a usable expires_in or expires_on");
         rc = ROTOR_EFAIL;
     }
     if (rc == 0)
@@ -326,8 +335,8 @@ static int parse_token(const http_response_t *res, char **token, int64_t *exp_ms
     return rc;
 }
 
-/* Entra's {error, error_description} (IMDS uses the same shape), else the status alone. */
-static void parse_error(azure_cred_t *c, const char *who, const http_response_t *res, char *reason)
+void azure_parse_error(const char *secret, const char *who, const http_response_t *res,
+                       char *reason)
 {
     json_error_t jerr;
     json_t *j = json_loadb(res->body, res->body_len, 0, &jerr);
@@ -344,7 +353,8 @@ static void parse_error(azure_cred_t *c, const char *who, const http_response_t 
     else
         snprintf(reason, AZ_REASON_LEN, "%s: HTTP %ld", who, res->status);
     json_decref(j);
-    redact(reason, c->secret);
+    util_utf8_trim(reason); /* a long code is cut at the buffer's end, maybe mid-character */
+    redact(reason, secret);
 }
 
 /* ---- the exchanges ---- */
@@ -411,13 +421,13 @@ static void on_token_response(void *arg, int status, const http_response_t *res)
         imds_schedule_retry(e, res))
         return;
     if (res->status < 200 || res->status > 299) {
-        parse_error(c, who, res, reason);
+        azure_parse_error(c->secret, who, res, reason);
         entry_settle(e, ROTOR_EFAIL, NULL, 0, reason);
         return;
     }
     char *token = NULL;
     int64_t exp_ms = 0;
-    int rc = parse_token(res, &token, &exp_ms, reason);
+    int rc = azure_parse_token(res, &token, &exp_ms, reason);
     if (rc == 0) {
         entry_settle(e, 0, token, exp_ms, NULL);
         wipe_str(token);

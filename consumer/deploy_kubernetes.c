@@ -1,6 +1,7 @@
 /* deploy_kubernetes.c: the kubernetes deploy driver: a Deployment per slot and Services that
  * select a slot by label, driven over the API server's REST interface on the loop. */
 #include "deploy.h"
+#include "deploy_kubernetes_parse.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -246,10 +247,8 @@ static void k8s_call(deploy_req_t *req, const char *method, const char *path, co
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
-/* The API server's Status (kind, code, reason, message) as the reason, else the bare HTTP status.
- */
-static void k8s_status_reason(const deploy_req_t *req, const http_response_t *res, char *out,
-                              size_t len)
+void k8s_status_reason(const char *method, const char *path, const http_response_t *res, char *out,
+                       size_t len)
 {
     json_t *o = res->body_len ? json_loadb(res->body, res->body_len, 0, NULL) : NULL;
     const char *kind = json_string_value(json_object_get(o, "kind"));
@@ -258,8 +257,9 @@ static void k8s_status_reason(const deploy_req_t *req, const http_response_t *re
     if (kind && strcmp(kind, "Status") == 0 && msg)
         snprintf(out, len, "kubernetes: %ld %s: %s", res->status, reason ? reason : "Failure", msg);
     else
-        snprintf(out, len, "kubernetes: %s %s: HTTP %ld", req->method, req->path, res->status);
+        snprintf(out, len, "kubernetes: %s %s: HTTP %ld", method, path, res->status);
     json_decref(o);
+    util_utf8_trim(out); /* a long message is cut at the buffer's end, maybe mid-character */
 }
 
 static void k8s_on_timer(uv_timer_t *t)
@@ -321,7 +321,7 @@ static void k8s_on_http(void *arg, int status, const http_response_t *res)
         json_decref(o);
         return;
     }
-    k8s_status_reason(req, res, why, sizeof why);
+    k8s_status_reason(req->method, req->path, res, why, sizeof why);
     if (res->status == 401 && !req->unauthorized_retried) {
         /* The token may have rotated between our read and the server's check. */
         req->unauthorized_retried = true;
@@ -341,7 +341,7 @@ static void k8s_on_http(void *arg, int status, const http_response_t *res)
 
 /* ---- steps -------------------------------------------------------------------------------- */
 
-static json_int_t k8s_int(json_t *o, const char *a, const char *b)
+static json_int_t k8s_int(const json_t *o, const char *a, const char *b)
 {
     return json_integer_value(json_object_get(json_object_get(o, a), b));
 }
@@ -369,10 +369,9 @@ static void k8s_poll_later(deploy_req_t *req)
     k8s_retry_later(req, ms ? ms : K8S_DEFAULT_POLL_MS);
 }
 
-/* kubectl's DeploymentStatusViewer: 1 rolled out, 0 not yet, -1 past its progress deadline. */
-static int k8s_rollout_state(json_t *dep)
+int k8s_rollout_state(const json_t *dep)
 {
-    json_t *st = json_object_get(dep, "status");
+    const json_t *st = json_object_get(dep, "status");
     if (k8s_int(dep, "metadata", "generation") > k8s_int(dep, "status", "observedGeneration"))
         return 0;
     size_t i;
@@ -406,11 +405,16 @@ static void k8s_rollout_answer(deploy_req_t *req, json_t *dep)
         k8s_poll_later(req);
 }
 
-static void k8s_scaled_down_answer(deploy_req_t *req, json_t *dep)
+bool k8s_scaled_down(const json_t *dep)
 {
     bool observed =
         k8s_int(dep, "metadata", "generation") <= k8s_int(dep, "status", "observedGeneration");
-    if (observed && k8s_int(dep, "status", "replicas") == 0)
+    return observed && k8s_int(dep, "status", "replicas") == 0;
+}
+
+static void k8s_scaled_down_answer(deploy_req_t *req, json_t *dep)
+{
+    if (k8s_scaled_down(dep))
         k8s_next_step(req);
     else
         k8s_poll_later(req);
@@ -430,7 +434,7 @@ static void k8s_query_escape(const char *s, char *out, size_t len)
     out[o] = '\0';
 }
 
-static bool k8s_pod_listed(json_t *pods, const char *name, const char *ip)
+static bool k8s_pod_listed(const json_t *pods, const char *name, const char *ip)
 {
     size_t i;
     json_t *p;
@@ -444,8 +448,7 @@ static bool k8s_pod_listed(json_t *pods, const char *name, const char *ip)
     return false;
 }
 
-/* Every ready address of the Endpoints is a pod of the slot, and there is at least one. */
-static bool k8s_endpoints_serve_slot(json_t *ep, json_t *pods)
+bool k8s_endpoints_serve_slot(const json_t *ep, const json_t *pods)
 {
     size_t i, j, n = 0;
     json_t *sub, *a;
@@ -490,13 +493,17 @@ static void k8s_endpoints_answer(deploy_req_t *req, json_t *o)
         k8s_poll_later(req);
 }
 
-static void k8s_observe_answer(deploy_req_t *req, json_t *svc)
+int k8s_observed_slot(const json_t *svc, const char *label)
 {
-    const char *label = req->k->base.cfg->deploy.kubernetes.slot_label;
-    json_t *sel = json_object_get(json_object_get(svc, "spec"), "selector");
+    const json_t *sel = json_object_get(json_object_get(svc, "spec"), "selector");
     const char *v = json_string_value(json_object_get(sel, label));
     rotor_slot_t slot;
-    req->observed = v && rotor_slot_parse(v, &slot) == 0 ? (int)slot : -1;
+    return v && rotor_slot_parse(v, &slot) == 0 ? (int)slot : -1;
+}
+
+static void k8s_observe_answer(deploy_req_t *req, json_t *svc)
+{
+    req->observed = k8s_observed_slot(svc, req->k->base.cfg->deploy.kubernetes.slot_label);
     k8s_next_step(req);
 }
 

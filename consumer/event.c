@@ -40,6 +40,14 @@ static int event_fail(char *reason, size_t reasonlen, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(reason, reasonlen, fmt, ap);
         va_end(ap);
+        /* A quote of the input (jansson's error text, a long name) may be cut mid-character,
+         * not be UTF-8 at all, or hold a newline: a reason is one line of UTF-8 (it goes into
+         * JSON and into a log line). */
+        util_utf8_trim(reason);
+        for (char *p = reason; *p; p++) {
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+        }
     }
     return ROTOR_EINVALID;
 }
@@ -67,8 +75,12 @@ static bool event_header_is(const event_header_t *h, const char *prefix)
 static json_t *event_header_string(const event_header_t *h, char *reason, size_t reasonlen)
 {
     json_t *s = memchr(h->value, '\0', h->len) ? NULL : json_stringn(h->value, h->len);
-    if (!s)
-        event_fail(reason, reasonlen, "header %.64s is not a UTF-8 string", h->name);
+    if (!s) {
+        char name[65]; /* a name is bytes too: quote what of it is UTF-8 */
+        util_strlcpy(name, h->name, sizeof name);
+        util_utf8_trim(name);
+        event_fail(reason, reasonlen, "header %s is not a UTF-8 string", name);
+    }
     return s;
 }
 

@@ -538,8 +538,12 @@ uint64_t http_retry_after_ms(const http_response_t *res, int64_t now_ms)
     /* An HTTP date; curl_getdate is a pure parser of the RFC 7231 forms. */
     time_t now = (time_t)(now_ms / 1000);
     time_t when = curl_getdate(res->retry_after, &now);
-    if (when == (time_t)-1)
+    if (when == (time_t)-1 || when <= now)
         return 0;
-    int64_t delta = (int64_t)when * 1000 - now_ms;
-    return delta > 0 ? (uint64_t)delta : 0;
+    /* curl reads years far past 9999 ("3 Dec 2000000000"): saturate as the seconds form does
+     * rather than overflow in milliseconds. */
+    uint64_t secs = (uint64_t)when - (uint64_t)now;
+    if (secs > UINT64_MAX / 1000)
+        return UINT64_MAX;
+    return secs * 1000 - (uint64_t)(now_ms - (int64_t)now * 1000);
 }

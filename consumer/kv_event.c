@@ -79,11 +79,13 @@ static int kv_fail(kv_ctx_t *c, const char *where, const char *fmt, ...)
         vsnprintf(c->reason + n, c->reasonlen - (size_t)n, fmt, ap);
         va_end(ap);
     }
+    util_utf8_trim(c->reason); /* cut mid-character when it overflows */
     return ROTOR_EINVALID;
 }
 
 /* Copies at most KV_QUOTE_MAX bytes of s into out (>= KV_QUOTE_MAX + 1), cut at a UTF-8
- * boundary, so that a reason quotes little of the input and stays valid UTF-8. */
+ * boundary, control characters as spaces, so that a reason quotes little of the input and stays
+ * one line of valid UTF-8. */
 static const char *kv_quote(const char *s, char *out)
 {
     size_t n = strlen(s);
@@ -92,7 +94,8 @@ static const char *kv_quote(const char *s, char *out)
         while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
             n--;
     }
-    memcpy(out, s, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
     out[n] = '\0';
     return out;
 }
@@ -438,6 +441,7 @@ static int kv_check_headers(kv_ctx_t *c, const event_header_t *h, size_t n)
             size_t l = h[i].len <= KV_QUOTE_MAX ? h[i].len : KV_QUOTE_MAX + 1;
             memcpy(v, h[i].value, l);
             v[l] = '\0';
+            util_utf8_trim(v); /* a header is bytes: quote only what is UTF-8 */
             if (c->reason && c->reasonlen)
                 snprintf(c->reason, c->reasonlen, "header aeg-event-type: \"%s\" is not %s",
                          kv_quote(v, q), want);

@@ -1,6 +1,7 @@
 /* store_keyvault.c: the azure-keyvault secret store, Key Vault's secrets REST API (7.4) over
  * http.c. */
 #include "store.h"
+#include "store_keyvault_parse.h"
 
 #include <ctype.h>
 #include <jansson.h>
@@ -478,9 +479,7 @@ static void kv_next(kv_req_t *r, uint64_t delay_ms)
 
 /* ---- responses ---- */
 
-/* "Key Vault: CODE: message" from Key Vault's error body, else the HTTP status. Never the
- * request body. */
-static void kv_error_reason(const http_response_t *res, char *buf, size_t len)
+void kv_answer_error(const http_response_t *res, char *buf, size_t len)
 {
     json_t *o = res->body_len ? json_loadb(res->body, res->body_len, 0, NULL) : NULL;
     json_t *e = json_object_get(o, "error");
@@ -491,16 +490,17 @@ static void kv_error_reason(const http_response_t *res, char *buf, size_t len)
     else
         snprintf(buf, len, "Key Vault: HTTP %ld", res->status);
     json_decref(o);
+    util_utf8_trim(buf); /* a long message is cut at the buffer's end, maybe mid-character */
 }
 
 static void kv_fail_response(kv_req_t *r, int status, const http_response_t *res)
 {
     char why[400];
-    kv_error_reason(res, why, sizeof why);
+    kv_answer_error(res, why, sizeof why);
     kv_fail(r, status, "%s (%s %s)", why, r->method, r->name);
 }
 
-static bool kv_disabled_response(const http_response_t *res)
+bool kv_answer_disabled(const http_response_t *res)
 {
     json_t *o = json_loadb(res->body, res->body_len, 0, NULL);
     json_t *inner = json_object_get(json_object_get(o, "error"), "innererror");
@@ -535,21 +535,67 @@ static void kv_json_free(json_t *o)
     json_decref(o);
 }
 
-static void kv_finish_bundle(kv_req_t *r, const http_response_t *res, bool want_value)
+int kv_answer_bundle(const http_response_t *res, char *version, size_t versionlen,
+                     rotor_secret_t **value)
 {
     json_t *o = kv_parse(res);
-    json_t *value = json_object_get(o, "value");
+    json_t *v = json_object_get(o, "value");
+    int rc = 0;
+    if (!kv_version_of(o, version, versionlen) || (value && !json_is_string(v)))
+        rc = ROTOR_ESTORE;
+    else if (value)
+        *value = secret_from(json_string_value(v), json_string_length(v));
+    kv_json_free(o);
+    return rc;
+}
+
+static void kv_finish_bundle(kv_req_t *r, const http_response_t *res, bool want_value)
+{
     rotor_secret_t *secret = NULL;
-    if (!kv_version_of(o, r->out_version, sizeof r->out_version) ||
-        (want_value && !json_is_string(value))) {
-        kv_json_free(o);
+    if (kv_answer_bundle(res, r->out_version, sizeof r->out_version, want_value ? &secret : NULL) <
+        0) {
         kv_fail(r, ROTOR_ESTORE, "Key Vault: malformed secret bundle (%s %s)", r->method, r->name);
         return;
     }
-    if (want_value)
-        secret = secret_from(json_string_value(value), json_string_length(value));
-    kv_json_free(o);
     kv_finish(r, 0, secret);
+}
+
+int kv_answer_list(const http_response_t *res, const char *rotation_id, const char *vault_url,
+                   char *version, size_t versionlen, int64_t *best_created, char **next_link)
+{
+    *next_link = NULL;
+    json_t *o = kv_parse(res);
+    json_t *items = json_object_get(o, "value"), *it;
+    size_t i;
+    json_array_foreach(items, i, it)
+    {
+        json_t *attrs = json_object_get(it, "attributes");
+        const char *rot =
+            json_string_value(json_object_get(json_object_get(it, "tags"), "rotation"));
+        int64_t created = json_integer_value(json_object_get(attrs, "created"));
+        char v[KV_MAX_VERSION + 1];
+        /* The list has no order Key Vault promises: newest by creation, later ones on ties. */
+        if (json_is_true(json_object_get(attrs, "enabled")) && rot &&
+            strcmp(rot, rotation_id) == 0 && kv_version_of(it, v, sizeof v) &&
+            (!version[0] || created >= *best_created)) {
+            *best_created = created;
+            util_strlcpy(version, v, versionlen);
+        }
+    }
+    const char *next = json_string_value(json_object_get(o, "nextLink"));
+    size_t ulen = strlen(vault_url);
+    int rc = 0;
+    if (next && *next) {
+        /* The next page gets our token: it must be this vault's list, nowhere else. */
+        bool ours =
+            strncasecmp(next, vault_url, ulen) == 0 && next[ulen] == '/' && !strpbrk(next, " \r\n");
+        if (ours)
+            *next_link = util_strdup(next);
+        else
+            rc = ROTOR_ESTORE;
+    }
+    json_decref(o);
+    return rc;
 }
 
 static void kv_on_find_page(kv_req_t *r, const http_response_t *res)
@@ -562,44 +608,19 @@ static void kv_on_find_page(kv_req_t *r, const http_response_t *res)
         kv_fail_response(r, ROTOR_ESTORE, res);
         return;
     }
-    json_t *o = kv_parse(res);
-    json_t *items = json_object_get(o, "value"), *it;
-    size_t i;
-    json_array_foreach(items, i, it)
-    {
-        json_t *attrs = json_object_get(it, "attributes");
-        const char *rot =
-            json_string_value(json_object_get(json_object_get(it, "tags"), "rotation"));
-        int64_t created = json_integer_value(json_object_get(attrs, "created"));
-        char version[KV_MAX_VERSION + 1];
-        /* The list has no order Key Vault promises: newest by creation, later ones on ties. */
-        if (json_is_true(json_object_get(attrs, "enabled")) && rot &&
-            strcmp(rot, r->rotation_id) == 0 && kv_version_of(it, version, sizeof version) &&
-            (!r->out_version[0] || created >= r->best_created)) {
-            r->best_created = created;
-            util_strlcpy(r->out_version, version, sizeof r->out_version);
-        }
+    char *next = NULL;
+    if (kv_answer_list(res, r->rotation_id, r->s->vault->url, r->out_version, sizeof r->out_version,
+                       &r->best_created, &next) < 0) {
+        kv_fail(r, ROTOR_ESTORE, "Key Vault: nextLink points outside the vault (list %s)", r->name);
+        return;
     }
-    const char *next = json_string_value(json_object_get(o, "nextLink"));
-    size_t ulen = strlen(r->s->vault->url);
-    if (next && *next) {
-        /* The next page gets our token: it must be this vault's list, nowhere else. */
-        bool ours = strncasecmp(next, r->s->vault->url, ulen) == 0 && next[ulen] == '/' &&
-                    !strpbrk(next, " \r\n");
-        if (!ours) {
-            json_decref(o);
-            kv_fail(r, ROTOR_ESTORE, "Key Vault: nextLink points outside the vault (list %s)",
-                    r->name);
-            return;
-        }
+    if (next) {
         free(r->url);
-        r->url = util_strdup(next);
-        json_decref(o);
+        r->url = next;
         r->tries = 0;
         kv_next(r, 0);
         return;
     }
-    json_decref(o);
     kv_finish(r, 0, NULL);
 }
 
@@ -620,7 +641,7 @@ static void kv_on_result(kv_req_t *r, const http_response_t *res)
     case KV_GET:
         if (code == 200)
             kv_finish_bundle(r, res, true);
-        else if (code == 404 || (code == 403 && kv_disabled_response(res)))
+        else if (code == 404 || (code == 403 && kv_answer_disabled(res)))
             kv_fail_response(r, ROTOR_ENOTFOUND, res);
         else
             kv_fail_response(r, ROTOR_ESTORE, res);
@@ -629,7 +650,7 @@ static void kv_on_result(kv_req_t *r, const http_response_t *res)
         /* A disabled latest version is what a reader cannot read: no current value. */
         if (code == 200)
             kv_finish_bundle(r, res, false);
-        else if (code == 404 || (code == 403 && kv_disabled_response(res)))
+        else if (code == 404 || (code == 403 && kv_answer_disabled(res)))
             kv_finish(r, 0, NULL);
         else
             kv_fail_response(r, ROTOR_ESTORE, res);
@@ -671,10 +692,11 @@ static char *kv_auth_param(const char *h, const char *key)
     return NULL;
 }
 
-/* Reads a challenge into the vault. Returns 0, or ROTOR_ESTORE with r->reason. */
-static int kv_read_challenge(kv_req_t *r, const char *www)
+int kv_answer_challenge(const char *www, const char *vault_host, const char *method,
+                        const char *name, char **tenant_out, char **scope_out, char *reason,
+                        size_t reasonlen)
 {
-    kv_vault_t *v = r->s->vault;
+    *tenant_out = *scope_out = NULL;
     char *authz = www ? kv_auth_param(www, "authorization") : NULL;
     if (!authz && www)
         authz = kv_auth_param(www, "authorization_uri");
@@ -683,33 +705,32 @@ static int kv_read_challenge(kv_req_t *r, const char *www)
     const char *target = scope ? scope : resource;
     char *rhost = kv_url_host(target);
     const char *tenant = authz ? strrchr(authz, '/') : NULL;
-    size_t hl = v->host ? strlen(v->host) : 0, rl = rhost ? strlen(rhost) : 0;
+    size_t hl = vault_host ? strlen(vault_host) : 0, rl = rhost ? strlen(rhost) : 0;
     /* The token is good for whatever the resource names: send it only to a host inside it. */
-    bool inside = rhost && v->host && hl >= rl && strcmp(v->host + hl - rl, rhost) == 0 &&
-                  (hl == rl || v->host[hl - rl - 1] == '.');
+    bool inside = rhost && vault_host && hl >= rl && strcmp(vault_host + hl - rl, rhost) == 0 &&
+                  (hl == rl || vault_host[hl - rl - 1] == '.');
     int rc = 0;
     if (!www || strncasecmp(www, "Bearer", 6) != 0 || !tenant || !tenant[1] || !target) {
-        snprintf(r->reason, sizeof r->reason,
-                 "Key Vault: unauthorized without a usable Bearer challenge (%s %s)", r->method,
-                 r->name);
+        snprintf(reason, reasonlen,
+                 "Key Vault: unauthorized without a usable Bearer challenge (%s %s)", method, name);
         rc = ROTOR_ESTORE;
     } else if (!inside) {
-        snprintf(r->reason, sizeof r->reason,
+        snprintf(reason, reasonlen,
                  "Key Vault: the challenge's resource %s is not the vault's domain %s; no token "
                  "sent",
-                 target, v->host ? v->host : "?");
+                 target, vault_host ? vault_host : "?");
+        util_utf8_trim(reason); /* the header's bytes need not be UTF-8 */
         rc = ROTOR_ESTORE;
     } else {
-        kv_vault_forget_challenge(v);
-        v->tenant = util_strdup(tenant + 1);
+        *tenant_out = util_strdup(tenant + 1);
         size_t sl = strlen(target);
         if (scope) {
-            v->scope = util_strdup(scope);
+            *scope_out = util_strdup(scope);
         } else {
-            v->scope = util_malloc(sl + sizeof "/.default");
+            *scope_out = util_malloc(sl + sizeof "/.default");
             while (sl > 0 && target[sl - 1] == '/')
                 sl--;
-            snprintf(v->scope, sl + sizeof "/.default", "%.*s/.default", (int)sl, target);
+            snprintf(*scope_out, sl + sizeof "/.default", "%.*s/.default", (int)sl, target);
         }
     }
     free(authz);
@@ -717,6 +738,21 @@ static int kv_read_challenge(kv_req_t *r, const char *www)
     free(resource);
     free(rhost);
     return rc;
+}
+
+/* Reads a challenge into the vault. Returns 0, or ROTOR_ESTORE with r->reason. */
+static int kv_read_challenge(kv_req_t *r, const char *www)
+{
+    kv_vault_t *v = r->s->vault;
+    char *tenant, *scope;
+    int rc = kv_answer_challenge(www, v->host, r->method, r->name, &tenant, &scope, r->reason,
+                                 sizeof r->reason);
+    if (rc < 0)
+        return rc;
+    kv_vault_forget_challenge(v);
+    v->tenant = tenant;
+    v->scope = scope;
+    return 0;
 }
 
 static void kv_on_unauthorized(kv_req_t *r, const http_response_t *res)
@@ -808,7 +844,7 @@ static void kv_on_http(void *arg, int status, const http_response_t *res)
     }
     if (res->status == 429 || res->status >= 500) {
         char why[400];
-        kv_error_reason(res, why, sizeof why);
+        kv_answer_error(res, why, sizeof why);
         kv_retry(r, 0, res, why);
         return;
     }

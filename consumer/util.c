@@ -183,8 +183,9 @@ int util_parse_time(const char *text, int64_t *epoch_ms)
     tm.tm_mon -= 1;
     time_t t = timegm(&tm);
     *epoch_ms = ((int64_t)t - offset_s) * 1000 + frac_ms;
-    /* An offset can push year 0000 back into year -1, which RFC 3339 cannot write. */
-    if (*epoch_ms < -62135596800000LL)
+    /* An offset can push year 0000 back into year -1, and an offset or a leap second
+     * (9999-12-31T23:59:60Z) push 9999 on into year 10000: RFC 3339 can write neither. */
+    if (*epoch_ms < -62135596800000LL || *epoch_ms > 253402300799999LL)
         return ROTOR_EINVALID;
     return 0;
 }
@@ -267,12 +268,19 @@ void util_utf8_trim(char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
     while (*p) {
-        size_t len = *p < 0x80             ? 1
-                     : (*p & 0xE0) == 0xC0 ? 2
-                     : (*p & 0xF0) == 0xE0 ? 3
-                     : (*p & 0xF8) == 0xF0 ? 4
-                                           : 0;
-        for (size_t k = 1; len && k < len; k++)
+        unsigned char c = *p;
+        size_t len = c < 0x80                 ? 1
+                     : c >= 0xC2 && c <= 0xDF ? 2
+                     : c >= 0xE0 && c <= 0xEF ? 3
+                     : c >= 0xF0 && c <= 0xF4 ? 4
+                                              : 0;
+        /* Well-formed as Unicode's table 3-7 says, which jansson checks: no overlong forms, no
+         * surrogates, nothing past U+10FFFF (F5..F7 and ED A0.. once passed here). */
+        unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+        unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        if (len > 1 && (p[1] < lo || p[1] > hi))
+            len = 0;
+        for (size_t k = 2; len && k < len; k++)
             if ((p[k] & 0xC0) != 0x80)
                 len = 0;
         if (!len)
