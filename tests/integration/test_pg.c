@@ -1,5 +1,6 @@
 /* test_pg.c: pg.c against a real PostgreSQL (run under tests/support/with-postgres). */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -622,6 +623,110 @@ static void test_scram_proof_off_the_loop(void **state)
     ctx_finish(&x);
 }
 
+/* A role whose SCRAM verifier asks for 10^6 PBKDF2 iterations: the client's proof takes the
+ * better part of a second on the threadpool, a step of the connect phase that is in flight for
+ * long. The keys are not this password's: the login would fail, after the proof. */
+#define SLOW_ROLE "rotor_pg_slow_scram"
+#define SLOW_VERIFIER                                                                              \
+    "SCRAM-SHA-256$1000000:c2xvd3NhbHRzbG93c2FsdA==$"                                              \
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+typedef struct {
+    ctx_t *x;
+    int in_flight_seen; /* ticks that saw a connect step on the threadpool */
+    bool close_then;
+} slow_t;
+
+/* Closes the connection (or just notes it) as soon as a connect step is on the threadpool
+ * (pgc_raw is NULL exactly then). */
+static void watch_step(uv_timer_t *t)
+{
+    slow_t *s = t->data;
+    ctx_t *x = s->x;
+    if (x->connect_calls == 0 && x->conn && !pgc_raw(x->conn)) {
+        s->in_flight_seen++;
+        if (s->close_then) {
+            pgc_close(x->conn);
+            x->conn = NULL;
+        }
+    }
+    if (x->connect_calls > 0 || !x->conn)
+        uv_close((uv_handle_t *)t, NULL);
+}
+
+static void slow_login(bool close_in_flight, uint64_t deadline_ms, slow_t *s, ctx_t *x)
+{
+    ctx_init(x);
+    connect_kv(x, env("PGHOST"), env("PGPORT"));
+    qarg_t a[2] = {{x, 0}, {x, 1}};
+    query_one(x, "drop role if exists " SLOW_ROLE, &a[0]);
+    query_one(x, "create role " SLOW_ROLE " login password '" SLOW_VERIFIER "'", &a[1]);
+    assert_int_equal(x->results[1], 0);
+    pgc_close(x->conn);
+    x->conn = NULL;
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    x->connect_calls = 0;
+
+    const char *kw[] = {"host", "port", "user", "password", "dbname", NULL};
+    const char *val[] = {"127.0.0.1", env("PGPORT"), SLOW_ROLE, "whatever", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x->loop, kw, val, on_connect, x, &x->conn), 0);
+    if (deadline_ms)
+        pgc_set_deadlines(x->conn, deadline_ms, 0);
+    s->x = x;
+    s->close_then = close_in_flight;
+    uv_timer_init(&x->loop, &x->timer);
+    x->timer.data = s;
+    uv_timer_start(&x->timer, watch_step, 2, 2);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    assert_int_equal(x->connect_calls, 1);
+    assert_true(s->in_flight_seen > 0);
+}
+
+static void drop_slow_role(void)
+{
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, env("PGHOST"), env("PGPORT"));
+    qarg_t a = {&x, 0};
+    query_one(&x, "drop role " SLOW_ROLE, &a);
+    assert_int_equal(x.results[0], 0);
+    ctx_finish(&x);
+}
+
+/* pgc_close while PQconnectPoll runs on the threadpool: the connect callback gets
+ * ROTOR_ECANCELED at once, and the PGconn is finished and the handle freed only after the work
+ * item has completed (the sanitizer build sees a use after free or a leak otherwise; uv_run
+ * returning 0 in ctx_finish says every handle and request is done). */
+static void test_close_while_connect_step_runs(void **state)
+{
+    (void)state;
+    ctx_t x;
+    slow_t s = {0};
+    slow_login(true, 0, &s, &x);
+    assert_int_equal(s.in_flight_seen, 1);
+    assert_int_equal(x.connect_status, ROTOR_ECANCELED);
+    ctx_finish(&x);
+    drop_slow_role();
+}
+
+/* The connect deadline passes while a step runs on the threadpool: the attempt is given up at
+ * once (the step's result is ignored when it comes), queued queries fail. */
+static void test_connect_deadline_while_step_runs(void **state)
+{
+    (void)state;
+    ctx_t x;
+    slow_t s = {0};
+    slow_login(false, 100, &s, &x);
+    assert_int_equal(x.connect_status, ROTOR_EDB);
+    assert_non_null(
+        strstr(pgc_error(x.conn), "no answer from the server in 100 ms while connecting"));
+    assert_false(pgc_ok(x.conn));
+    qarg_t a = {&x, 5};
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a), ROTOR_EDB);
+    ctx_finish(&x);
+    drop_slow_role();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -643,6 +748,8 @@ int main(void)
         cmocka_unit_test(test_connect_deadline_on_silent_server),
         cmocka_unit_test(test_query_deadline),
         cmocka_unit_test(test_scram_proof_off_the_loop),
+        cmocka_unit_test(test_close_while_connect_step_runs),
+        cmocka_unit_test(test_connect_deadline_while_step_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
