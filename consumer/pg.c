@@ -12,7 +12,10 @@
  * runs, the connection has no uv_poll at all (the poll is closed before the work is queued, while
  * the socket is still the one it watches, and a new one is made for the socket libpq asks about
  * afterwards), nothing on the loop calls libpq on it, and a close or a deadline that happens
- * meanwhile leaves the PGconn to the after-work callback, which finishes and frees it. */
+ * meanwhile leaves the PGconn to the after-work callback, which finishes and frees it.
+ * The price: a step queues behind the pool's other work (UV_THREADPOOL_SIZE threads, 4 unless set;
+ * set-db's hashes, the file store, host-name lookups that may wait for a slow resolver, Kafka's
+ * metadata call), and the connect deadline counts that wait as the server's. */
 #include "pg.h"
 
 #include <arpa/inet.h>
