@@ -1,4 +1,21 @@
-/* pg.c: asynchronous libpq on the libuv loop: resolve, connect and query without blocking. */
+/* pg.c: asynchronous libpq on the libuv loop: resolve, connect and query without blocking.
+ *
+ * Every PQconnectPoll call of the connect phase runs on the libuv threadpool (uv_queue_work),
+ * not on the loop: with SCRAM-SHA-256 authentication, the call that reads the server's first
+ * SASL message computes the client proof, a PBKDF2 of the password with the server's iteration
+ * count (4096 by default, about 3 ms of CPU here), and a TLS handshake costs about as much. In a
+ * fleet of rotations that was half of the loop thread's time (docs/benchmarks.md). Every call of
+ * every connection goes to the pool, not only those that authenticate by password: which call
+ * computes the proof is libpq's business, the journal's and the admin's connections do SCRAM too,
+ * and a handoff costs tens of microseconds against the milliseconds it saves.
+ * A PGconn is not bound to a thread, but only one thread may touch it at a time: while a work item
+ * runs, the connection has no uv_poll at all (the poll is closed before the work is queued, while
+ * the socket is still the one it watches, and a new one is made for the socket libpq asks about
+ * afterwards), nothing on the loop calls libpq on it, and a close or a deadline that happens
+ * meanwhile leaves the PGconn to the after-work callback, which finishes and frees it.
+ * The price: a step queues behind the pool's other work (UV_THREADPOOL_SIZE threads, 4 unless set;
+ * set-db's hashes, the file store, host-name lookups that may wait for a slow resolver, Kafka's
+ * metadata call), and the connect deadline counts that wait as the server's. */
 #include "pg.h"
 
 #include <arpa/inet.h>
@@ -76,7 +93,10 @@ struct pgc_conn_s {
     uv_getaddrinfo_t gai;
     bool gai_active;
     pgc_poll_t *poll;
-    int handles; /* uv handles and requests not yet closed/completed */
+    int handles;                       /* uv handles and requests not yet closed/completed */
+    uv_work_t work;                    /* one PQconnectPoll on the threadpool */
+    bool working;                      /* work queued or running: the loop must not touch pg */
+    PostgresPollingStatusType work_st; /* its result, read in the after-work callback */
 
     pgc_query_t *head, *tail;
     bool inflight;
@@ -442,14 +462,39 @@ static void connect_step(pgc_conn_t *c, PostgresPollingStatusType st)
         conn_fail(c, "cannot watch the connection's socket");
 }
 
+static void connect_poll_work(uv_work_t *w)
+{
+    pgc_conn_t *c = w->data;
+    c->work_st = PQconnectPoll(c->pg);
+}
+
+static void connect_poll_done(uv_work_t *w, int status)
+{
+    pgc_conn_t *c = w->data;
+    c->working = false;
+    /* Closed or given up meanwhile (status is UV_ECANCELED if the work never ran): the PGconn
+     * is finished with the handle. */
+    if (status == 0 && !c->closing && c->state != PGC_FAILED)
+        connect_step(c, c->work_st);
+    handle_released(c);
+}
+
 static void on_connect_poll(uv_poll_t *h, int status, int events)
 {
     (void)status;
     (void)events;
     pgc_conn_t *c = ((pgc_poll_t *)h->data)->conn;
-    /* Stopped before libpq runs: it may close this socket and open another. */
-    uv_poll_stop(h);
-    connect_step(c, PQconnectPoll(c->pg));
+    /* Closed before libpq runs, while the socket is still the one it watches: on the pool thread
+     * libpq may close it and open another, and the number may meanwhile be reused by a socket of
+     * another connection that the loop watches; a later close would unregister that one. */
+    poll_close(c);
+    c->work.data = c;
+    if (uv_queue_work(c->loop, &c->work, connect_poll_work, connect_poll_done) != 0) {
+        connect_step(c, PQconnectPoll(c->pg)); /* cannot happen with valid callbacks */
+        return;
+    }
+    c->working = true;
+    c->handles++;
 }
 
 /* Appends the resolved host list after the caller's parameters, so it overrides both the
@@ -890,6 +935,8 @@ void pgc_close(pgc_conn_t *c)
     poll_close(c);
     if (c->gai_active)
         uv_cancel((uv_req_t *)&c->gai);
+    if (c->working)
+        uv_cancel((uv_req_t *)&c->work); /* fails once running: then it completes first */
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->deadline, on_timer_closed);
 }
@@ -911,12 +958,12 @@ const char *pgc_error(pgc_conn_t *c)
 {
     if (c->err)
         return c->err;
-    return c->pg ? PQerrorMessage(c->pg) : "";
+    return c->pg && !c->working ? PQerrorMessage(c->pg) : "";
 }
 
 PGconn *pgc_raw(pgc_conn_t *c)
 {
-    return c->pg;
+    return c->working ? NULL : c->pg;
 }
 
 int pgc_ok(pgc_conn_t *c)

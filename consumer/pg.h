@@ -6,7 +6,10 @@
  * FIFO on the handle; each is sent with PQsendQueryParams in non-blocking mode, flushed, and its
  * results read with PQconsumeInput/PQgetResult. Only one query is on the wire at a time.
  * The poll is active only while connecting or while a query is in flight, so a connection at rest
- * can be touched by a worker thread (PQencryptPasswordConn) without racing the loop. */
+ * can be touched by a worker thread (PQencryptPasswordConn) without racing the loop.
+ * Each PQconnectPoll of the connect phase runs on the libuv threadpool (the SCRAM client proof is
+ * a PBKDF2 of some milliseconds; see pg.c), never while the loop watches or touches the
+ * connection; callbacks still run on the loop. */
 #ifndef ROTOR_PG_H
 #define ROTOR_PG_H
 
@@ -65,7 +68,9 @@ const char *pgc_error(pgc_conn_t *c);
  * included; NULL-terminated) blotted out. Returns a malloc'ed string: wipe and free it. */
 char *pgc_redact_error(const char *msg, const char *const *keywords, const char *const *values);
 
-/* The libpq connection (borrowed), e.g. for PQescapeIdentifier. Never use it for I/O. */
+/* The libpq connection (borrowed), e.g. for PQescapeIdentifier. Never use it for I/O. NULL while
+ * a step of the connect phase runs on the threadpool (libpq's functions take NULL as a bad
+ * connection); never NULL once connected. */
 PGconn *pgc_raw(pgc_conn_t *c);
 
 /* 1 if connected and usable. */

@@ -1,5 +1,6 @@
 /* test_pg.c: pg.c against a real PostgreSQL (run under tests/support/with-postgres). */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,6 +12,7 @@
 #include <cmocka.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pg.h"
@@ -529,6 +531,202 @@ static void test_query_deadline(void **state)
     ctx_finish(&x);
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    assert_int_equal(clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts), 0);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define SCRAM_ROLE "rotor_pg_scram"
+#define SCRAM_PASSWORD "scram-test-pw-7f3a"
+#define SCRAM_CONNECTS 8
+
+/* The loop thread's CPU time for SCRAM_CONNECTS logins in a row on one loop, each closed after. */
+static uint64_t loop_cpu_of_logins(const char *const *kw, const char *const *val)
+{
+    ctx_t y;
+    ctx_init(&y);
+    uint64_t t0 = thread_cpu_ns();
+    for (int i = 0; i < SCRAM_CONNECTS; i++) {
+        assert_int_equal(pgc_connect(&y.loop, kw, val, on_connect, &y, &y.conn), 0);
+        uv_run(&y.loop, UV_RUN_DEFAULT);
+        assert_int_equal(y.connect_calls, i + 1);
+        if (y.connect_status != 0)
+            fail_msg("login as %s failed: %s", val[2], pgc_error(y.conn));
+        assert_true(pgc_ok(y.conn));
+        pgc_close(y.conn);
+        y.conn = NULL;
+        uv_run(&y.loop, UV_RUN_DEFAULT);
+    }
+    uint64_t cpu = thread_cpu_ns() - t0;
+    ctx_finish(&y);
+    return cpu;
+}
+
+/* The SCRAM-SHA-256 client proof (a PBKDF2 of the password, milliseconds of CPU) is computed on
+ * the threadpool, not on the loop: the loop thread's CPU time for several password logins (the
+ * server's pg_hba demands scram-sha-256 of this role) exceeds that of as many trusted logins by
+ * much less than the same number of PBKDF2 computations cost on it. A ratio of CPU times, not a
+ * timing: the yardstick is one PQencryptPasswordConn (the same PBKDF2, same iteration count) on
+ * this thread, this run. */
+static void test_scram_proof_off_the_loop(void **state)
+{
+    (void)state;
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, env("PGHOST"), env("PGPORT"));
+    assert_int_equal(x.connect_status, 0);
+    qarg_t a[3] = {{&x, 0}, {&x, 1}, {&x, 2}};
+    query_one(&x, "drop role if exists " SCRAM_ROLE, &a[0]);
+    /* with-postgres runs the server with password_encryption = scram-sha-256. */
+    query_one(&x, "create role " SCRAM_ROLE " login password '" SCRAM_PASSWORD "'", &a[1]);
+    query_one(
+        &x,
+        "select rolpassword like 'SCRAM-SHA-256$4096:%' from pg_authid where rolname = '" SCRAM_ROLE
+        "'",
+        &a[2]);
+    assert_int_equal(x.results[0], 0);
+    assert_int_equal(x.results[1], 0);
+    assert_string_equal(x.values[2], "t");
+
+    /* One PBKDF2 on this thread: the cheapest of three. */
+    uint64_t pbkdf2 = UINT64_MAX;
+    for (int i = 0; i < 3; i++) {
+        uint64_t t0 = thread_cpu_ns();
+        char *v =
+            PQencryptPasswordConn(pgc_raw(x.conn), SCRAM_PASSWORD, SCRAM_ROLE, "scram-sha-256");
+        uint64_t t = thread_cpu_ns() - t0;
+        assert_non_null(v);
+        PQfreemem(v);
+        pbkdf2 = t < pbkdf2 ? t : pbkdf2;
+    }
+
+    /* Over TCP: pg_hba.conf's host line is scram-sha-256 for every role but postgres (trust). */
+    const char *kw[] = {"host", "port", "user", "password", "dbname", NULL};
+    const char *scram[] = {"127.0.0.1",    env("PGPORT"), SCRAM_ROLE,
+                           SCRAM_PASSWORD, "postgres",    NULL};
+    const char *trust[] = {"127.0.0.1", env("PGPORT"), "postgres", "", "postgres", NULL};
+    uint64_t loop_trust = loop_cpu_of_logins(kw, trust);
+    uint64_t loop_scram = loop_cpu_of_logins(kw, scram);
+    uint64_t extra = loop_scram > loop_trust ? loop_scram - loop_trust : 0;
+    print_message("loop thread CPU for %d logins: %llu us with SCRAM, %llu us trusted; "
+                  "one PBKDF2: %llu us\n",
+                  SCRAM_CONNECTS, (unsigned long long)(loop_scram / 1000),
+                  (unsigned long long)(loop_trust / 1000), (unsigned long long)(pbkdf2 / 1000));
+    /* On the loop, SCRAM would add at least SCRAM_CONNECTS PBKDF2s to the trusted logins' cost;
+     * half of that leaves room for its two extra messages per login and for noise. */
+    assert_true(extra < (uint64_t)SCRAM_CONNECTS * pbkdf2 / 2);
+
+    query_one(&x, "drop role " SCRAM_ROLE, &a[0]);
+    assert_int_equal(x.results[x.nresults - 1], 0);
+    ctx_finish(&x);
+}
+
+/* A role whose SCRAM verifier asks for 500 000 PBKDF2 iterations: the client's proof takes about
+ * 0.35 s on the threadpool (2.5 s in the sanitizer build), a step of the connect phase that is in
+ * flight for long. The keys are not this password's: the login would fail, after the proof. */
+#define SLOW_ROLE "rotor_pg_slow_scram"
+#define SLOW_VERIFIER                                                                              \
+    "SCRAM-SHA-256$500000:c2xvd3NhbHRzbG93c2FsdA==$"                                               \
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+typedef struct {
+    ctx_t *x;
+    int in_flight_seen; /* ticks that saw a connect step on the threadpool */
+    bool close_then;
+} slow_t;
+
+/* Closes the connection (or just notes it) as soon as a connect step is on the threadpool
+ * (pgc_raw is NULL exactly then). */
+static void watch_step(uv_timer_t *t)
+{
+    slow_t *s = t->data;
+    ctx_t *x = s->x;
+    if (x->connect_calls == 0 && x->conn && !pgc_raw(x->conn)) {
+        s->in_flight_seen++;
+        if (s->close_then) {
+            pgc_close(x->conn);
+            x->conn = NULL;
+        }
+    }
+    if (x->connect_calls > 0 || !x->conn)
+        uv_close((uv_handle_t *)t, NULL);
+}
+
+static void slow_login(bool close_in_flight, uint64_t deadline_ms, slow_t *s, ctx_t *x)
+{
+    ctx_init(x);
+    connect_kv(x, env("PGHOST"), env("PGPORT"));
+    qarg_t a[2] = {{x, 0}, {x, 1}};
+    query_one(x, "drop role if exists " SLOW_ROLE, &a[0]);
+    query_one(x, "create role " SLOW_ROLE " login password '" SLOW_VERIFIER "'", &a[1]);
+    assert_int_equal(x->results[1], 0);
+    pgc_close(x->conn);
+    x->conn = NULL;
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    x->connect_calls = 0;
+
+    const char *kw[] = {"host", "port", "user", "password", "dbname", NULL};
+    const char *val[] = {"127.0.0.1", env("PGPORT"), SLOW_ROLE, "whatever", "postgres", NULL};
+    assert_int_equal(pgc_connect(&x->loop, kw, val, on_connect, x, &x->conn), 0);
+    if (deadline_ms)
+        pgc_set_deadlines(x->conn, deadline_ms, 0);
+    s->x = x;
+    s->close_then = close_in_flight;
+    uv_timer_init(&x->loop, &x->timer);
+    x->timer.data = s;
+    uv_timer_start(&x->timer, watch_step, 2, 2);
+    uv_run(&x->loop, UV_RUN_DEFAULT);
+    assert_int_equal(x->connect_calls, 1);
+    assert_true(s->in_flight_seen > 0);
+}
+
+static void drop_slow_role(void)
+{
+    ctx_t x;
+    ctx_init(&x);
+    connect_kv(&x, env("PGHOST"), env("PGPORT"));
+    qarg_t a = {&x, 0};
+    query_one(&x, "drop role " SLOW_ROLE, &a);
+    assert_int_equal(x.results[0], 0);
+    ctx_finish(&x);
+}
+
+/* pgc_close while PQconnectPoll runs on the threadpool: the connect callback gets
+ * ROTOR_ECANCELED at once, and the PGconn is finished and the handle freed only after the work
+ * item has completed (the sanitizer build sees a use after free or a leak otherwise; uv_run
+ * returning 0 in ctx_finish says every handle and request is done). */
+static void test_close_while_connect_step_runs(void **state)
+{
+    (void)state;
+    ctx_t x;
+    slow_t s = {0};
+    slow_login(true, 0, &s, &x);
+    assert_int_equal(s.in_flight_seen, 1);
+    assert_int_equal(x.connect_status, ROTOR_ECANCELED);
+    ctx_finish(&x);
+    drop_slow_role();
+}
+
+/* The connect deadline passes while a step runs on the threadpool: the attempt is given up at
+ * once (the step's result is ignored when it comes), queued queries fail. */
+static void test_connect_deadline_while_step_runs(void **state)
+{
+    (void)state;
+    ctx_t x;
+    slow_t s = {0};
+    slow_login(false, 100, &s, &x);
+    assert_int_equal(x.connect_status, ROTOR_EDB);
+    assert_non_null(
+        strstr(pgc_error(x.conn), "no answer from the server in 100 ms while connecting"));
+    assert_false(pgc_ok(x.conn));
+    qarg_t a = {&x, 5};
+    assert_int_equal(pgc_query(x.conn, "select 1", 0, NULL, on_result, &a), ROTOR_EDB);
+    ctx_finish(&x);
+    drop_slow_role();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -549,6 +747,9 @@ int main(void)
         cmocka_unit_test(test_long_query_does_not_block),
         cmocka_unit_test(test_connect_deadline_on_silent_server),
         cmocka_unit_test(test_query_deadline),
+        cmocka_unit_test(test_scram_proof_off_the_loop),
+        cmocka_unit_test(test_close_while_connect_step_runs),
+        cmocka_unit_test(test_connect_deadline_while_step_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
