@@ -571,12 +571,13 @@ static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const c
 static void on_setdb_checked(void *arg, int status, const char *reason, long count)
 {
     (void)reason;
-    (void)count;
     eff_t *x = arg;
     rotation_t *r = EFF_TAKE_REQ(x, dbreq);
     if (!r)
         return;
-    if (status == 0) {
+    /* A login the server let in without asking for the password (pg_hba trust for the admin
+     * DSN's host) proves nothing: the ALTER ROLE is sent. */
+    if (status == 0 && count == 1) {
         rot_log(LOG_INFO, "set-db.already_set", r, "note", "the role logs in with this version");
         rot_effect_done(r, 0, NULL);
         return;
