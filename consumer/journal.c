@@ -603,13 +603,18 @@ int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg)
               on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
+/* A history line that names a request (its rotation's first line, or the request absorbed into
+ * it): other lines carry the CloudEvents id of a decision or a pipeline's answer in request_id,
+ * which is another producer's id space and never makes a request "seen". */
+#define REQUEST_LINE " outcome IN ('requested', 'absorbed')"
+
 int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb, void *arg)
 {
     const char *params[] = {request_id};
     return jq(j,
               "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE request_id = $1"
               " OR id = (SELECT rotation_id FROM rotor.history WHERE request_id = $1"
-              "          LIMIT 1) LIMIT 1",
+              "          AND" REQUEST_LINE " LIMIT 1) LIMIT 1",
               1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
@@ -923,7 +928,8 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
               " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
               /* a request the journal has seen (it created or was absorbed into a rotation, and
                * wrote a history line with its id) is never applied twice */
-              "  AND NOT EXISTS (SELECT 1 FROM rotor.history h WHERE h.request_id = $11)"
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.history h WHERE h.request_id = $11"
+              "   AND" REQUEST_LINE ")"
               " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
               "  DO NOTHING RETURNING id)" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
               25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
@@ -1102,7 +1108,8 @@ int journal_absorb(journal_t *j, const char *id, const char *request_id, const c
               "  SELECT r.id, $4, 'rotation.requested' FROM rotor.rotations r"
               "  WHERE r.id = $1::uuid"
               "  AND NOT EXISTS (SELECT 1 FROM rotor.rotations WHERE request_id = $4)"
-              "  AND NOT EXISTS (SELECT 1 FROM rotor.history WHERE request_id = $4)"
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.history WHERE request_id = $4"
+              "   AND" REQUEST_LINE ")"
               "  ON CONFLICT DO NOTHING RETURNING rotation_id AS id),"
               " m AS (SELECT id FROM c)" WITH_HISTORY_AND_OUTBOX("$2", "$3"),
               4, params, on_write, jreq_new(j, (void *)cb, arg, true));

@@ -198,6 +198,24 @@ static int decide(ctx_t *x, journal_rot_t *r, journal_status_t st, const char *e
     return x->status;
 }
 
+static void on_by_request(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    ctx_t *x = arg;
+    (void)rows;
+    x->status = status;
+    x->nrows = n;
+    x->done = true;
+}
+
+/* Rows journal_by_request finds for request_id: 0 or 1. */
+static int by_request(ctx_t *x, const char *request_id)
+{
+    assert_int_equal(journal_by_request(x->j, request_id, on_by_request, x), 0);
+    run_until(x);
+    assert_int_equal(x->status, 0);
+    return x->nrows;
+}
+
 static bool applied(ctx_t *x, const char *id, const char *event_id)
 {
     assert_int_equal(journal_command_applied(x->j, id, event_id, on_applied, x), 0);
@@ -276,6 +294,12 @@ static void test_commands_applied_once(void **state)
     util_uuid4(other);
     assert_false(applied(&x, other, "retry-1"));
 
+    /* Review of issue 8: a decision's id, now on its history line, is no request's: a request
+     * that happens to carry the same id (another producer's id space) is not "already applied"
+     * (journal_by_request found the retry's line and the request was dropped); nor is a
+     * pipeline's answer's (below) */
+    assert_int_equal(by_request(&x, "retry-1"), 0);
+
     /* a pipeline's answer is noted once */
     assert_int_equal(note(&x, r.id, "answer-1", "answer-1"), 0);
     assert_int_equal(note(&x, r.id, "answer-1", "answer-1"), ROTOR_EALREADY);
@@ -284,6 +308,7 @@ static void test_commands_applied_once(void **state)
     assert_int_equal(note(&x, r.id, NULL, "answer-0"), 0);
     assert_true(applied(&x, r.id, "answer-0"));
     assert_int_equal(note(&x, r.id, "answer-0", "answer-0"), ROTOR_EALREADY);
+    assert_int_equal(by_request(&x, "answer-1"), 0);
 
     journal_close(x.j);
     uv_close((uv_handle_t *)&x.guard, NULL);
