@@ -430,7 +430,6 @@ static void prepare_current(rotation_t *r)
 
 static void on_prepare_login(void *arg, int status, const char *reason, long count)
 {
-    (void)count;
     dbctx_t *c = arg;
     rotation_t *r = EFF_TAKE_REQ(c->x, dbreq);
     free(c);
@@ -444,6 +443,16 @@ static void on_prepare_login(void *arg, int status, const char *reason, long cou
                  reason ? reason : rotor_strerror(status));
         rot_effect_done(r, status, why);
         return;
+    }
+    /* A server that let the role in without asking for the password (pg_hba trust, peer, cert)
+     * proved nothing about the store's entry: said once per rotation, not a failure, since such
+     * setups exist (development). */
+    if (count == 0 && !r->login_unproved_warned) {
+        r->login_unproved_warned = true;
+        log_warn("prepare.login_not_proved", "rotation", r->row.id, "secret", r->row.secret, "role",
+                 rot_role(r, r->row.from_slot), "note",
+                 "the server did not ask for a password (trust, peer or cert authentication): "
+                 "the store entry's value was not checked");
     }
     prepare_current(r);
 }
