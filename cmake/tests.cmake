@@ -20,7 +20,7 @@ set(ROTOR_TEST_COSTS
   e2e/test_approval=50 e2e/test_zero_downtime=45 e2e/test_external=45 e2e/test_keyvault_faults=65
   e2e/test_rotation_keyvault=40 e2e/test_probes=35 e2e/test_deadletter=35 e2e/test_schedule=30
   integration/test_kafka=30 e2e/test_metrics_prometheus=35 e2e/test_forwarding=45
-  e2e/test_commands_once=60 e2e/test_store_truth=40
+  e2e/test_commands_once=60 e2e/test_store_truth=50
   e2e/test_crash_matrix=60 e2e/test_replicas=30
   # the outage rows of the reliability matrix: CI's sample (30 s outages, 10 s in the sanitizer
   # build; 5 soak rotations, 3 there); scripts/reliability-outages.sh runs them whole

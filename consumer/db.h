@@ -34,7 +34,9 @@ int db_set_password(uv_loop_t *loop, const char *dsn, const char *role,
                     db_req_t **out);
 
 /* verify: logs in as role with password (host, port and database from the admin DSN) and runs
- * probe; fails if the login or the probe fails. password is copied inside. */
+ * probe; fails if the login or the probe fails. count = 1 when the server asked for the password,
+ * 0 when it let the role in without one (pg_hba trust, peer, cert): such a login proves nothing
+ * about the password. password is copied inside. */
 int db_verify_login(uv_loop_t *loop, const char *dsn, const char *role,
                     const rotor_secret_t *password, const char *probe, db_cb cb, void *arg,
                     db_req_t **out);

@@ -545,9 +545,18 @@ static void verify_start(db_req_t *r)
     query(r, r->probe, 0, NULL);
 }
 
+/* count = 1 when the server asked for the password: a login under pg_hba trust (or peer, cert)
+ * succeeds with any password and proves nothing about it. */
+static void verify_result(db_req_t *r, PGresult *res)
+{
+    (void)res;
+    r->count = PQconnectionUsedPassword(pgc_raw(r->conn)) ? 1 : 0;
+    req_finish(r, 0, NULL);
+}
+
 static const db_op_t op_check_roles = {"check-roles", false, check_roles_start, check_roles_result};
 static const db_op_t op_set_password = {"set-password", false, set_password_start, command_result};
-static const db_op_t op_verify = {"verify-login", true, verify_start, command_result};
+static const db_op_t op_verify = {"verify-login", true, verify_start, verify_result};
 static const db_op_t op_set_nologin = {"set-nologin", false, set_nologin_start, command_result};
 static const db_op_t op_can_login = {"can-login", false, can_login_start, can_login_result};
 static const db_op_t op_end_sessions = {"end-sessions", false, end_sessions_start,

@@ -164,6 +164,7 @@ struct journal_s {
     void *outbox_arg;
     void (*reconnect_fn)(void *arg);
     void *reconnect_arg;
+    uint64_t connect_ms, query_ms; /* deadlines once open (journal_set_timeouts) */
 };
 
 /* One request: what to call back, and how to read the result. */
@@ -214,12 +215,52 @@ static int db_failed(int status, const char *what, pgc_conn_t *c, PGresult *res)
 #define JOURNAL_CONNECT_TIMEOUT_MS 10000
 #define JOURNAL_QUERY_TIMEOUT_MS 30000
 
+/* The server-side statement_timeout of the journal session: a little under the client's
+ * deadline. When the deadline fires the client closes, but a backend waiting on a lock does not
+ * notice the closed socket: without this it would stay, and run the statement once the lock is
+ * gone (a claim that bumps the epoch and fences this very process). With it the server cancels
+ * the statement itself (57014), which the client reports as any failed query. */
+static uint64_t statement_timeout_ms(uint64_t query_ms)
+{
+    uint64_t margin = query_ms / 6 > 500 ? query_ms / 6 : 500;
+    return query_ms > margin ? query_ms - margin : query_ms;
+}
+
+static void on_statement_timeout_set(pgc_conn_t *c, PGresult *res, int status, void *arg)
+{
+    (void)arg;
+    if (status != 0 && status != ROTOR_ECANCELED)
+        log_db_error("set statement_timeout", c, res); /* the next query finds the broken link */
+}
+
+/* Queues, first on a session just opened or reconnected, the statement_timeout: only where
+ * none is set (0), so that an operator's own value (DSN options, ALTER ROLE ... SET) wins. Not
+ * while opening: a migration may rightly run long. */
+static void arm_statement_timeout(journal_t *j)
+{
+    char ms[32];
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long)statement_timeout_ms(j->query_ms));
+    const char *const params[] = {ms};
+    pgc_query(j->conn,
+              "SELECT set_config('statement_timeout', $1, false)"
+              " WHERE current_setting('statement_timeout') = '0'",
+              1, params, on_statement_timeout_set, j);
+}
+
+void journal_set_timeouts(journal_t *j, uint64_t connect_ms, uint64_t query_ms)
+{
+    j->connect_ms = connect_ms;
+    j->query_ms = query_ms;
+}
+
 static void open_done(journal_t *j, int status, const char *reason)
 {
     journal_open_cb cb = j->open_cb;
     j->open_cb = NULL;
-    if (status == 0)
-        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS, JOURNAL_QUERY_TIMEOUT_MS);
+    if (status == 0) {
+        pgc_set_deadlines(j->conn, j->connect_ms, j->query_ms);
+        arm_statement_timeout(j);
+    }
     if (cb)
         cb(j, status, reason, j->open_arg);
 }
@@ -392,8 +433,7 @@ static int journal_connect(journal_t *j, pgc_connect_cb cb)
     const char *const vals[] = {"1", "10", "5", "3", "30000", j->dsn, j->appname, NULL};
     int rc = pgc_connect(j->loop, keys, vals, cb, j, &j->conn);
     if (rc == 0) /* a reconnection has no migration to run: a deadline on every query */
-        pgc_set_deadlines(j->conn, JOURNAL_CONNECT_TIMEOUT_MS,
-                          j->open_cb ? 0 : JOURNAL_QUERY_TIMEOUT_MS);
+        pgc_set_deadlines(j->conn, j->connect_ms, j->open_cb ? 0 : j->query_ms);
     return rc;
 }
 
@@ -404,6 +444,8 @@ int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal
     j->loop = loop;
     j->open_cb = cb;
     j->open_arg = arg;
+    j->connect_ms = JOURNAL_CONNECT_TIMEOUT_MS;
+    j->query_ms = JOURNAL_QUERY_TIMEOUT_MS;
     j->dsn = util_strdup(dsn);
     snprintf(j->appname, sizeof j->appname, "rotor/%s", instance);
     uv_timer_init(loop, &j->retry);
@@ -439,6 +481,7 @@ static void on_reconnected(pgc_conn_t *c, int status, void *arg)
     j->reconnecting = false;
     j->backoff_ms = 0;
     log_info("journal.reconnected");
+    arm_statement_timeout(j); /* first in the queue: before any caller's statement */
     if (j->outbox_fn)
         j->outbox_fn(j->outbox_arg); /* rows written before the failure may wait */
     if (j->reconnect_fn)
@@ -603,13 +646,18 @@ int journal_find(journal_t *j, const char *id, journal_rows_cb cb, void *arg)
               on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
+/* A history line that names a request (its rotation's first line, or the request absorbed into
+ * it): other lines carry the CloudEvents id of a decision or a pipeline's answer in request_id,
+ * which is another producer's id space and never makes a request "seen". */
+#define REQUEST_LINE " outcome IN ('requested', 'absorbed')"
+
 int journal_by_request(journal_t *j, const char *request_id, journal_rows_cb cb, void *arg)
 {
     const char *params[] = {request_id};
     return jq(j,
               "SELECT " ROT_COLUMNS " FROM rotor.rotations WHERE request_id = $1"
               " OR id = (SELECT rotation_id FROM rotor.history WHERE request_id = $1"
-              "          LIMIT 1) LIMIT 1",
+              "          AND" REQUEST_LINE " LIMIT 1) LIMIT 1",
               1, params, on_rows, jreq_new(j, (void *)cb, arg, false));
 }
 
@@ -923,7 +971,8 @@ int journal_create(journal_t *j, const journal_rot_t *r, const char *history, co
               " FROM rotor.secrets s WHERE s.name = $2 AND s.active_slot = $7 AND" FENCE_HOLDS
               /* a request the journal has seen (it created or was absorbed into a rotation, and
                * wrote a history line with its id) is never applied twice */
-              "  AND NOT EXISTS (SELECT 1 FROM rotor.history h WHERE h.request_id = $11)"
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.history h WHERE h.request_id = $11"
+              "   AND" REQUEST_LINE ")"
               " ON CONFLICT (secret) WHERE status IN ('pending', 'running', 'waiting', 'failed')"
               "  DO NOTHING RETURNING id)" HISTORY_AND_OUTBOX("$20", "$21") FENCED_RESULT,
               25, p.v, on_write, jreq_new(j, (void *)cb, arg, true));
@@ -1102,7 +1151,8 @@ int journal_absorb(journal_t *j, const char *id, const char *request_id, const c
               "  SELECT r.id, $4, 'rotation.requested' FROM rotor.rotations r"
               "  WHERE r.id = $1::uuid"
               "  AND NOT EXISTS (SELECT 1 FROM rotor.rotations WHERE request_id = $4)"
-              "  AND NOT EXISTS (SELECT 1 FROM rotor.history WHERE request_id = $4)"
+              "  AND NOT EXISTS (SELECT 1 FROM rotor.history WHERE request_id = $4"
+              "   AND" REQUEST_LINE ")"
               "  ON CONFLICT DO NOTHING RETURNING rotation_id AS id),"
               " m AS (SELECT id FROM c)" WITH_HISTORY_AND_OUTBOX("$2", "$3"),
               4, params, on_write, jreq_new(j, (void *)cb, arg, true));

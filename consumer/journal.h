@@ -83,6 +83,11 @@ int journal_open(uv_loop_t *loop, const char *dsn, const char *instance, journal
 /* Closes the connection; pending requests complete with ROTOR_ECANCELED. */
 void journal_close(journal_t *j);
 
+/* Tests only: the deadlines (ms) of the journal's connecting and of each query once open
+ * (defaults 10 s and 30 s); the session's server-side statement_timeout is derived from query_ms
+ * (query_ms - max(query_ms / 6, 500)). Call before the open callback has run. */
+void journal_set_timeouts(journal_t *j, uint64_t connect_ms, uint64_t query_ms);
+
 /* Called (on the loop) after every commit that added outbox rows. */
 void journal_on_outbox(journal_t *j, void (*fn)(void *arg), void *arg);
 

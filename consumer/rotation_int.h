@@ -119,6 +119,7 @@ struct rotation_s {
     int64_t attempt_until_ms;
     int64_t took_ms; /* the attempt being journaled took this long; -1: its start was not seen */
     long sessions_ended;
+    bool login_unproved_warned; /* prepare.login_not_proved logged (once per rotation) */
     rotation_t *next_rot;
 };
 

@@ -430,7 +430,6 @@ static void prepare_current(rotation_t *r)
 
 static void on_prepare_login(void *arg, int status, const char *reason, long count)
 {
-    (void)count;
     dbctx_t *c = arg;
     rotation_t *r = EFF_TAKE_REQ(c->x, dbreq);
     free(c);
@@ -444,6 +443,16 @@ static void on_prepare_login(void *arg, int status, const char *reason, long cou
                  reason ? reason : rotor_strerror(status));
         rot_effect_done(r, status, why);
         return;
+    }
+    /* A server that let the role in without asking for the password (pg_hba trust, peer, cert)
+     * proved nothing about the store's entry: said once per rotation, not a failure, since such
+     * setups exist (development). */
+    if (count == 0 && !r->login_unproved_warned) {
+        r->login_unproved_warned = true;
+        log_warn("prepare.login_not_proved", "rotation", r->row.id, "secret", r->row.secret, "role",
+                 rot_role(r, r->row.from_slot), "note",
+                 "the server did not ask for a password (trust, peer or cert authentication): "
+                 "the store entry's value was not checked");
     }
     prepare_current(r);
 }
@@ -571,12 +580,13 @@ static void on_setdb_value(void *arg, int status, rotor_secret_t *value, const c
 static void on_setdb_checked(void *arg, int status, const char *reason, long count)
 {
     (void)reason;
-    (void)count;
     eff_t *x = arg;
     rotation_t *r = EFF_TAKE_REQ(x, dbreq);
     if (!r)
         return;
-    if (status == 0) {
+    /* A login the server let in without asking for the password (pg_hba trust for the admin
+     * DSN's host) proves nothing: the ALTER ROLE is sent. */
+    if (status == 0 && count == 1) {
         rot_log(LOG_INFO, "set-db.already_set", r, "note", "the role logs in with this version");
         rot_effect_done(r, 0, NULL);
         return;
@@ -917,9 +927,65 @@ static void rollback_current(rotation_t *r)
     set_nologin(r, rot_role(r, r->row.to_slot), effect_ok);
 }
 
+static void on_rollback_login(void *arg, int status, const char *reason, long count)
+{
+    (void)count;
+    dbctx_t *c = arg;
+    rotation_t *r = EFF_TAKE_REQ(c->x, dbreq);
+    free(c);
+    if (!r)
+        return;
+    if (status < 0) {
+        /* The reason is the server's or libpq's, redacted by the driver: never the value. */
+        char why[1024];
+        snprintf(why, sizeof why,
+                 "store entry %s does not log in as role %s: production stays on slot %s, whose "
+                 "role keeps its login: %s",
+                 rot_store_name(r, r->row.from_slot), rot_role(r, r->row.from_slot),
+                 rotor_slot_name(r->row.to_slot), reason ? reason : rotor_strerror(status));
+        rot_effect_done(r, status, why);
+        return;
+    }
+    deploy_action(r, rollback_current);
+}
+
+/* The old slot's entry is whatever the store holds now (an operator may have replaced it since
+ * prepare proved it): production goes back to it, and the new role is closed, only once it logs
+ * in. Otherwise the rollback would leave production on a password that does not work with the
+ * one that does disabled. */
+static void on_rollback_old_value(void *arg, int status, rotor_secret_t *value, const char *version,
+                                  const char *reason)
+{
+    (void)version;
+    rotation_t *r = store_take(arg);
+    if (!r) {
+        secret_free(value);
+        return;
+    }
+    if (status < 0 || !value) {
+        secret_free(value);
+        rot_effect_done(r, status < 0 ? status : ROTOR_ESTORE,
+                        reason ? reason : "the store returned no value for the old slot");
+        return;
+    }
+    db_req_t *req = NULL;
+    dbctx_t *c = dbctx(r, NULL);
+    int rc = db_verify_login(r->eng->loop, rot_admin_dsn(r), rot_role(r, r->row.from_slot), value,
+                             "SELECT 1", on_rollback_login, c, &req);
+    secret_free(value); /* db_verify_login copied it */
+    db_started(r, c, rc, req);
+}
+
 static void eff_rollback(rotation_t *r)
 {
-    deploy_action(r, rollback_current);
+    if (!r->row.swapped) {
+        /* production never left the old slot (a rejection at the swap gate) */
+        deploy_action(r, rollback_current);
+        return;
+    }
+    store_t *s = r->sec->store;
+    STORE_CALL(r, s->ops->get(s, rot_store_name(r, r->row.from_slot), NULL, on_rollback_old_value,
+                              eff_new(r), STORE_REQ(r)));
 }
 
 /* retire: NOLOGIN for the old role now (no new sessions), end its remaining sessions after the

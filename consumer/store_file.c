@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "rotor.h"
@@ -948,6 +949,20 @@ int store_file_check(const char *dir, char *err, size_t errlen)
                  "store.dir %s: the directory has mode %04o: rotor cannot write to it "
                  "(want 0700)",
                  dir, (unsigned)(st.st_mode & 07777));
+        rc = ROTOR_ESTORE;
+    }
+    /* Mode bits do not tell a read-only mount (EROFS), nor, for a process that is not the only
+     * one the bits speak of, an ACL: both would pass here and fail the first rotation. */
+    struct statvfs vfs;
+    if (rc == 0 && fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY)) {
+        snprintf(err, errlen,
+                 "store.dir %s: the file system is read-only: rotor cannot write to it", dir);
+        rc = ROTOR_ESTORE;
+    }
+    if (rc == 0 && faccessat(fd, ".", W_OK | X_OK, AT_EACCESS) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "store.dir %s: rotor cannot write to it (%s)", dir,
+                 e == EROFS ? "the file system is read-only" : strerror(e));
         rc = ROTOR_ESTORE;
     }
     close(fd);

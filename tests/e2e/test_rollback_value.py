@@ -18,6 +18,10 @@ def write_mount(lab, name, value):
     os.chmod(path, 0o600)
 
 
+def set_password(lab, role, value):
+    lab.pg.query(f"ALTER ROLE {role} PASSWORD %s", (value,))
+
+
 def wait_end(lab, d, rid):
     """The rollback's outcome, or a failure as soon as the daemon dies."""
     def ended():
@@ -35,6 +39,7 @@ def test_oversized_old_value_fails_the_rollback_then_a_fitting_one_rolls_back(ma
     # swapped: production uses green; the old slot's store entry is replaced by a value whose
     # JSON escape (6 bytes a tab) is over 64 KiB, though the value itself is only 12 000 bytes
     write_mount(lab, "pg-blue", "\t" * 12000)
+    set_password(lab, "app_blue", "\t" * 12000)  # the operator's new value, and it logs in
     lab.command("rotation.rejected", rid, by="bob", reason="canary errors")
     row = wait_end(lab, d, rid)
     assert row["status"] == "failed" and row["stage"] == "rollback", row
@@ -46,6 +51,7 @@ def test_oversized_old_value_fails_the_rollback_then_a_fitting_one_rolls_back(ma
     # 12 KB of text fits once sized exactly: the operator's retry rolls back
     value = "p" * 12000
     write_mount(lab, "pg-blue", value)
+    set_password(lab, "app_blue", value)
     lab.cli("retry", rid, "--by", "ops")
     wait_for(lambda: ("rollback", "retry") in [(s, o) for s, o, _, _ in lab.history(rid)], 30,
              what="the retry to be applied")
@@ -53,4 +59,38 @@ def test_oversized_old_value_fails_the_rollback_then_a_fitting_one_rolls_back(ma
     assert row["status"] == "rolled-back", (row, lab.history(rid))
     assert json.loads(lab.stored("pg-current")) == {"role": "app_blue", "password": value}
     assert lab.active_slot() == "blue"
+    assert d.alive()
+
+
+def test_rollback_to_an_old_value_that_does_not_log_in_keeps_production(make_lab):
+    """Review of issue 8: the rollback pointed production back at the old slot and closed the new
+    role without proving the old slot's entry (replaced since prepare proved it) logs in: the
+    application was left on a password that does not work, its working one disabled. Now the
+    rollback fails before it changes anything, and succeeds once the entry logs in."""
+    lab = make_lab(approval="{ mode: manual, gate: retire }", stages=STAGES)
+    d = lab.start()
+    rid = lab.rotation_for(lab.request())["id"]
+    lab.wait_status(rid, "waiting", 60)
+    assert json.loads(lab.stored("pg-current"))["role"] == "app_green"  # swapped
+    write_mount(lab, "pg-blue", "not-app-blues-password")
+    lab.command("rotation.rejected", rid, by="bob", reason="canary errors")
+    row = wait_end(lab, d, rid)
+    # (before the fix: rolled-back, production on blue with a password that does not log in,
+    # app_green NOLOGIN)
+    assert row["status"] == "failed" and row["stage"] == "rollback", row
+    assert "store entry pg-blue does not log in as role app_blue" in row["error"], row["error"]
+    assert "not-app-blues-password" not in row["error"]
+    assert lab.rolcanlogin("app_green"), "the working role was closed"
+    assert lab.can_login("app_green", lab.stored("pg-green"))
+    assert json.loads(lab.stored("pg-current"))["role"] == "app_green"  # production stays
+    # the operator puts blue's real password back: the retry rolls back
+    write_mount(lab, "pg-blue", lab.initial_password)
+    lab.cli("retry", rid, "--by", "ops")
+    wait_for(lambda: ("rollback", "retry") in [(s, o) for s, o, _, _ in lab.history(rid)], 30,
+             what="the retry to be applied")
+    row = wait_end(lab, d, rid)
+    assert row["status"] == "rolled-back", (row, lab.history(rid))
+    assert json.loads(lab.stored("pg-current")) == {"role": "app_blue",
+                                                    "password": lab.initial_password}
+    assert not lab.rolcanlogin("app_green")
     assert d.alive()

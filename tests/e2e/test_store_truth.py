@@ -160,3 +160,37 @@ def test_swap_refuses_a_late_key_vault_version(make_kvlab):
     check_swap_refused(lab, rid, version, late)
     assert not lab.versions("pg-current"), "swap wrote `current`"
     lab.assert_no_secret_leaked([lab.initial_password, late_value])
+
+
+def trust_role(lab, role):
+    """pg_hba lets role in without asking for a password (as in a development set-up)."""
+    hba = lab.pg.dir + "/data/pg_hba.conf"
+    with open(hba) as f:
+        rest = f.read()
+    with open(hba, "w") as f:
+        f.write(f"local all {role} trust\nhost all {role} 127.0.0.1/32 trust\n" + rest)
+    lab.pg.query("SELECT pg_reload_conf()")
+
+
+def test_trusted_login_proves_nothing_and_says_so(make_lab):
+    """prepare's login through a pg_hba trust line proved nothing about the store's entry: a
+    warning, once per rotation, not a failure; none when the server asked for the password."""
+    lab = make_lab(stages=FAST)
+    trust_role(lab, "app_blue")
+    lab.start()
+    rid = lab.rotation_for(lab.request())["id"]
+    lab.wait_status(rid, "completed", timeout=60)
+    warned = [line for line in lab.daemons[0].text().splitlines()
+              if '"prepare.login_not_proved"' in line]
+    assert len(warned) == 1, warned
+    w = json.loads(warned[0])
+    assert w["level"] == "warn" and w["secret"] == "app-db" and w["role"] == "app_blue", w
+    assert w["rotation"] == rid, w
+    assert "did not ask for a password" in w["note"] and "not checked" in w["note"], w
+    # the next rotation's prepare logs in as app_green, with SCRAM: no warning
+    rid2 = lab.rotation_for(lab.request())["id"]
+    lab.wait_status(rid2, "completed", timeout=60)
+    text = lab.daemons[0].text()
+    assert text.count('"prepare.login_not_proved"') == 1, text
+    assert lab.active_slot() == "blue"
+    assert lab.initial_password not in everything_said(lab)

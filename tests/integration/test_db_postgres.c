@@ -308,6 +308,28 @@ static void test_verify_login(void **state)
     assert_non_null(strstr(x.reason, "no_such_table"));
 }
 
+/* Review of issue 8: set-db's later attempt skips its ALTER ROLE when the new password logs in
+ * (stage.c on_setdb_checked). A server that lets the role in without asking for a password (here
+ * the superuser, trust in with-postgres's pg_hba, as the official image's 127.0.0.1 line is)
+ * accepts any password, so verify says whether the password was asked for: 1 for a SCRAM
+ * login, 0 for a trusted one. Without it count was 0 for both, and set-db took a trusted login
+ * for proof that the password was set. */
+static void test_verify_login_says_password_used(void **state)
+{
+    (void)state;
+    int status;
+    set_password("app_green", "asked-for-42", util_now_ms() + 3600 * 1000, &status);
+    assert_int_equal(status, 0);
+    ctx_t x;
+    verify("app_green", "asked-for-42", "select 1", &x);
+    assert_int_equal(x.status, 0);
+    assert_int_equal(x.count, 1);
+
+    verify("postgres", "any-password-at-all", "select 1", &x);
+    assert_int_equal(x.status, 0); /* trust: in with a password never set */
+    assert_int_equal(x.count, 0);
+}
+
 static void test_set_nologin(void **state)
 {
     (void)state;
@@ -537,6 +559,7 @@ int main(void)
         cmocka_unit_test(test_set_password_quotes_identifier),
         cmocka_unit_test(test_set_password_fails_inside_send),
         cmocka_unit_test(test_verify_login),
+        cmocka_unit_test(test_verify_login_says_password_used),
         cmocka_unit_test(test_set_nologin),
         cmocka_unit_test(test_can_login),
         cmocka_unit_test(test_end_sessions),

@@ -4,7 +4,9 @@
  * names are passed as an array literal that quotes what they hold. And commands applied once per
  * event id: journal_update_command and journal_note refuse an id applied to the rotation before
  * (ROTOR_EALREADY, nothing written), even when the row is back in the state the first copy
- * found; journal_command_applied tells a copy from a command never applied. */
+ * found; journal_command_applied tells a copy from a command never applied. And a statement that
+ * waits on a lock longer than the journal's deadline is canceled by the server too, not left
+ * waiting there after the client gave up. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,6 +15,8 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <libpq-fe.h>
 
 #include "journal.h"
 #include "util.h"
@@ -198,6 +202,24 @@ static int decide(ctx_t *x, journal_rot_t *r, journal_status_t st, const char *e
     return x->status;
 }
 
+static void on_by_request(void *arg, int status, const journal_rot_t *rows, int n)
+{
+    ctx_t *x = arg;
+    (void)rows;
+    x->status = status;
+    x->nrows = n;
+    x->done = true;
+}
+
+/* Rows journal_by_request finds for request_id: 0 or 1. */
+static int by_request(ctx_t *x, const char *request_id)
+{
+    assert_int_equal(journal_by_request(x->j, request_id, on_by_request, x), 0);
+    run_until(x);
+    assert_int_equal(x->status, 0);
+    return x->nrows;
+}
+
 static bool applied(ctx_t *x, const char *id, const char *event_id)
 {
     assert_int_equal(journal_command_applied(x->j, id, event_id, on_applied, x), 0);
@@ -276,6 +298,12 @@ static void test_commands_applied_once(void **state)
     util_uuid4(other);
     assert_false(applied(&x, other, "retry-1"));
 
+    /* Review of issue 8: a decision's id, now on its history line, is no request's: a request
+     * that happens to carry the same id (another producer's id space) is not "already applied"
+     * (journal_by_request found the retry's line and the request was dropped); nor is a
+     * pipeline's answer's (below) */
+    assert_int_equal(by_request(&x, "retry-1"), 0);
+
     /* a pipeline's answer is noted once */
     assert_int_equal(note(&x, r.id, "answer-1", "answer-1"), 0);
     assert_int_equal(note(&x, r.id, "answer-1", "answer-1"), ROTOR_EALREADY);
@@ -284,6 +312,63 @@ static void test_commands_applied_once(void **state)
     assert_int_equal(note(&x, r.id, NULL, "answer-0"), 0);
     assert_true(applied(&x, r.id, "answer-0"));
     assert_int_equal(note(&x, r.id, "answer-0", "answer-0"), ROTOR_EALREADY);
+    assert_int_equal(by_request(&x, "answer-1"), 0);
+
+    journal_close(x.j);
+    uv_close((uv_handle_t *)&x.guard, NULL);
+    uv_run(&x.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&x.loop), 0);
+}
+
+static void pq_ok(PGconn *pg, const char *sql, ExecStatusType want)
+{
+    PGresult *res = PQexec(pg, sql);
+    if (PQresultStatus(res) != want)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    PQclear(res);
+}
+
+/* A journal write that waits on a lock (another replica's migration, VACUUM FULL) past the
+ * journal's deadline fails; its backend must not stay waiting on the server, where it would hold
+ * a connection and run the statement once the lock is gone. The deadlines are shortened here
+ * (3 s per query, so a statement_timeout of 2.5 s). */
+static void test_timed_out_statement_canceled_on_server(void **state)
+{
+    (void)state;
+    ctx_t x;
+    memset(&x, 0, sizeof x);
+    uv_loop_init(&x.loop);
+    uv_timer_init(&x.loop, &x.guard);
+    uv_timer_start(&x.guard, on_guard, 50, 50);
+    char instance[64], appname[80];
+    util_uuid4(instance + snprintf(instance, sizeof instance, "lock-"));
+    snprintf(appname, sizeof appname, "rotor/%s", instance);
+    assert_int_equal(journal_open(&x.loop, "", instance, on_open, &x, &x.j), 0);
+    journal_set_timeouts(x.j, 5000, 3000);
+    run_until(&x);
+
+    PGconn *pg = PQconnectdb("");
+    assert_int_equal(PQstatus(pg), CONNECTION_OK);
+    pq_ok(pg, "BEGIN", PGRES_COMMAND_OK);
+    pq_ok(pg, "LOCK TABLE rotor.secrets IN ACCESS EXCLUSIVE MODE", PGRES_COMMAND_OK);
+
+    char name[96];
+    snprintf(name, sizeof name, "locked-%s", instance);
+    assert_int_equal(journal_secret(x.j, name, SLOT_BLUE, on_secret, &x), 0);
+    run_until(&x);
+    assert_int_not_equal(x.status, 0);
+
+    /* still holding the lock: no backend of the journal waits on it */
+    const char *params[] = {appname};
+    PGresult *res = PQexecParams(pg,
+                                 "SELECT count(*) FROM pg_stat_activity"
+                                 " WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                                 1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(res, 0, 0), "0");
+    PQclear(res);
+    pq_ok(pg, "ROLLBACK", PGRES_COMMAND_OK);
+    PQfinish(pg);
 
     journal_close(x.j);
     uv_close((uv_handle_t *)&x.guard, NULL);
@@ -296,6 +381,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_secrets_in_one_statement),
         cmocka_unit_test(test_commands_applied_once),
+        cmocka_unit_test(test_timed_out_statement_canceled_on_server),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

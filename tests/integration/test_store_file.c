@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "rotor.h"
@@ -491,6 +494,49 @@ static void test_missing_dir_refused(void **state)
     assert_int_equal(chmod(f->dir, 0700), 0);
 }
 
+/* A store.dir on a read-only mount passes the mode bits but no write can succeed there: refused
+ * at start-up (and by `rotor check`), naming store.dir. The mount is made in a child, in a mount
+ * namespace of its own (root or CAP_SYS_ADMIN needed: skipped without). */
+static void test_read_only_mount_refused(void **state)
+{
+    fixture_t *f = *state;
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pipefd[0]);
+        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+            mount("tmpfs", f->dir, "tmpfs", MS_RDONLY, "mode=0700") != 0)
+            _exit(77);
+        char err[512] = "";
+        int rc = store_file_check(f->dir, err, sizeof err);
+        ssize_t n = write(pipefd[1], err, strlen(err));
+        _exit(rc == ROTOR_ESTORE && n >= 0 ? 0 : 1);
+    }
+    close(pipefd[1]);
+    char err[512] = "";
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof err - 1 && (n = read(pipefd[0], err + len, sizeof err - 1 - len)) > 0)
+        len += (size_t)n;
+    close(pipefd[0]);
+    int ws = 0;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws));
+    if (WEXITSTATUS(ws) == 77)
+        skip(); /* no mount namespace here (not root) */
+    if (WEXITSTATUS(ws) != 0)
+        fail_msg("store_file_check accepted a read-only mount (\"%s\")", err);
+    assert_non_null(strstr(err, "store.dir "));
+    assert_non_null(strstr(err, f->dir));
+    if (!strstr(err, "the file system is read-only"))
+        fail_msg("error \"%s\" does not say the file system is read-only", err);
+    /* the mount was the child's only: the directory is writable again here */
+    char ok[512] = "";
+    assert_int_equal(store_file_check(f->dir, ok, sizeof ok), 0);
+}
+
 static void test_group_writable_dir_refused(void **state)
 {
     fixture_t *f = *state;
@@ -688,6 +734,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invalid_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_open_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_dir_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only_mount_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_writable_dir_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dir_of_another_owner_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlinked_entry_refused, setup, teardown),
