@@ -253,6 +253,9 @@ void journal_set_timeouts(journal_t *j, uint64_t connect_ms, uint64_t query_ms)
     j->query_ms = query_ms;
 }
 
+/* A failed open leaves its transaction (migration or bootstrap) open: whoever opened the journal
+ * closes it on failure (the daemon exits, the CLI reports), and the closed connection rolls the
+ * transaction back. */
 static void open_done(journal_t *j, int status, const char *reason)
 {
     journal_open_cb cb = j->open_cb;
@@ -274,7 +277,6 @@ static void on_migration_applied(pgc_conn_t *c, PGresult *res, int status, void 
         if (status == ROTOR_ECANCELED)
             return;
         log_db_error("migrate", c, res);
-        pgc_query(c, "ROLLBACK", 0, NULL, NULL, NULL);
         open_done(j, ROTOR_EDB, "journal migration failed");
         return;
     }
@@ -294,7 +296,6 @@ static void on_version_read(pgc_conn_t *c, PGresult *res, int status, void *arg)
     }
     int have = atoi(PQgetvalue(res, 0, 0));
     if (have > journal_nmigrations) {
-        pgc_query(c, "ROLLBACK", 0, NULL, NULL, NULL);
         open_done(j, ROTOR_EDB, "the journal was migrated by a newer rotor");
         return;
     }
@@ -369,7 +370,6 @@ static void on_bootstrap_step(pgc_conn_t *c, PGresult *res, int status, void *ar
         return;
     if (status != 0) {
         log_db_error("bootstrap", c, res);
-        pgc_query(c, "ROLLBACK", 0, NULL, NULL, NULL);
         open_done(j, ROTOR_EDB, "cannot create the journal schema");
         return;
     }
