@@ -6,7 +6,7 @@
 # is replayed in the normal and in the ROTOR_SANITIZE build alike, without clang.
 # With -DROTOR_FUZZ=ON and clang, fuzz_<name> is also a real libFuzzer binary, e.g.
 #   build/fuzz_event -max_total_time=60 tests/fuzz/corpus/fuzz_event
-# scripts/fuzz.sh builds and runs them all (docs/reliability/fuzz.md).
+# scripts/fuzz.sh builds and runs them all (docs/reliability.md).
 
 option(ROTOR_FUZZ "Also build libFuzzer binaries (clang only)" OFF)
 

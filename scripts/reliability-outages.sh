@@ -2,7 +2,7 @@
 # reliability-outages.sh: the outage rows of issue 8's reliability matrix, whole (CI runs a
 # sample of each): a 30 s broker outage mid-rotation, a PostgreSQL restart and a 30 s partition
 # (refused and blackholed) mid-rotation, and the soak: 100 rotations under the demo's kept-alive
-# load through nginx. Prints the figures that docs/reliability/outages.md records.
+# load through nginx. Prints the figures that docs/reliability.md records.
 #
 #   scripts/reliability-outages.sh [--rotations N] [--outage SECONDS] [--only broker|postgres|soak]
 #

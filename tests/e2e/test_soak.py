@@ -4,7 +4,7 @@ rotation completes, and the requests retried once because nginx closed a reused 
 9112 9.3.1 allows it; nginx's graceful reload closes idle kept-alive connections) are counted.
 
 ROTOR_SOAK_ROTATIONS sets the number of rotations: 5 by default (CI's sample; 3 in the sanitizer
-build), 100 in scripts/reliability-outages.sh, whose figures are in docs/reliability/outages.md."""
+build), 100 in scripts/reliability-outages.sh, whose figures are in docs/reliability.md."""
 import json
 import os
 import shutil
