@@ -39,6 +39,7 @@ for t in "${targets[@]}"; do
   logs=$out/logs/$t
   mkdir -p "$work" "$finds" "$logs"
   rm -f "$logs"/*.log
+  touch "$logs/.start" # findings of earlier runs stay in $finds: count only this run's
   start=$(date +%s)
   pids=()
   for w in $(seq 1 "$workers"); do
@@ -54,7 +55,7 @@ for t in "${targets[@]}"; do
   [ "$secs" -gt 0 ] || secs=1
   execs=$(grep -h '^stat::number_of_executed_units:' "$logs"/*.log | awk '{s += $2} END {print s + 0}')
   corpus=$(find "$work" "$seeds" -type f | wc -l)
-  nfind=$(find "$finds" -type f | wc -l)
+  nfind=$(find "$finds" -type f -newer "$logs/.start" | wc -l)
   total_findings=$((total_findings + nfind))
   note=""
   [ "$status" -eq 0 ] || note=" (a worker stopped: see $logs/)"
