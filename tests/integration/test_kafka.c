@@ -27,7 +27,7 @@ extern char **environ;
 
 #define N_EVENTS 20
 #define N_KEYS 50
-#define MAX_RECV 2048
+#define MAX_RECV 4096
 #define MAX_HELD 1024
 
 typedef struct {
@@ -707,9 +707,22 @@ static bool all_assigned(ctx_t *c)
     return c->assigned == 3;
 }
 
-static bool got_all_acked(ctx_t *c)
+/* Every value of the flood received after the kept v0 (recv[0]) and acknowledged. */
+static bool flood_all_acked(ctx_t *c)
 {
-    return got_target(c) && c->outstanding == 0;
+    static bool seen[N_FLOOD];
+    int n = 0;
+    if (c->outstanding)
+        return false;
+    memset(seen, 0, sizeof seen);
+    for (int i = 1; i < c->nrecv; i++) {
+        int v = atoi(c->recv[i].value + 1);
+        if (v >= 0 && v < N_FLOOD && !seen[v]) {
+            seen[v] = true;
+            n++;
+        }
+    }
+    return n == N_FLOOD;
 }
 
 static bool reassigned(ctx_t *c)
@@ -773,10 +786,14 @@ static void test_pause_across_rebalance(void **state)
     assert_true(run_until(c, reassigned, 30000));
     kept_value = NULL;
     ack(c, c->held[0]); /* revoked meanwhile: not stored, so v0 comes again */
-    target = N_FLOOD + 1;
-    assert_true(run_until(c, got_all_acked, 30000));
-    for (int i = 1; i <= N_FLOOD; i++)
-        assert_int_equal(atoi(c->recv[i].value + 1), i - 1);
+    assert_true(run_until(c, flood_all_acked, 30000));
+    /* In offset order from v0, never skipping one. A second rebalance (the mock group can
+     * rebalance again under load, and a commit during a rebalance is refused) may hand the
+     * partition over again from its committed offset: what follows restarts at an earlier
+     * value, as at-least-once allows, but never jumps ahead. */
+    assert_int_equal(atoi(c->recv[1].value + 1), 0);
+    for (int i = 2; i < c->nrecv; i++)
+        assert_true(atoi(c->recv[i].value + 1) <= atoi(c->recv[i - 1].value + 1) + 1);
     member_leave(c);
     ctx_stop(c);
     free(c);
